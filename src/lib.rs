@@ -1,1 +1,15 @@
+//! vmshare: share a Linux VM's account with guests over SSH, and end their
+//! access — new logins and live sessions — the moment it is revoked.
 #![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod diag;
+pub mod fsutil;
+pub mod grants;
+pub mod keys_command;
+pub mod lookup;
+pub mod policy;
+pub mod snapshot;
+pub mod source;
+pub mod syslog;

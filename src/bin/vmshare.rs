@@ -1,1 +1,4 @@
-fn main() {}
+//! The vmshare command line.
+fn main() -> std::process::ExitCode {
+    vmshare::cli::main()
+}

@@ -1,0 +1,463 @@
+//! The grant file: who may log in as whom. Parsing and validation only — no
+//! file system, no account database (see `policy` for that).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::Deserialize;
+use ssh_key::{HashAlg, PublicKey};
+use toml::Spanned;
+
+use crate::diag::Diagnostic;
+
+/// Grant files larger than this are refused outright.
+pub const MAX_GRANT_FILE_BYTES: usize = 32 << 20;
+
+/// A guest's place in the "Share VM" lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Invited,
+    Accepted,
+    Rejected,
+    Left,
+}
+
+impl Status {
+    pub const ALL: [Status; 4] = [
+        Status::Invited,
+        Status::Accepted,
+        Status::Rejected,
+        Status::Left,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Invited => "invited",
+            Status::Accepted => "accepted",
+            Status::Rejected => "rejected",
+            Status::Left => "left",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated grant file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    pub owners: Vec<Owner>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub name: String,
+    /// Byte offset of the owner's name in the file, for later findings.
+    pub offset: usize,
+    pub sharing: bool,
+    pub guests: Vec<Guest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guest {
+    pub name: String,
+    pub status: Status,
+    pub keys: Vec<GuestKey>,
+}
+
+/// One guest key, reduced to what sshd needs: algorithm and key blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestKey {
+    /// e.g. `ssh-ed25519`.
+    pub algorithm: String,
+    /// The base64 key blob, canonical (re-encoded from the parsed key).
+    pub blob: String,
+    /// `SHA256:…`, as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    /// The comment the guest's key carried, if any.
+    pub comment: String,
+}
+
+impl Grants {
+    pub fn owner(&self, name: &str) -> Option<&Owner> {
+        self.owners.iter().find(|o| o.name == name)
+    }
+}
+
+impl Owner {
+    pub fn guest(&self, name: &str) -> Option<&Guest> {
+        self.guests.iter().find(|g| g.name == name)
+    }
+}
+
+impl Guest {
+    /// Whether this guest may log in as an owner whose switch is `sharing`.
+    pub fn has_access(&self, sharing: bool) -> bool {
+        sharing && self.status == Status::Accepted
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    owners: BTreeMap<Spanned<String>, RawOwner>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOwner {
+    #[serde(default)]
+    sharing: bool,
+    #[serde(default)]
+    guests: BTreeMap<Spanned<String>, RawGuest>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuest {
+    #[serde(default)]
+    status: Option<Status>,
+    #[serde(default)]
+    keys: Vec<Spanned<String>>,
+}
+
+/// Parses and validates grant file text. Any finding makes the whole file
+/// invalid; all findings are returned, in file order.
+pub fn parse(source: &str) -> Result<Grants, Vec<Diagnostic>> {
+    if source.len() > MAX_GRANT_FILE_BYTES {
+        return Err(vec![Diagnostic::whole_file(format!(
+            "file is {} bytes; the limit is {} bytes",
+            source.len(),
+            MAX_GRANT_FILE_BYTES
+        ))]);
+    }
+    let raw: RawFile = match toml::from_str(source) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let offset = e.span().map_or(0, |s| s.start);
+            let message = e.message().trim_end().to_string();
+            return Err(vec![if e.span().is_some() {
+                Diagnostic::at(source, offset, message)
+            } else {
+                Diagnostic::whole_file(message)
+            }]);
+        }
+    };
+
+    let mut errors = Vec::new();
+    let mut owners = Vec::new();
+    for (owner_name, raw_owner) in raw.owners {
+        let offset = owner_name.span().start;
+        if let Err(why) = check_owner_name(owner_name.get_ref()) {
+            errors.push(Diagnostic::at(source, offset, why));
+        }
+        let mut seen: HashMap<String, String> = HashMap::new();
+        let mut guests = Vec::new();
+        for (guest_name, raw_guest) in raw_owner.guests {
+            if let Err(why) = check_guest_name(guest_name.get_ref()) {
+                errors.push(Diagnostic::at(source, guest_name.span().start, why));
+            }
+            let mut keys = Vec::new();
+            for key in raw_guest.keys {
+                match parse_key(key.get_ref()) {
+                    Ok(parsed) => {
+                        let holder = seen.entry(parsed.blob.clone());
+                        match holder {
+                            std::collections::hash_map::Entry::Occupied(first) => {
+                                errors.push(Diagnostic::at(
+                                    source,
+                                    key.span().start,
+                                    format!(
+                                        "key {} of guest `{}` already belongs to guest `{}` of owner `{}`; one key may belong to one guest only",
+                                        parsed.fingerprint,
+                                        guest_name.get_ref(),
+                                        first.get(),
+                                        owner_name.get_ref()
+                                    ),
+                                ));
+                            }
+                            std::collections::hash_map::Entry::Vacant(slot) => {
+                                slot.insert(guest_name.get_ref().clone());
+                                keys.push(parsed);
+                            }
+                        }
+                    }
+                    Err(why) => errors.push(Diagnostic::at(source, key.span().start, why)),
+                }
+            }
+            guests.push(Guest {
+                name: guest_name.into_inner(),
+                status: raw_guest.status.unwrap_or(Status::Invited),
+                keys,
+            });
+        }
+        owners.push(Owner {
+            name: owner_name.into_inner(),
+            offset,
+            sharing: raw_owner.sharing,
+            guests,
+        });
+    }
+    if errors.is_empty() {
+        Ok(Grants { owners })
+    } else {
+        errors.sort_by_key(|d| (d.line, d.column));
+        Err(errors)
+    }
+}
+
+/// Guest names are platform usernames: 1–64 of `a-z 0-9 . _ -`, starting
+/// with a letter or digit.
+pub fn check_guest_name(name: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid guest name {name:?}: expected 1-64 characters of a-z 0-9 . _ -, starting with a letter or digit"
+        ))
+    }
+}
+
+/// Owner names must be possible local account names: 1–32 of
+/// `a-z 0-9 . _ -`, starting with a letter or `_`.
+pub fn check_owner_name(name: &str) -> Result<(), String> {
+    if is_account_name(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid owner name {name:?}: expected a local account name (1-32 characters of a-z 0-9 . _ -, starting with a letter or _)"
+        ))
+    }
+}
+
+/// Whether `name` has the shape of a local account name we accept as owner.
+pub fn is_account_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+}
+
+/// Parses one plain OpenSSH public key line: `type base64 [comment]`.
+pub fn parse_key(line: &str) -> Result<GuestKey, String> {
+    if line.contains(['\n', '\r']) {
+        return Err("key contains a line break; each key must be one line".into());
+    }
+    if line.contains('\0') {
+        return Err("key contains a NUL byte".into());
+    }
+    let first = line.split_ascii_whitespace().next().unwrap_or("");
+    if first.is_empty() {
+        return Err("empty key; expected `type base64 [comment]`".into());
+    }
+    if first.contains('=') || first.contains('"') || first.contains(',') {
+        return Err(format!(
+            "key starts with options ({first}); options such as command= or from= are not allowed, only `type base64 [comment]`"
+        ));
+    }
+    let key = PublicKey::from_openssh(line).map_err(|e| {
+        format!("not an OpenSSH public key ({e}); expected `type base64 [comment]`")
+    })?;
+    let canonical = key
+        .to_openssh()
+        .map_err(|e| format!("cannot encode key: {e}"))?;
+    let mut parts = canonical.split(' ');
+    let algorithm = parts.next().unwrap_or_default().to_string();
+    let blob = parts.next().unwrap_or_default().to_string();
+    if algorithm != first {
+        return Err(format!(
+            "key type `{first}` does not match the key data (`{algorithm}`)"
+        ));
+    }
+    Ok(GuestKey {
+        algorithm,
+        blob,
+        fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
+        comment: key.comment().to_string(),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub const KEY_A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGg3Nt1a6dCd8L2F3A0nbpXK1jMo0d3nT3tJ8NQd3uBs a@x";
+    pub const KEY_B: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF1hwYoxm+6UfuvTLRSqj2A0s7bF1hCz3wXlpY0R3aVQ b@y";
+
+    fn errs(src: &str) -> Vec<String> {
+        parse(src)
+            .expect_err("should be invalid")
+            .into_iter()
+            .map(|d| format!("{}:{}: {}", d.line, d.column, d.message))
+            .collect()
+    }
+
+    #[test]
+    fn empty_file_shares_nothing() {
+        assert_eq!(parse("").unwrap(), Grants::default());
+        assert_eq!(parse("# nothing\n").unwrap(), Grants::default());
+    }
+
+    #[test]
+    fn defaults_grant_nothing() {
+        let g = parse(&format!(
+            "[owners.alice.guests.bob]\nkeys = [\"{KEY_A}\"]\n"
+        ))
+        .unwrap();
+        let alice = g.owner("alice").unwrap();
+        assert!(!alice.sharing);
+        let bob = alice.guest("bob").unwrap();
+        assert_eq!(bob.status, Status::Invited);
+        assert!(!bob.has_access(alice.sharing));
+        assert!(bob.has_access(true) == (bob.status == Status::Accepted));
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let g = parse(&format!(
+            "[owners.alice]\nsharing = true\n[owners.alice.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{KEY_A}\"]\n[owners.alice.guests.carol]\nstatus = \"left\"\nkeys = [\"{KEY_B}\"]\n"
+        ))
+        .unwrap();
+        let alice = g.owner("alice").unwrap();
+        assert!(alice.sharing);
+        let bob = alice.guest("bob").unwrap();
+        assert_eq!(bob.status, Status::Accepted);
+        assert_eq!(bob.keys[0].algorithm, "ssh-ed25519");
+        assert!(bob.keys[0].fingerprint.starts_with("SHA256:"));
+        assert_eq!(bob.keys[0].comment, "a@x");
+        assert_eq!(alice.guest("carol").unwrap().status, Status::Left);
+    }
+
+    #[test]
+    fn typo_field_is_an_error_with_position() {
+        let e = errs("[owners.alice.guests.bob]\nstauts = \"accepted\"\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("2:1: unknown field `stauts`"), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_status_is_an_error() {
+        let e = errs("[owners.alice.guests.bob]\nstatus = \"acepted\"\n");
+        assert!(e[0].starts_with("2:10: unknown variant `acepted`"), "{e:?}");
+    }
+
+    #[test]
+    fn syntax_error_names_line_and_column() {
+        let e = errs("[owners.alice]\nsharing = tru\n");
+        assert!(e[0].starts_with("2:11:"), "{e:?}");
+    }
+
+    #[test]
+    fn wrong_types_are_errors() {
+        errs("[owners.alice]\nsharing = \"yes\"\n");
+        errs("[owners.alice.guests.bob]\nkeys = \"ssh-ed25519 AAAA\"\n");
+        errs("owners = 3\n");
+        errs("[other]\n");
+    }
+
+    #[test]
+    fn duplicate_tables_are_errors() {
+        errs("[owners.alice]\n[owners.alice]\n");
+    }
+
+    #[test]
+    fn bad_guest_names_are_errors() {
+        for name in [
+            "Bob",
+            "-bob",
+            ".bob",
+            "bo b",
+            "bоb",
+            &"b".repeat(65),
+            "b/../c",
+        ] {
+            let src = format!("[owners.alice.guests.{name:?}]\n");
+            let e = errs(&src);
+            assert!(e[0].contains("invalid guest name"), "{name}: {e:?}");
+        }
+        parse(&format!("[owners.alice.guests.{}]\n", "b".repeat(64))).unwrap();
+        parse("[owners.alice.guests.0x.y_z-w]\n").unwrap_err();
+        parse("[owners.alice.guests.\"0x.y_z-w\"]\n").unwrap();
+    }
+
+    #[test]
+    fn bad_owner_names_are_errors() {
+        for name in ["Alice", "аlice", "a b", "../x", "", "1abc"] {
+            let e = errs(&format!("[owners.{name:?}]\n"));
+            assert!(e[0].contains("invalid owner name"), "{name}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn keys_with_options_or_junk_are_errors() {
+        let cases = [
+            format!("command=\"/bin/sh\" {KEY_A}"),
+            format!("no-pty {KEY_A}"),
+            "ssh-ed25519 AAAAnotbase64!!".to_string(),
+            "ssh-ed25519".to_string(),
+            String::new(),
+            format!("{KEY_A}\\nssh-ed25519 AAAA"),
+            "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIGg3Nt1a6dCd8L2F3A0nbpXK1jMo0d3nT3tJ8NQd3uBs"
+                .to_string(),
+        ];
+        for key in cases {
+            let src = format!(
+                "[owners.alice.guests.bob]\nkeys = [\"{}\"]\n",
+                key.replace('"', "\\\"")
+            );
+            let e = errs(&src);
+            assert!(e[0].starts_with("2:"), "{key}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn key_of_two_guests_is_an_error_but_two_owners_is_fine() {
+        let e = errs(&format!(
+            "[owners.alice.guests.bob]\nkeys = [\"{KEY_A}\"]\n[owners.alice.guests.carol]\nkeys = [\"{KEY_A}\"]\n"
+        ));
+        assert!(e[0].contains("already belongs to guest `bob`"), "{e:?}");
+        parse(&format!(
+            "[owners.alice.guests.bob]\nkeys = [\"{KEY_A}\"]\n[owners.dave.guests.bob]\nkeys = [\"{KEY_A}\"]\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn all_errors_are_reported() {
+        let e = errs(&format!(
+            "[owners.alice.guests.Bob]\nkeys = [\"junk\"]\n[owners.alice.guests.carol]\nkeys = [\"{KEY_A}\", \"nope\"]\n"
+        ));
+        assert_eq!(e.len(), 3, "{e:?}");
+    }
+
+    #[test]
+    fn huge_file_is_refused() {
+        let big = "#".repeat(MAX_GRANT_FILE_BYTES + 1);
+        assert!(errs(&big)[0].contains("limit"));
+    }
+
+    #[test]
+    fn deep_nesting_does_not_crash() {
+        let src = format!("x = {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse(&src).is_err());
+    }
+}

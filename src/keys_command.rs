@@ -1,0 +1,110 @@
+//! The key lookup program sshd runs as
+//! `AuthorizedKeysCommand vmshare-keys %u %f %t %k`: prints the accepted
+//! guests' keys for account `%u`. stdout carries key lines only; every
+//! failure prints nothing and exits non-zero.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::lookup::{owner_lines, Via};
+use crate::policy::SystemAccounts;
+use crate::syslog::{log, Level};
+
+const IDENT: &str = "vmshare-keys";
+
+struct Args {
+    config: Option<PathBuf>,
+    user: Option<String>,
+    fingerprint: Option<String>,
+}
+
+fn parse_args(args: Vec<OsString>) -> Result<Args, String> {
+    let mut config = None;
+    let mut rest = Vec::new();
+    let mut iter = args.into_iter().skip(1);
+    while let Some(arg) = iter.next() {
+        if arg == "--config" {
+            config = Some(PathBuf::from(iter.next().ok_or("--config needs a path")?));
+        } else {
+            rest.push(arg);
+        }
+    }
+    if rest.is_empty() || rest.len() > 4 {
+        return Err(format!(
+            "expected USER [FINGERPRINT TYPE KEY] (as `%u %f %t %k`), got {} arguments",
+            rest.len()
+        ));
+    }
+    let mut rest = rest.into_iter();
+    // A user name that is not UTF-8 cannot be an owner: answer nothing.
+    let user = rest.next().and_then(|u| u.into_string().ok());
+    let fingerprint = rest.next().and_then(|f| f.into_string().ok());
+    Ok(Args {
+        config,
+        user,
+        fingerprint,
+    })
+}
+
+/// Runs the key lookup, writing key lines to `out`.
+pub fn run(args: Vec<OsString>, out: &mut dyn Write) -> ExitCode {
+    let args = match parse_args(args) {
+        Ok(a) => a,
+        Err(e) => {
+            log(IDENT, Level::Error, &format!("bad arguments: {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    let Some(user) = args.user else {
+        return ExitCode::SUCCESS;
+    };
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            log(
+                IDENT,
+                Level::Error,
+                &format!("no guest keys: bad configuration: {e}"),
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    match owner_lines(&config, &user, &SystemAccounts) {
+        Ok(answer) => {
+            if answer.via == Via::NoGrantFile {
+                log(
+                    IDENT,
+                    Level::Notice,
+                    &format!(
+                        "no grant file at {}; nothing is shared",
+                        config.grants.display()
+                    ),
+                );
+            }
+            if let Err(e) = out
+                .write_all(answer.lines.as_bytes())
+                .and_then(|()| out.flush())
+            {
+                log(
+                    IDENT,
+                    Level::Error,
+                    &format!("writing keys for {user}: {e}"),
+                );
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let fp = args.fingerprint.unwrap_or_default();
+            log(
+                IDENT,
+                Level::Error,
+                &format!("no guest keys for account {user:?} (key {fp}): {e}"),
+            );
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! What may log in as an owner right now: the snapshot when it is current,
+//! the grant file itself otherwise. Shared by the key lookup and the PAM
+//! hook; never answers from a stale snapshot.
+
+use std::io;
+use std::path::Path;
+
+use crate::config::Config;
+use crate::fsutil;
+use crate::grants::{is_account_name, MAX_GRANT_FILE_BYTES};
+use crate::policy::Accounts;
+use crate::snapshot::{self, Lookup};
+use crate::source::{self, sha256_hex, FileVersion, Outcome};
+
+/// Where an answer came from, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Snapshot,
+    GrantFile,
+    /// There is no grant file: nothing is shared.
+    NoGrantFile,
+    /// The name cannot be a local account: nothing is shared with it.
+    NotAnAccount,
+}
+
+/// The authorized_keys lines of accepted guests of one owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub lines: String,
+    pub via: Via,
+}
+
+/// The current lines for `owner`. `Err` (with a one-line reason) means the
+/// caller must grant nothing: an invalid or untrusted grant file, or an I/O
+/// error.
+pub fn owner_lines(
+    config: &Config,
+    owner: &str,
+    accounts: &dyn Accounts,
+) -> Result<Answer, String> {
+    if !is_account_name(owner) {
+        return Ok(Answer {
+            lines: String::new(),
+            via: Via::NotAnAccount,
+        });
+    }
+    let grants_path = &config.grants;
+    let current = match std::fs::metadata(grants_path) {
+        Ok(meta) => Some(FileVersion::of(&meta)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot stat {}: {e}", grants_path.display())),
+    };
+    if let Some(answer) = from_snapshot(config, grants_path, current.as_ref(), owner)? {
+        return Ok(answer);
+    }
+    if current.is_none() {
+        return Ok(Answer {
+            lines: String::new(),
+            via: Via::NoGrantFile,
+        });
+    }
+    let loaded = source::load(grants_path, accounts);
+    match loaded.outcome {
+        Outcome::Missing => Ok(Answer {
+            lines: String::new(),
+            via: Via::NoGrantFile,
+        }),
+        Outcome::Invalid(errors) => Err(format!(
+            "grant file is invalid, no guest gets in: {}",
+            errors
+                .errors
+                .first()
+                .map_or(String::new(), |d| d.in_file(&errors.file).to_string())
+        )),
+        Outcome::Valid { policy, .. } => Ok(Answer {
+            lines: policy
+                .owners
+                .get(owner)
+                .map(|a| a.authorized_keys())
+                .unwrap_or_default(),
+            via: Via::GrantFile,
+        }),
+    }
+}
+
+/// The snapshot's answer if it is current; `Ok(None)` if it is missing,
+/// unreadable or stale (the caller then reads the grant file).
+fn from_snapshot(
+    config: &Config,
+    grants_path: &Path,
+    current: Option<&FileVersion>,
+    owner: &str,
+) -> Result<Option<Answer>, String> {
+    let Ok(Lookup::Fresh { header, lines }) =
+        snapshot::read_owner(&config.snapshot_path(), grants_path, current, owner)
+    else {
+        return Ok(None);
+    };
+    if header.is_racy() {
+        // The file may have changed within one timestamp tick of the
+        // snapshot: trust it only if the bytes are the same.
+        match fsutil::read_strict(grants_path, MAX_GRANT_FILE_BYTES as u64) {
+            Ok(Some((text, _))) if sha256_hex(text.as_bytes()) == header.sha256 => {}
+            _ => return Ok(None),
+        }
+    }
+    if !header.valid {
+        return Err(format!(
+            "grant file {} is invalid (run `vmshare check`); no guest gets in",
+            grants_path.display()
+        ));
+    }
+    if current.is_none() {
+        return Ok(Some(Answer {
+            lines: String::new(),
+            via: Via::NoGrantFile,
+        }));
+    }
+    Ok(Some(Answer {
+        lines,
+        via: Via::Snapshot,
+    }))
+}

@@ -1,0 +1,360 @@
+//! Who may log in with which key: the grant file compiled against the local
+//! account database. Pure: the account database is a parameter.
+
+use std::collections::BTreeMap;
+
+use crate::diag::Diagnostic;
+use crate::grants::Grants;
+
+/// The part of a local account the policy needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Account {
+    pub uid: u32,
+}
+
+/// The local account database.
+pub trait Accounts {
+    /// `Ok(None)` when no such account exists; `Err` when the database could
+    /// not answer (the caller must then fail closed).
+    fn lookup(&self, name: &str) -> Result<Option<Account>, String>;
+}
+
+/// Accounts from the system's NSS, through `getpwnam_r`.
+pub struct SystemAccounts;
+
+impl Accounts for SystemAccounts {
+    fn lookup(&self, name: &str) -> Result<Option<Account>, String> {
+        match nix::unistd::User::from_name(name) {
+            Ok(user) => Ok(user.map(|u| Account {
+                uid: u.uid.as_raw(),
+            })),
+            Err(e) => Err(format!("looking up account {name:?}: {e}")),
+        }
+    }
+}
+
+/// One key that may log in as an owner, and whose it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantedKey {
+    pub guest: String,
+    pub algorithm: String,
+    pub blob: String,
+    pub fingerprint: String,
+}
+
+/// Everything that may log in as one owner through vmshare.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnerAccess {
+    pub uid: u32,
+    pub keys: Vec<GrantedKey>,
+}
+
+/// The compiled grant file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Owners that are local, non-root accounts, by name.
+    pub owners: BTreeMap<String, OwnerAccess>,
+    /// Findings that do not invalidate the file (owners that are not local
+    /// accounts, and so are inert).
+    pub notes: Vec<Diagnostic>,
+}
+
+/// The comment that tags each key line with its guest.
+pub const GUEST_TAG: &str = "vmshare:";
+
+impl OwnerAccess {
+    /// The authorized_keys text the key lookup prints for this owner.
+    pub fn authorized_keys(&self) -> String {
+        let mut out = String::new();
+        for k in &self.keys {
+            out.push_str(&key_line(&k.algorithm, &k.blob, &k.guest));
+        }
+        out
+    }
+}
+
+/// One authorized_keys line, tagged with the guest it belongs to.
+pub fn key_line(algorithm: &str, blob: &str, guest: &str) -> String {
+    format!("{algorithm} {blob} {GUEST_TAG}{guest}\n")
+}
+
+/// Finds the guest whose key (`algorithm`, `blob`) appears in authorized_keys
+/// text produced by [`OwnerAccess::authorized_keys`].
+pub fn guest_in_lines<'a>(lines: &'a str, algorithm: &str, blob: &str) -> Option<&'a str> {
+    lines.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ' ');
+        let (a, b, tag) = (parts.next()?, parts.next()?, parts.next()?);
+        if a == algorithm && b == blob {
+            tag.strip_prefix(GUEST_TAG)
+        } else {
+            None
+        }
+    })
+}
+
+/// Compiles validated grants against the account database. `source` is the
+/// grant file text, for positions in findings. Errors make the whole file
+/// grant nothing.
+pub fn compile(
+    grants: &Grants,
+    source: &str,
+    accounts: &dyn Accounts,
+) -> Result<Policy, Vec<Diagnostic>> {
+    let mut policy = Policy::default();
+    let mut errors = Vec::new();
+    for owner in &grants.owners {
+        let account = match accounts.lookup(&owner.name) {
+            Ok(Some(account)) => account,
+            Ok(None) => {
+                policy.notes.push(Diagnostic::at(
+                    source,
+                    owner.offset,
+                    format!(
+                        "owner `{}` is not a local account; its guests get no access",
+                        owner.name
+                    ),
+                ));
+                continue;
+            }
+            Err(e) => {
+                errors.push(Diagnostic::at(source, owner.offset, e));
+                continue;
+            }
+        };
+        if account.uid == 0 {
+            errors.push(Diagnostic::at(
+                source,
+                owner.offset,
+                format!("owner `{}` has uid 0; root is never shared", owner.name),
+            ));
+            continue;
+        }
+        let mut access = OwnerAccess {
+            uid: account.uid,
+            keys: Vec::new(),
+        };
+        for guest in &owner.guests {
+            if !guest.has_access(owner.sharing) {
+                continue;
+            }
+            for key in &guest.keys {
+                access.keys.push(GrantedKey {
+                    guest: guest.name.clone(),
+                    algorithm: key.algorithm.clone(),
+                    blob: key.blob.clone(),
+                    fingerprint: key.fingerprint.clone(),
+                });
+            }
+        }
+        policy.owners.insert(owner.name.clone(), access);
+    }
+    if errors.is_empty() {
+        Ok(policy)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::grants::tests::{KEY_A, KEY_B};
+    use crate::grants::{parse, Status};
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    /// An account database held in memory.
+    pub struct FakeAccounts(pub HashMap<String, u32>);
+
+    impl FakeAccounts {
+        pub fn with(names: &[(&str, u32)]) -> Self {
+            FakeAccounts(names.iter().map(|(n, u)| (n.to_string(), *u)).collect())
+        }
+    }
+
+    impl Accounts for FakeAccounts {
+        fn lookup(&self, name: &str) -> Result<Option<Account>, String> {
+            Ok(self.0.get(name).map(|&uid| Account { uid }))
+        }
+    }
+
+    fn compiled(src: &str, accounts: &FakeAccounts) -> Result<Policy, Vec<Diagnostic>> {
+        compile(&parse(src).expect("valid grants"), src, accounts)
+    }
+
+    #[test]
+    fn accepted_guest_of_sharing_owner_is_printed_and_tagged() {
+        let src = format!(
+            "[owners.alice]\nsharing = true\n[owners.alice.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{KEY_A}\"]\n[owners.alice.guests.carol]\nkeys = [\"{KEY_B}\"]\n"
+        );
+        let p = compiled(&src, &FakeAccounts::with(&[("alice", 1000)])).unwrap();
+        let text = p.owners["alice"].authorized_keys();
+        assert_eq!(text.lines().count(), 1);
+        assert!(text.starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGg3"));
+        assert!(text.ends_with(" vmshare:bob\n"));
+        let blob = KEY_A.split(' ').nth(1).unwrap();
+        assert_eq!(guest_in_lines(&text, "ssh-ed25519", blob), Some("bob"));
+        let other = KEY_B.split(' ').nth(1).unwrap();
+        assert_eq!(guest_in_lines(&text, "ssh-ed25519", other), None);
+    }
+
+    #[test]
+    fn root_owner_invalidates_the_file() {
+        let src = "[owners.root]\nsharing = true\n[owners.alice]\nsharing = true\n";
+        let e = compiled(src, &FakeAccounts::with(&[("root", 0), ("alice", 1000)])).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert!(e[0].message.contains("root is never shared"));
+        assert_eq!(e[0].line, 1);
+    }
+
+    #[test]
+    fn unknown_owner_is_inert_and_reported() {
+        let src = format!(
+            "[owners.ghost]\nsharing = true\n[owners.ghost.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{KEY_A}\"]\n[owners.alice]\nsharing = true\n"
+        );
+        let p = compiled(&src, &FakeAccounts::with(&[("alice", 1000)])).unwrap();
+        assert!(!p.owners.contains_key("ghost"));
+        assert!(p.owners.contains_key("alice"));
+        assert_eq!(p.notes.len(), 1);
+        assert!(p.notes[0].message.contains("not a local account"));
+    }
+
+    #[test]
+    fn account_database_failure_fails_closed() {
+        struct Broken;
+        impl Accounts for Broken {
+            fn lookup(&self, _: &str) -> Result<Option<Account>, String> {
+                Err("nss down".into())
+            }
+        }
+        let src = "[owners.alice]\nsharing = true\n";
+        assert!(compile(&parse(src).unwrap(), src, &Broken).is_err());
+    }
+
+    // Property: for any generated grant file, the lookup emits exactly the
+    // keys of accepted guests of sharing owners, each once.
+    fn arb_key() -> impl Strategy<Value = String> {
+        prop::array::uniform32(any::<u8>()).prop_map(|bytes| {
+            let key = ssh_key::public::Ed25519PublicKey(bytes);
+            ssh_key::PublicKey::from(key).to_openssh().expect("encodes")
+        })
+    }
+
+    fn arb_status() -> impl Strategy<Value = Option<Status>> {
+        prop::option::of(prop::sample::select(Status::ALL.to_vec()))
+    }
+
+    prop_compose! {
+        fn arb_guest()(name in "[a-z0-9][a-z0-9._-]{0,8}", status in arb_status(),
+                       keys in prop::collection::vec(arb_key(), 0..3)) -> (String, Option<Status>, Vec<String>) {
+            (name, status, keys)
+        }
+    }
+
+    prop_compose! {
+        fn arb_owner()(name in "[a-z][a-z0-9]{0,6}", sharing in prop::option::of(any::<bool>()),
+                       local in any::<bool>(),
+                       guests in prop::collection::vec(arb_guest(), 0..4)) -> (String, Option<bool>, bool, Vec<(String, Option<Status>, Vec<String>)>) {
+            (name, sharing, local, guests)
+        }
+    }
+
+    type GenOwner = (
+        String,
+        Option<bool>,
+        bool,
+        Vec<(String, Option<Status>, Vec<String>)>,
+    );
+
+    /// Renders generated owners as a grant file, with the account database
+    /// and, per owner, the `guest blob` pairs that must be printed.
+    fn render(owners: &[GenOwner]) -> (String, HashMap<String, u32>, HashMap<String, Vec<String>>) {
+        let mut src = String::new();
+        let mut accounts = HashMap::new();
+        let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+        let mut seen_owner = std::collections::HashSet::new();
+        for (oname, sharing, local, guests) in owners {
+            if !seen_owner.insert(oname.clone()) {
+                continue;
+            }
+            if *local {
+                accounts.insert(oname.clone(), 1000 + accounts.len() as u32);
+            }
+            src.push_str(&format!("[owners.\"{oname}\"]\n"));
+            if let Some(s) = sharing {
+                src.push_str(&format!("sharing = {s}\n"));
+            }
+            let mut seen_guest = std::collections::HashSet::new();
+            for (gname, status, keys) in guests {
+                if !seen_guest.insert(gname.clone()) {
+                    continue;
+                }
+                src.push_str(&format!("[owners.\"{oname}\".guests.\"{gname}\"]\n"));
+                if let Some(st) = status {
+                    src.push_str(&format!("status = \"{st}\"\n"));
+                }
+                let quoted: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
+                src.push_str(&format!("keys = [{}]\n", quoted.join(", ")));
+                if *local && sharing == &Some(true) && status == &Some(Status::Accepted) {
+                    for k in keys {
+                        let blob = k.split(' ').nth(1).unwrap().to_string();
+                        expected
+                            .entry(oname.clone())
+                            .or_default()
+                            .push(format!("{gname} {blob}"));
+                    }
+                }
+            }
+        }
+        (src, accounts, expected)
+    }
+
+    proptest! {
+        #[test]
+        fn lookup_emits_exactly_the_accepted_keys(owners in prop::collection::vec(arb_owner(), 0..4)) {
+            let (src, accounts, expected) = render(&owners);
+            // Random 32-byte keys never collide, so generated files are valid.
+            let grants = parse(&src).expect("generated file is valid");
+            let policy = compile(&grants, &src, &FakeAccounts(accounts.clone())).expect("compiles");
+            for (oname, ..) in &owners {
+                let printed = policy.owners.get(oname).map(|a| a.authorized_keys()).unwrap_or_default();
+                let mut got: Vec<String> = printed.lines().map(|l| {
+                    let p: Vec<&str> = l.split(' ').collect();
+                    format!("{} {}", p[2].strip_prefix(GUEST_TAG).unwrap(), p[1])
+                }).collect();
+                let mut want = expected.get(oname).cloned().unwrap_or_default();
+                got.sort();
+                want.sort();
+                prop_assert_eq!(got, want);
+                if !accounts.contains_key(oname) {
+                    prop_assert!(!policy.owners.contains_key(oname));
+                }
+            }
+        }
+
+        #[test]
+        fn any_invalid_file_grants_nothing(
+            owners in prop::collection::vec(arb_owner(), 1..4),
+            flaw in 0..6usize,
+            key in arb_key(),
+        ) {
+            let (mut src, mut accounts, _) = render(&owners);
+            let first_owner = &owners[0].0;
+            match flaw {
+                0 => src.push_str("[owners.x.guests.y]\nstauts = \"accepted\"\n"),
+                1 => src.push_str(&format!("[owners.\"{first_owner}\"]\n")),
+                2 => src.push_str("[owners.x.guests.y]\nkeys = [\"not a key\"]\n"),
+                3 => src.push_str(&format!("[owners.x.guests.y]\nkeys = [\"{key}\"]\n[owners.x.guests.z]\nkeys = [\"{key}\"]\n")),
+                4 => {
+                    src.push_str("[owners.root]\nsharing = true\n");
+                    accounts.insert("root".into(), 0);
+                }
+                _ => src.push_str("[owners.x.guests.\"Y\"]\n"),
+            }
+            let result = parse(&src).map_err(|_| ()).and_then(|g| {
+                compile(&g, &src, &FakeAccounts(accounts)).map_err(|_| ())
+            });
+            prop_assert!(result.is_err(), "flaw {} accepted:\n{}", flaw, src);
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The compiled snapshot in the run dir: per owner, the lines the key lookup
+//! prints, and the grant-file version they were compiled from.
+//!
+//! Layout: one JSON header line, then the owners' authorized_keys text back
+//! to back; the header maps each owner to its byte range. Written atomically
+//! (temp, fsync, rename), so a reader sees one whole snapshot or another.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+use crate::source::{FileVersion, Loaded, Outcome};
+
+const FORMAT: u32 = 1;
+const MAX_HEADER_BYTES: u64 = 64 << 20;
+
+/// A grant file modified this close to when the snapshot was written may
+/// have changed again within the file system's timestamp granularity without
+/// changing its stat; such a snapshot is only trusted after comparing hashes.
+pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: u32,
+    pub grants_path: PathBuf,
+    /// `None`: the grant file was missing.
+    pub version: Option<FileVersion>,
+    pub sha256: String,
+    /// Wall-clock time the snapshot was compiled, ns since the epoch.
+    pub written_ns: i64,
+    pub valid: bool,
+    /// Owner → (offset, length) in the body.
+    pub owners: BTreeMap<String, (u64, u64)>,
+}
+
+impl Header {
+    /// Whether the snapshot must be confirmed by hashing the grant file.
+    pub fn is_racy(&self) -> bool {
+        self.version
+            .is_some_and(|v| v.mtime_ns.max(v.ctime_ns) + RACY_WINDOW_NS >= self.written_ns)
+    }
+}
+
+/// Writes the snapshot of `loaded` to `path`, readable by everyone (it holds
+/// public keys only, and the key lookup runs unprivileged).
+pub fn write(path: &Path, loaded: &Loaded, written_ns: i64) -> io::Result<()> {
+    let mut body = String::new();
+    let mut owners = BTreeMap::new();
+    if let Outcome::Valid { policy, .. } = &loaded.outcome {
+        for (name, access) in &policy.owners {
+            let text = access.authorized_keys();
+            owners.insert(name.clone(), (body.len() as u64, text.len() as u64));
+            body.push_str(&text);
+        }
+    }
+    let header = Header {
+        format: FORMAT,
+        grants_path: loaded.path.clone(),
+        version: loaded.version,
+        sha256: loaded.sha256.clone(),
+        written_ns,
+        valid: !matches!(loaded.outcome, Outcome::Invalid(_)),
+        owners,
+    };
+    let mut data = serde_json::to_vec(&header).map_err(io::Error::other)?;
+    data.push(b'\n');
+    data.extend_from_slice(body.as_bytes());
+    fsutil::atomic_write(path, &data, 0o644, None)
+}
+
+/// What the snapshot says about one owner.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The snapshot matches the grant file's current version.
+    Fresh { header: Header, lines: String },
+    /// The snapshot is from another version of the grant file, or of another
+    /// grant file: it must not be used.
+    Stale,
+}
+
+/// Reads the header and `owner`'s lines, provided the snapshot was compiled
+/// from `grants_path` at `current`. Errors mean the snapshot is unusable.
+pub fn read_owner(
+    path: &Path,
+    grants_path: &Path,
+    current: Option<&FileVersion>,
+    owner: &str,
+) -> io::Result<Lookup> {
+    let file = File::open(path)?;
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    (&mut reader)
+        .take(MAX_HEADER_BYTES)
+        .read_until(b'\n', &mut line)?;
+    if line.last() != Some(&b'\n') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "snapshot header is truncated",
+        ));
+    }
+    let header: Header = serde_json::from_slice(&line).map_err(io::Error::other)?;
+    if header.format != FORMAT
+        || header.grants_path != grants_path
+        || header.version.as_ref() != current
+    {
+        return Ok(Lookup::Stale);
+    }
+    let body_start = line.len() as u64;
+    let mut lines = String::new();
+    if let Some(&(offset, len)) = header.owners.get(owner) {
+        let mut file = reader.into_inner();
+        file.seek(SeekFrom::Start(body_start + offset))?;
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.take(len).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "snapshot body is truncated",
+            ));
+        }
+        lines = String::from_utf8(bytes).map_err(io::Error::other)?;
+    }
+    Ok(Lookup::Fresh { header, lines })
+}
+
+/// Reads only the header.
+pub fn read_header(path: &Path) -> io::Result<Header> {
+    let file = File::open(path)?;
+    let mut reader = BufReader::new(file).take(MAX_HEADER_BYTES);
+    let mut line = Vec::new();
+    reader.read_until(b'\n', &mut line)?;
+    serde_json::from_slice(&line).map_err(io::Error::other)
+}
