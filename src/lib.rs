@@ -10,6 +10,7 @@ pub mod grants;
 pub mod keys_command;
 pub mod lookup;
 pub mod policy;
+pub mod sessions;
 pub mod snapshot;
 pub mod source;
 pub mod syslog;

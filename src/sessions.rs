@@ -1,0 +1,151 @@
+//! Session records: one small JSON file per live guest session in
+//! `<run_dir>/sessions/`, written by the PAM hook, read by the daemon and
+//! the CLI. Everything needed to end the session is in the record, so a
+//! restarted daemon loses nothing.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+
+/// One live guest session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Unique id: also the record's file name and the cgroup's name.
+    pub id: String,
+    pub owner: String,
+    pub guest: String,
+    /// The authenticating key, `SHA256:…`.
+    pub fingerprint: String,
+    /// The key blob, to re-check the grant by key, not only by guest name.
+    pub key_algorithm: String,
+    pub key_blob: String,
+    /// Remote address as sshd reported it (`PAM_RHOST`).
+    pub remote: String,
+    /// Session start, seconds since the epoch.
+    pub since: i64,
+    /// The per-connection `sshd: USER [priv]` process.
+    pub monitor_pid: i32,
+    /// That process's start time (field 22 of /proc/PID/stat), so a reused
+    /// pid is never mistaken for the session.
+    pub monitor_start: u64,
+    pub uid: u32,
+    /// The session's own cgroup, when the cgroup backend confines it.
+    pub cgroup: Option<PathBuf>,
+    /// The logind session id, when pam_systemd made one.
+    pub logind_session: Option<String>,
+}
+
+impl SessionRecord {
+    pub fn file_name(id: &str) -> String {
+        format!("{id}.json")
+    }
+}
+
+/// Creates the records directory (root-only) if needed.
+pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn write(dir: &Path, record: &SessionRecord) -> io::Result<()> {
+    ensure_dir(dir)?;
+    let data = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+    fsutil::atomic_write(
+        &dir.join(SessionRecord::file_name(&record.id)),
+        &data,
+        0o600,
+        None,
+    )
+}
+
+pub fn remove(dir: &Path, id: &str) -> io::Result<()> {
+    match fs::remove_file(dir.join(SessionRecord::file_name(id))) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+pub fn read(path: &Path) -> io::Result<SessionRecord> {
+    let data = fs::read(path)?;
+    serde_json::from_slice(&data).map_err(io::Error::other)
+}
+
+/// All records, oldest first. Unreadable records are returned as errors
+/// beside the good ones, so callers can both act and report.
+pub fn list(dir: &Path) -> (Vec<SessionRecord>, Vec<(PathBuf, io::Error)>) {
+    let mut records = Vec::new();
+    let mut bad = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return (records, bad),
+        Err(e) => {
+            bad.push((dir.to_path_buf(), e));
+            return (records, bad);
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        match read(&path) {
+            Ok(r) => records.push(r),
+            Err(e) => bad.push((path, e)),
+        }
+    }
+    records.sort_by(|a, b| (a.since, &a.id).cmp(&(b.since, &b.id)));
+    (records, bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn sample(id: &str) -> SessionRecord {
+        SessionRecord {
+            id: id.into(),
+            owner: "alice".into(),
+            guest: "bob".into(),
+            fingerprint: "SHA256:x".into(),
+            key_algorithm: "ssh-ed25519".into(),
+            key_blob: "AAAA".into(),
+            remote: "192.0.2.1".into(),
+            since: 1,
+            monitor_pid: 42,
+            monitor_start: 7,
+            uid: 1000,
+            cgroup: None,
+            logind_session: None,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_list() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("sessions");
+        write(&dir, &sample("b")).unwrap();
+        write(&dir, &sample("a")).unwrap();
+        fs::write(dir.join("junk.json"), "{").unwrap();
+        let (records, bad) = list(&dir);
+        assert_eq!(
+            records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(bad.len(), 1);
+        remove(&dir, "a").unwrap();
+        remove(&dir, "a").unwrap();
+        assert_eq!(list(&dir).0.len(), 1);
+    }
+}
