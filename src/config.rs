@@ -17,6 +17,10 @@ pub struct Config {
     pub grants: PathBuf,
     /// Snapshot, session records and control socket.
     pub run_dir: PathBuf,
+    /// The owners' own key files, as sshd's `AuthorizedKeysFile` names them
+    /// (`%h`, `%u`, `%%`; relative paths are under the home directory). A
+    /// key found there is the owner's own login, never a guest's.
+    pub authorized_keys_files: Vec<String>,
     pub enforcement: Enforcement,
 }
 
@@ -43,6 +47,10 @@ impl Default for Config {
         Config {
             grants: PathBuf::from("/etc/vmshare/grants.toml"),
             run_dir: PathBuf::from("/run/vmshare"),
+            authorized_keys_files: vec![
+                ".ssh/authorized_keys".into(),
+                ".ssh/authorized_keys2".into(),
+            ],
             enforcement: Enforcement::default(),
         }
     }

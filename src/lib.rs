@@ -2,14 +2,18 @@
 //! access — new logins and live sessions — the moment it is revoked.
 #![forbid(unsafe_code)]
 
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod diag;
+pub mod enforce;
 pub mod fsutil;
 pub mod grants;
 pub mod keys_command;
 pub mod lookup;
+pub mod pam_hook;
 pub mod policy;
+pub mod procfs;
 pub mod sessions;
 pub mod snapshot;
 pub mod source;

@@ -1,0 +1,177 @@
+//! Confining sessions with cgroup v2: each guest session gets a group of its
+//! own under the agent's root, and ending the session is one write to its
+//! `cgroup.kill`. For hosts without systemd as PID 1; on systemd hosts logind
+//! owns the session's scope.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+
+/// The cgroup2 mount point, from mountinfo text (`None` if there is none).
+/// Never assume /sys/fs/cgroup: hybrid hosts mount it elsewhere.
+pub fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        let mount_point = left.split(' ').nth(4)?;
+        Some(PathBuf::from(unescape_mount_path(mount_point)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mount_path(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let code: String = chars.by_ref().take(3).collect();
+            if let Ok(n) = u8::from_str_radix(&code, 8) {
+                out.push(n as char);
+                continue;
+            }
+            out.push('\\');
+            out.push_str(&code);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    cgroup2_mount_in(&fs::read_to_string("/proc/self/mountinfo").ok()?)
+}
+
+/// The directory under which session groups are made.
+pub fn session_root(config: &Config) -> Option<PathBuf> {
+    let configured = &config.enforcement.cgroup_root;
+    if !configured.as_os_str().is_empty() {
+        return Some(configured.clone());
+    }
+    Some(cgroup2_mount()?.join("vmshare"))
+}
+
+/// Creates the group `root/id` and moves `pids` into it, in order.
+pub fn confine(root: &Path, id: &str, pids: &[i32]) -> io::Result<PathBuf> {
+    fs::create_dir_all(root)?;
+    let group = root.join(id);
+    match fs::create_dir(&group) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    let procs = group.join("cgroup.procs");
+    for pid in pids {
+        match fs::write(&procs, pid.to_string()) {
+            Ok(()) => {}
+            // ESRCH: the process exited meanwhile; nothing left to confine.
+            Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(group)
+}
+
+/// Pids currently in `group` (not its subgroups).
+pub fn pids(group: &Path) -> io::Result<Vec<i32>> {
+    Ok(fs::read_to_string(group.join("cgroup.procs"))?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect())
+}
+
+/// Whether any process is in `group` or below (`cgroup.events` populated).
+pub fn is_populated(group: &Path) -> io::Result<bool> {
+    let events = fs::read_to_string(group.join("cgroup.events"))?;
+    Ok(events.lines().any(|l| l == "populated 1"))
+}
+
+/// Kills every process in `group` and below, waits up to `timeout` for them
+/// to be gone, then removes the group. Falls back to SIGKILL of each member
+/// where `cgroup.kill` is missing (kernels before 5.14).
+pub fn kill(group: &Path, timeout: Duration) -> io::Result<()> {
+    if !group.exists() {
+        return Ok(());
+    }
+    match fs::write(group.join("cgroup.kill"), "1") {
+        Ok(()) => {}
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound
+                || e.kind() == io::ErrorKind::PermissionDenied =>
+        {
+            kill_members(group)?;
+        }
+        Err(e) => return Err(e),
+    }
+    let deadline = Instant::now() + timeout;
+    while is_populated(group).unwrap_or(false) {
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{} still has processes", group.display()),
+            ));
+        }
+        // Members that were forking while the kill ran.
+        let _ = kill_members(group);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    remove(group)
+}
+
+fn kill_members(group: &Path) -> io::Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    for pid in pids(group)? {
+        let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    if let Ok(entries) = fs::read_dir(group) {
+        for sub in entries.flatten().filter(|e| e.path().is_dir()) {
+            kill_members(&sub.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes an empty group and its empty subgroups.
+pub fn remove(group: &Path) -> io::Result<()> {
+    if let Ok(entries) = fs::read_dir(group) {
+        for sub in entries.flatten().filter(|e| e.path().is_dir()) {
+            remove(&sub.path())?;
+        }
+    }
+    match fs::remove_dir(group) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_layout() {
+        let mi = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                  40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n\
+                  41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount_in(mi),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified =
+            "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            cgroup2_mount_in(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        let spaced = "29 23 0:26 / /mnt/cg\\040two rw - cgroup2 none rw\n";
+        assert_eq!(cgroup2_mount_in(spaced), Some(PathBuf::from("/mnt/cg two")));
+        assert_eq!(
+            cgroup2_mount_in("31 23 0:28 / /x rw - tmpfs tmpfs rw\n"),
+            None
+        );
+    }
+}

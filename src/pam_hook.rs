@@ -1,0 +1,449 @@
+//! The PAM session hook, run by `pam_exec.so` in sshd's session stack.
+//!
+//! On `open_session` it tells an owner's own login (passes untouched) from a
+//! guest's. A guest session is first confined and recorded, then the grant
+//! is checked again against the current grant file: a revoke either lands
+//! before that check (the login is refused) or after the record exists (the
+//! daemon kills it). On `close_session` it forgets the record.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::enforce::{self, Placement};
+use crate::lookup::owner_lines;
+use crate::policy::{guest_in_lines, SystemAccounts};
+use crate::procfs;
+use crate::sessions::{self, SessionRecord};
+use crate::syslog::{log, Level};
+
+const IDENT: &str = "vmshare-pam";
+
+/// One public key from `SSH_AUTH_INFO_0`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthKey {
+    pub algorithm: String,
+    pub blob: String,
+}
+
+impl AuthKey {
+    pub fn is_certificate(&self) -> bool {
+        self.algorithm.contains("-cert-")
+    }
+}
+
+/// The public keys that authenticated, from sshd's `SSH_AUTH_INFO_0`: one
+/// line per method, `publickey ALGORITHM BASE64 …` for keys.
+pub fn parse_auth_info(info: &str) -> Vec<AuthKey> {
+    info.lines()
+        .filter_map(|line| {
+            let mut words = line.split_ascii_whitespace();
+            if words.next()? != "publickey" {
+                return None;
+            }
+            let algorithm = words.next()?;
+            let blob = words.next()?;
+            let sane = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 16 * 1024
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"+/=@.-_".contains(&b))
+            };
+            (sane(algorithm) && sane(blob)).then(|| AuthKey {
+                algorithm: algorithm.to_string(),
+                blob: blob.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Whether authorized_keys text lists the key (with or without options).
+pub fn authorized_keys_contains(text: &str, key: &AuthKey) -> bool {
+    text.lines().any(|line| {
+        let words: Vec<&str> = line.split_ascii_whitespace().collect();
+        words
+            .windows(2)
+            .any(|w| w[0] == key.algorithm && w[1] == key.blob)
+    })
+}
+
+/// What to do with a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Not a guest: the owner's own login, or a method vmshare never grants.
+    Owner(&'static str),
+    /// A guest currently granted access with this key.
+    Guest {
+        guest: String,
+        key: AuthKey,
+    },
+    Deny(String),
+}
+
+/// Decides from the authenticating keys, the owner's current vmshare lines
+/// (`Err` if the grant file cannot be trusted), and whether a key is in the
+/// owner's own key files.
+pub fn decide(
+    keys: &[AuthKey],
+    lines: &Result<String, String>,
+    is_owners_own: &dyn Fn(&AuthKey) -> bool,
+) -> Decision {
+    if keys.is_empty() {
+        return Decision::Owner("no public key authenticated this session");
+    }
+    for key in keys {
+        if key.is_certificate() || is_owners_own(key) {
+            continue;
+        }
+        // Only vmshare's lookup can have authorized a plain key that is not
+        // in the owner's own files: it must be granted right now.
+        return match lines {
+            Ok(lines) => match guest_in_lines(lines, &key.algorithm, &key.blob) {
+                Some(guest) => Decision::Guest {
+                    guest: guest.to_string(),
+                    key: key.clone(),
+                },
+                None => Decision::Deny(format!(
+                    "key {} {}… is neither the owner's nor granted to any guest now",
+                    key.algorithm,
+                    key.blob.chars().take(16).collect::<String>()
+                )),
+            },
+            Err(e) => Decision::Deny(e.clone()),
+        };
+    }
+    Decision::Owner("the authenticating key is the owner's own")
+}
+
+/// The owner's own key files, expanded like sshd's `AuthorizedKeysFile`.
+pub fn owner_key_files(patterns: &[String], user: &str, home: &str) -> Vec<PathBuf> {
+    patterns
+        .iter()
+        .map(|p| {
+            let mut out = String::new();
+            let mut chars = p.chars();
+            while let Some(c) = chars.next() {
+                if c != '%' {
+                    out.push(c);
+                    continue;
+                }
+                match chars.next() {
+                    Some('h') => out.push_str(home),
+                    Some('u') => out.push_str(user),
+                    Some('%') => out.push('%'),
+                    Some(other) => {
+                        out.push('%');
+                        out.push(other);
+                    }
+                    None => out.push('%'),
+                }
+            }
+            let path = PathBuf::from(out);
+            if path.is_absolute() {
+                path
+            } else {
+                PathBuf::from(home).join(path)
+            }
+        })
+        .collect()
+}
+
+struct Env {
+    pam_type: String,
+    user: String,
+    rhost: String,
+    auth_info: String,
+}
+
+fn env_var(name: &str) -> String {
+    std::env::var(name).unwrap_or_default()
+}
+
+/// Runs the hook; the one place where outcomes become the exit code PAM sees.
+pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
+    let config_path = args
+        .windows(2)
+        .find(|w| w[0] == "--config")
+        .map(|w| PathBuf::from(&w[1]));
+    let env = Env {
+        pam_type: env_var("PAM_TYPE"),
+        user: env_var("PAM_USER"),
+        rhost: env_var("PAM_RHOST"),
+        auth_info: env_var("SSH_AUTH_INFO_0"),
+    };
+    match env.pam_type.as_str() {
+        "open_session" => open_session(config_path, &env),
+        "close_session" => {
+            close_session(config_path);
+            ExitCode::SUCCESS
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn open_session(config_path: Option<PathBuf>, env: &Env) -> ExitCode {
+    let keys = parse_auth_info(&env.auth_info);
+    if keys.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            // Without configuration nothing can be granted, but the owner's
+            // own key still gets in.
+            let owners = owners_own_checker(&Config::default(), &env.user);
+            return finish(
+                env,
+                decide(&keys, &Err(format!("bad configuration: {e}")), &owners),
+            );
+        }
+    };
+    let owners = owners_own_checker(&config, &env.user);
+    let lines = owner_lines(&config, &env.user, &SystemAccounts).map(|a| a.lines);
+    match decide(&keys, &lines, &owners) {
+        Decision::Guest { guest, key } => match admit_guest(&config, env, &guest, &key) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => finish(env, Decision::Deny(e)),
+        },
+        other => finish(env, other),
+    }
+}
+
+fn finish(env: &Env, decision: Decision) -> ExitCode {
+    match decision {
+        Decision::Owner(_) => ExitCode::SUCCESS,
+        Decision::Guest { .. } => ExitCode::SUCCESS,
+        Decision::Deny(why) => {
+            log(
+                IDENT,
+                Level::Warning,
+                &format!(
+                    "refused session: owner={} from={} reason={why}",
+                    env.user, env.rhost
+                ),
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn owners_own_checker(config: &Config, user: &str) -> impl Fn(&AuthKey) -> bool {
+    let files = match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => owner_key_files(
+            &config.authorized_keys_files,
+            user,
+            &u.dir.to_string_lossy(),
+        ),
+        _ => Vec::new(),
+    };
+    let texts: Vec<String> = files
+        .iter()
+        .filter_map(|f| fs::read_to_string(f).ok())
+        .collect();
+    move |key: &AuthKey| texts.iter().any(|t| authorized_keys_contains(t, key))
+}
+
+/// The monitor process this hook serves: our parent, `sshd: USER [priv]`.
+fn monitor() -> Result<procfs::Stat, String> {
+    let ppid = nix::unistd::getppid().as_raw();
+    procfs::stat(ppid).map_err(|e| format!("cannot read the sshd monitor process {ppid}: {e}"))
+}
+
+fn session_id(monitor: &procfs::Stat) -> String {
+    format!("s{}-{}", monitor.pid, monitor.start)
+}
+
+/// Confines and records the session, then checks the grant once more.
+fn admit_guest(
+    config: &Config,
+    env: &Env,
+    guest: &str,
+    key: &crate::pam_hook::AuthKey,
+) -> Result<(), String> {
+    let monitor = monitor()?;
+    let id = session_id(&monitor);
+    let uid = nix::unistd::User::from_name(&env.user)
+        .ok()
+        .flatten()
+        .map_or(u32::MAX, |u| u.uid.as_raw());
+    let fingerprint = crate::grants::parse_key(&format!("{} {}", key.algorithm, key.blob))
+        .map(|k| k.fingerprint)
+        .unwrap_or_default();
+    let cgroup = match enforce::placement(config)? {
+        Placement::Cgroup { root } => {
+            let me = std::process::id() as i32;
+            let pids: Vec<i32> = procfs::tree(monitor.pid)
+                .into_iter()
+                .filter(|&p| p != me)
+                .collect();
+            Some(
+                crate::cgroup::confine(&root, &id, &pids)
+                    .map_err(|e| format!("cannot confine session in {}: {e}", root.display()))?,
+            )
+        }
+        Placement::Signal => None,
+    };
+    let record = SessionRecord {
+        id: id.clone(),
+        owner: env.user.clone(),
+        guest: guest.to_string(),
+        fingerprint: fingerprint.clone(),
+        key_algorithm: key.algorithm.clone(),
+        key_blob: key.blob.clone(),
+        remote: env.rhost.clone(),
+        since: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+        monitor_pid: monitor.pid,
+        monitor_start: monitor.start,
+        uid,
+        cgroup,
+        logind_session: std::env::var("XDG_SESSION_ID")
+            .ok()
+            .filter(|s| !s.is_empty()),
+    };
+    let dir = config.sessions_dir();
+    sessions::write(&dir, &record)
+        .map_err(|e| format!("cannot record session in {}: {e}", dir.display()))?;
+    // The re-check: the record exists now, so a revoke from here on is the
+    // daemon's to enforce; one that already happened is seen here.
+    let still = owner_lines(config, &env.user, &SystemAccounts)
+        .map(|a| guest_in_lines(&a.lines, &key.algorithm, &key.blob).map(str::to_string));
+    match still {
+        Ok(Some(g)) if g == guest => {
+            log(
+                IDENT,
+                Level::Info,
+                &format!(
+                    "guest login: owner={} guest={guest} fingerprint={fingerprint} from={} session={id}",
+                    env.user, env.rhost
+                ),
+            );
+            Ok(())
+        }
+        other => {
+            let _ = sessions::remove(&dir, &id);
+            Err(match other {
+                Err(e) => e,
+                _ => format!("guest {guest}'s access was revoked during login"),
+            })
+        }
+    }
+}
+
+fn close_session(config_path: Option<PathBuf>) {
+    let (Ok(config), Ok(monitor)) = (Config::load(config_path.as_deref()), monitor()) else {
+        return;
+    };
+    let id = session_id(&monitor);
+    let dir = config.sessions_dir();
+    if dir.join(SessionRecord::file_name(&id)).exists() {
+        let _ = sessions::remove(&dir, &id);
+        log(
+            IDENT,
+            Level::Info,
+            &format!("guest session closed: session={id}"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(blob: &str) -> AuthKey {
+        AuthKey {
+            algorithm: "ssh-ed25519".into(),
+            blob: blob.into(),
+        }
+    }
+
+    #[test]
+    fn auth_info_yields_public_keys_only() {
+        let info = "publickey ssh-ed25519 AAAAC3Nza+/x=\npassword\npublickey bad key\\n\npublickey";
+        assert_eq!(parse_auth_info(info), vec![key("AAAAC3Nza+/x=")]);
+        assert!(parse_auth_info("").is_empty());
+        assert!(parse_auth_info("keyboard-interactive\n").is_empty());
+    }
+
+    #[test]
+    fn owners_own_key_passes_even_if_grant_file_is_broken() {
+        let own = |_: &AuthKey| true;
+        let d = decide(&[key("A")], &Err("invalid".into()), &own);
+        assert!(matches!(d, Decision::Owner(_)));
+    }
+
+    #[test]
+    fn granted_guest_key_is_a_guest() {
+        let lines = Ok("ssh-ed25519 A vmshare:bob\n".to_string());
+        let d = decide(&[key("A")], &lines, &|_| false);
+        assert_eq!(
+            d,
+            Decision::Guest {
+                guest: "bob".into(),
+                key: key("A")
+            }
+        );
+    }
+
+    #[test]
+    fn foreign_key_not_granted_is_denied() {
+        // A guest key revoked between key lookup and session: not the
+        // owner's, not granted now.
+        let lines = Ok("ssh-ed25519 B vmshare:carol\n".to_string());
+        assert!(matches!(
+            decide(&[key("A")], &lines, &|_| false),
+            Decision::Deny(_)
+        ));
+        assert!(matches!(
+            decide(&[key("A")], &Err("bad".into()), &|_| false),
+            Decision::Deny(_)
+        ));
+    }
+
+    #[test]
+    fn no_key_or_certificate_is_not_ours() {
+        assert!(matches!(
+            decide(&[], &Err("x".into()), &|_| false),
+            Decision::Owner(_)
+        ));
+        let cert = AuthKey {
+            algorithm: "ssh-ed25519-cert-v01@openssh.com".into(),
+            blob: "A".into(),
+        };
+        assert!(matches!(
+            decide(&[cert], &Err("x".into()), &|_| false),
+            Decision::Owner(_)
+        ));
+    }
+
+    #[test]
+    fn authorized_keys_lines_with_options_match() {
+        let text = "# c\nrestrict,command=\"x\" ssh-ed25519 A me\nssh-rsa B\n";
+        assert!(authorized_keys_contains(text, &key("A")));
+        assert!(!authorized_keys_contains(text, &key("B")));
+        assert!(!authorized_keys_contains(text, &key("AB")));
+    }
+
+    #[test]
+    fn key_file_patterns_expand_like_sshd() {
+        let files = owner_key_files(
+            &[
+                ".ssh/authorized_keys".into(),
+                "/etc/keys/%u".into(),
+                "%h/k%%".into(),
+            ],
+            "alice",
+            "/home/alice",
+        );
+        assert_eq!(
+            files,
+            [
+                PathBuf::from("/home/alice/.ssh/authorized_keys"),
+                PathBuf::from("/etc/keys/alice"),
+                PathBuf::from("/home/alice/k%"),
+            ]
+        );
+    }
+}
