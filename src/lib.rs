@@ -18,3 +18,4 @@ pub mod sessions;
 pub mod snapshot;
 pub mod source;
 pub mod syslog;
+pub mod edit;

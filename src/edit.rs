@@ -1,0 +1,1188 @@
+//! Edits of the grant file: the "Share VM" lifecycle transitions as a pure
+//! function over text (comments, order and layout are kept), and the one
+//! place that applies them to the file on disk, under a lock.
+//!
+//! Transitions (`-` = the guest has no table):
+//!
+//! | change  | from                  | to                                   |
+//! |---------|-----------------------|--------------------------------------|
+//! | invite  | -                     | invited, with the keys               |
+//! | invite  | invited / accepted    | same status, new keys added          |
+//! | invite  | rejected / left       | invited, new keys added              |
+//! | accept  | invited               | accepted                             |
+//! | reject  | invited               | rejected                             |
+//! | leave   | accepted              | left                                 |
+//! | revoke  | any                   | - (table removed)                    |
+//!
+//! Repeating a change that is already in effect (accepting an accepted
+//! guest, turning on a switch that is on, inviting with keys the guest
+//! already has) changes nothing and is not an error. Everything else is.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, Value};
+
+use crate::diag::{Diagnostic, FileErrors};
+use crate::fsutil;
+use crate::grants::{self, Grants, Status, MAX_GRANT_FILE_BYTES};
+use crate::policy::Accounts;
+use crate::source::{self, Outcome};
+
+/// How long an edit waits for another edit to finish.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Mode of a grant file the CLI creates.
+const NEW_FILE_MODE: u32 = 0o644;
+
+/// What a new grant file starts with.
+const NEW_FILE_HEADER: &str = "# Who may log in as whom on this VM. See vmshare(1).\n";
+
+/// One change to the grant file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Turn an owner's "Share VM" switch on or off.
+    Sharing {
+        owner: String,
+        on: bool,
+    },
+    /// Invite a guest with keys, or add keys to a guest.
+    Invite {
+        owner: String,
+        guest: String,
+        keys: Vec<String>,
+    },
+    Accept {
+        owner: String,
+        guest: String,
+    },
+    Reject {
+        owner: String,
+        guest: String,
+    },
+    /// Stop sharing with a guest: the guest's table goes.
+    Revoke {
+        owner: String,
+        guest: String,
+    },
+    /// The guest leaves: status `left`.
+    Leave {
+        owner: String,
+        guest: String,
+    },
+}
+
+impl Change {
+    pub fn owner(&self) -> &str {
+        match self {
+            Change::Sharing { owner, .. }
+            | Change::Invite { owner, .. }
+            | Change::Accept { owner, .. }
+            | Change::Reject { owner, .. }
+            | Change::Revoke { owner, .. }
+            | Change::Leave { owner, .. } => owner,
+        }
+    }
+
+    /// Whether the change may add an owner to the file, which must then be
+    /// a local account.
+    pub fn may_add_owner(&self) -> bool {
+        matches!(self, Change::Sharing { .. } | Change::Invite { .. })
+    }
+
+    fn verb(&self) -> &'static str {
+        match self {
+            Change::Sharing { .. } => "change sharing",
+            Change::Invite { .. } => "invite",
+            Change::Accept { .. } => "accept",
+            Change::Reject { .. } => "reject",
+            Change::Revoke { .. } => "revoke",
+            Change::Leave { .. } => "leave",
+        }
+    }
+}
+
+/// Why an edit was refused. Nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EditError {
+    /// The current file is invalid; it must be fixed by hand first.
+    InvalidFile(FileErrors),
+    /// The file cannot be read or trusted.
+    Unreadable(String),
+    BadOwnerName(String),
+    BadGuestName(String),
+    BadKey {
+        key: String,
+        why: String,
+    },
+    NoKeys,
+    /// The key already belongs to another guest of the owner.
+    KeyTaken {
+        fingerprint: String,
+        owner: String,
+        guest: String,
+    },
+    UnknownOwner(String),
+    NotLocalAccount(String),
+    RootOwner(String),
+    NotAGuest {
+        owner: String,
+        guest: String,
+    },
+    /// The guest's status does not allow the change.
+    Transition {
+        verb: &'static str,
+        owner: String,
+        guest: String,
+        status: Status,
+        hint: &'static str,
+    },
+    /// The result would be an invalid grant file.
+    ResultInvalid(FileErrors),
+    /// The change could not be expressed in this file's layout.
+    Layout(String),
+    Lock(String),
+    Io(String),
+}
+
+impl fmt::Display for EditError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EditError::InvalidFile(errors) => write!(
+                f,
+                "the grant file is invalid; fix it by hand first (`vmshare check`):\n{errors}"
+            ),
+            EditError::Unreadable(why) => write!(f, "{why}"),
+            EditError::BadOwnerName(why) | EditError::BadGuestName(why) => write!(f, "{why}"),
+            EditError::BadKey { key, why } => write!(f, "bad key {key:?}: {why}"),
+            EditError::NoKeys => write!(f, "no keys given; a guest needs at least one key"),
+            EditError::KeyTaken {
+                fingerprint,
+                owner,
+                guest,
+            } => write!(
+                f,
+                "key {fingerprint} already belongs to guest `{guest}` of owner `{owner}`; one key may belong to one guest only"
+            ),
+            EditError::UnknownOwner(owner) => {
+                write!(f, "owner `{owner}` is not in the grant file")
+            }
+            EditError::NotLocalAccount(owner) => write!(
+                f,
+                "owner `{owner}` is not a local account on this VM; only local accounts can be shared"
+            ),
+            EditError::RootOwner(owner) => {
+                write!(f, "owner `{owner}` has uid 0; root is never shared")
+            }
+            EditError::NotAGuest { owner, guest } => write!(
+                f,
+                "`{guest}` is not a guest of owner `{owner}` (never invited, or revoked); invite them first"
+            ),
+            EditError::Transition {
+                verb,
+                owner,
+                guest,
+                status,
+                hint,
+            } => write!(
+                f,
+                "cannot {verb}: guest `{guest}` of owner `{owner}` is {status}; {hint}"
+            ),
+            EditError::ResultInvalid(errors) => {
+                write!(f, "refused: the edited grant file would be invalid:\n{errors}")
+            }
+            EditError::Layout(why) => write!(
+                f,
+                "cannot make this edit in the file's layout ({why}); edit the file by hand"
+            ),
+            EditError::Lock(why) | EditError::Io(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+impl std::error::Error for EditError {}
+
+/// A change applied to grant file text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub text: String,
+    /// One line saying what happened, for people.
+    pub summary: String,
+    /// `false` when the change was already in effect; `text` is then the
+    /// input unchanged.
+    pub changed: bool,
+}
+
+/// Applies `change` to grant file text, keeping comments, order and layout.
+/// The text must be a valid grant file (as far as can be told without the
+/// account database); so is the result.
+pub fn apply(text: &str, change: &Change) -> Result<String, EditError> {
+    apply_explained(text, change).map(|a| a.text)
+}
+
+/// [`apply`], with a summary of what it did.
+pub fn apply_explained(text: &str, change: &Change) -> Result<Applied, EditError> {
+    let grants = grants::parse(text).map_err(|errors| {
+        EditError::InvalidFile(FileErrors {
+            file: PathBuf::from("grant file"),
+            errors,
+        })
+    })?;
+    let (step, summary) = decide(&grants, change)?;
+    let Some(step) = step else {
+        return Ok(Applied {
+            text: text.to_string(),
+            summary,
+            changed: false,
+        });
+    };
+    let owner = change.owner();
+    let guest = match change {
+        Change::Sharing { .. } => "",
+        Change::Invite { guest, .. }
+        | Change::Accept { guest, .. }
+        | Change::Reject { guest, .. }
+        | Change::Revoke { guest, .. }
+        | Change::Leave { guest, .. } => guest,
+    };
+    let edited = edit_text(text, owner, guest, &step)?;
+
+    // The text edit must have done exactly what was decided, whatever the
+    // file's layout (dotted keys, inline tables, ...).
+    let after = grants::parse(&edited).map_err(|errors| {
+        EditError::ResultInvalid(FileErrors {
+            file: PathBuf::from("edited grant file"),
+            errors,
+        })
+    })?;
+    let mut expected = Model::of(&grants);
+    expected.apply(owner, guest, &step);
+    if Model::of(&after) != expected {
+        return Err(EditError::Layout(
+            "the edited text does not say what was intended".into(),
+        ));
+    }
+    Ok(Applied {
+        text: edited,
+        summary,
+        changed: true,
+    })
+}
+
+/// What to do to the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// Creates the owner's table if it has none.
+    SetSharing(bool),
+    /// A new guest table; creates the owner's table (sharing off) if needed.
+    AddGuest {
+        keys: Vec<String>,
+    },
+    AddKeys {
+        keys: Vec<String>,
+        status: Option<Status>,
+    },
+    SetStatus(Status),
+    RemoveGuest,
+}
+
+/// Decides what `change` does to `grants`: a step, or nothing (already in
+/// effect), and a summary; or why it is refused.
+fn decide(grants: &Grants, change: &Change) -> Result<(Option<Step>, String), EditError> {
+    let owner_name = change.owner();
+    grants::check_owner_name(owner_name).map_err(EditError::BadOwnerName)?;
+    let owner = grants.owner(owner_name);
+    let existing = |guest: &str| -> Result<Status, EditError> {
+        grants::check_guest_name(guest).map_err(EditError::BadGuestName)?;
+        let o = owner.ok_or_else(|| EditError::UnknownOwner(owner_name.to_string()))?;
+        o.guest(guest)
+            .map(|g| g.status)
+            .ok_or_else(|| EditError::NotAGuest {
+                owner: owner_name.to_string(),
+                guest: guest.to_string(),
+            })
+    };
+    let refuse = |guest: &str, status: Status, hint: &'static str| EditError::Transition {
+        verb: change.verb(),
+        owner: owner_name.to_string(),
+        guest: guest.to_string(),
+        status,
+        hint,
+    };
+    let set = |guest: &str, to: Status| {
+        (
+            Some(Step::SetStatus(to)),
+            format!("guest `{guest}` of owner `{owner_name}` is now {to}"),
+        )
+    };
+    let already = |guest: &str, status: Status| {
+        (
+            None,
+            format!("unchanged: guest `{guest}` of owner `{owner_name}` is already {status}"),
+        )
+    };
+    Ok(match change {
+        Change::Sharing { on, .. } => {
+            let word = if *on { "on" } else { "off" };
+            let current = owner.is_some_and(|o| o.sharing);
+            if current == *on {
+                (
+                    None,
+                    format!("unchanged: sharing is already {word} for owner `{owner_name}`"),
+                )
+            } else {
+                (
+                    Some(Step::SetSharing(*on)),
+                    format!("sharing is now {word} for owner `{owner_name}`"),
+                )
+            }
+        }
+        Change::Invite { guest, keys, .. } => {
+            grants::check_guest_name(guest).map_err(EditError::BadGuestName)?;
+            let keys = parse_keys(keys)?;
+            if let Some(o) = owner {
+                for other in o.guests.iter().filter(|g| g.name != *guest) {
+                    for (parsed, _) in &keys {
+                        if other.keys.iter().any(|k| k.blob == parsed.blob) {
+                            return Err(EditError::KeyTaken {
+                                fingerprint: parsed.fingerprint.clone(),
+                                owner: owner_name.to_string(),
+                                guest: other.name.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+            match owner.and_then(|o| o.guest(guest)) {
+                None => (
+                    Some(Step::AddGuest {
+                        keys: keys.into_iter().map(|(_, line)| line).collect(),
+                    }),
+                    format!("invited guest `{guest}` of owner `{owner_name}`"),
+                ),
+                Some(g) => {
+                    let new: Vec<String> = keys
+                        .into_iter()
+                        .filter(|(p, _)| !g.keys.iter().any(|k| k.blob == p.blob))
+                        .map(|(_, line)| line)
+                        .collect();
+                    let status = match g.status {
+                        Status::Rejected | Status::Left => Some(Status::Invited),
+                        Status::Invited | Status::Accepted => None,
+                    };
+                    if new.is_empty() && status.is_none() {
+                        (
+                            None,
+                            format!(
+                                "unchanged: guest `{guest}` of owner `{owner_name}` is {} and has these keys",
+                                g.status
+                            ),
+                        )
+                    } else {
+                        let now = status.unwrap_or(g.status);
+                        let summary = format!(
+                            "guest `{guest}` of owner `{owner_name}` is {now}; {} key(s) added",
+                            new.len()
+                        );
+                        (Some(Step::AddKeys { keys: new, status }), summary)
+                    }
+                }
+            }
+        }
+        Change::Accept { guest, .. } => match existing(guest)? {
+            Status::Invited => set(guest, Status::Accepted),
+            Status::Accepted => already(guest, Status::Accepted),
+            s @ Status::Rejected => {
+                return Err(refuse(guest, s, "the owner must invite them again first"))
+            }
+            s @ Status::Left => {
+                return Err(refuse(guest, s, "the owner must invite them again first"))
+            }
+        },
+        Change::Reject { guest, .. } => match existing(guest)? {
+            Status::Invited => set(guest, Status::Rejected),
+            Status::Rejected => already(guest, Status::Rejected),
+            s @ Status::Accepted => {
+                return Err(refuse(
+                    guest,
+                    s,
+                    "use `leave` to give up access, or `revoke` to remove the guest",
+                ))
+            }
+            s @ Status::Left => return Err(refuse(guest, s, "there is no invitation to reject")),
+        },
+        Change::Leave { guest, .. } => match existing(guest)? {
+            Status::Accepted => set(guest, Status::Left),
+            Status::Left => already(guest, Status::Left),
+            s @ Status::Invited => {
+                return Err(refuse(guest, s, "use `reject` to decline the invitation"))
+            }
+            s @ Status::Rejected => return Err(refuse(guest, s, "there is nothing to leave")),
+        },
+        Change::Revoke { guest, .. } => {
+            existing(guest)?;
+            (
+                Some(Step::RemoveGuest),
+                format!("revoked guest `{guest}` of owner `{owner_name}`"),
+            )
+        }
+    })
+}
+
+/// Parses the given keys into their canonical one-line form, dropping
+/// repeats of the same key.
+fn parse_keys(keys: &[String]) -> Result<Vec<(grants::GuestKey, String)>, EditError> {
+    if keys.is_empty() {
+        return Err(EditError::NoKeys);
+    }
+    let mut out: Vec<(grants::GuestKey, String)> = Vec::new();
+    for key in keys {
+        let parsed = grants::parse_key(key.trim()).map_err(|why| EditError::BadKey {
+            key: key.clone(),
+            why,
+        })?;
+        if out.iter().any(|(p, _)| p.blob == parsed.blob) {
+            continue;
+        }
+        let mut line = format!("{} {}", parsed.algorithm, parsed.blob);
+        if !parsed.comment.is_empty() {
+            line.push(' ');
+            line.push_str(&parsed.comment);
+        }
+        out.push((parsed, line));
+    }
+    Ok(out)
+}
+
+/// What a grant file means, without positions: to check an edit did what
+/// was intended.
+#[derive(Debug, PartialEq, Eq)]
+struct Model(BTreeMap<String, (bool, GuestsModel)>);
+
+/// Guest → (status, key blobs).
+type GuestsModel = BTreeMap<String, (Status, Vec<String>)>;
+
+impl Model {
+    fn of(grants: &Grants) -> Self {
+        Model(
+            grants
+                .owners
+                .iter()
+                .map(|o| {
+                    let guests = o
+                        .guests
+                        .iter()
+                        .map(|g| {
+                            let keys = g.keys.iter().map(|k| k.blob.clone()).collect();
+                            (g.name.clone(), (g.status, keys))
+                        })
+                        .collect();
+                    (o.name.clone(), (o.sharing, guests))
+                })
+                .collect(),
+        )
+    }
+
+    fn apply(&mut self, owner: &str, guest: &str, step: &Step) {
+        let blobs = |keys: &[String]| -> Vec<String> {
+            keys.iter()
+                .filter_map(|k| k.split(' ').nth(1).map(str::to_string))
+                .collect()
+        };
+        let entry = self.0.entry(owner.to_string()).or_default();
+        match step {
+            Step::SetSharing(on) => entry.0 = *on,
+            Step::AddGuest { keys } => {
+                entry
+                    .1
+                    .insert(guest.to_string(), (Status::Invited, blobs(keys)));
+            }
+            Step::AddKeys { keys, status } => {
+                if let Some(g) = entry.1.get_mut(guest) {
+                    g.1.extend(blobs(keys));
+                    if let Some(s) = status {
+                        g.0 = *s;
+                    }
+                }
+            }
+            Step::SetStatus(s) => {
+                if let Some(g) = entry.1.get_mut(guest) {
+                    g.0 = *s;
+                }
+            }
+            Step::RemoveGuest => {
+                entry.1.remove(guest);
+            }
+        }
+    }
+}
+
+fn layout(what: impl Into<String>) -> EditError {
+    EditError::Layout(what.into())
+}
+
+/// Makes the text edit for `step`.
+fn edit_text(text: &str, owner: &str, guest: &str, step: &Step) -> Result<String, EditError> {
+    let mut doc: DocumentMut = text.parse().map_err(|e| layout(format!("{e}")))?;
+    // New tables get a blank line before them, unless they open the file.
+    let spaced = !text.trim().is_empty();
+    let owners = child(doc.as_item_mut(), "owners", container)?;
+    match step {
+        Step::SetSharing(on) => {
+            let o = child(owners, owner, |inline| owner_table(inline, spaced, *on))?;
+            set_value(o, "sharing", Value::from(*on))?;
+        }
+        Step::AddGuest { keys } => {
+            let o = child(owners, owner, |inline| owner_table(inline, spaced, false))?;
+            let guests = child(o, "guests", container)?;
+            let inline = guests.is_inline_table();
+            let table = guests
+                .as_table_like_mut()
+                .ok_or_else(|| layout("`guests` is not a table"))?;
+            let new = if inline {
+                let mut t = InlineTable::new();
+                t.insert("status", Value::from(Status::Invited.as_str()));
+                t.insert("keys", Value::Array(keys.iter().collect()));
+                Item::Value(Value::InlineTable(t))
+            } else {
+                let mut t = Table::new();
+                if spaced {
+                    t.decor_mut().set_prefix("\n");
+                }
+                t.insert("status", toml_edit::value(Status::Invited.as_str()));
+                t.insert("keys", Item::Value(Value::Array(multiline_array(keys))));
+                Item::Table(t)
+            };
+            table.insert(guest, new);
+        }
+        Step::AddKeys { keys, status } => {
+            let g = guest_item(owners, owner, guest)?;
+            add_keys(g, keys)?;
+            if let Some(s) = status {
+                set_value(g, "status", Value::from(s.as_str()))?;
+            }
+        }
+        Step::SetStatus(s) => {
+            let g = guest_item(owners, owner, guest)?;
+            set_value(g, "status", Value::from(s.as_str()))?;
+        }
+        Step::RemoveGuest => {
+            let o = owners
+                .as_table_like_mut()
+                .and_then(|t| t.get_mut(owner))
+                .ok_or_else(|| layout("owner table not found"))?;
+            let guests = o
+                .as_table_like_mut()
+                .and_then(|t| t.get_mut("guests"))
+                .and_then(Item::as_table_like_mut)
+                .ok_or_else(|| layout("guests table not found"))?;
+            guests
+                .remove(guest)
+                .ok_or_else(|| layout("guest table not found"))?;
+        }
+    }
+    Ok(doc.to_string())
+}
+
+/// `parent[key]`, created with `new(parent_is_inline)` when absent.
+fn child<'a>(
+    parent: &'a mut Item,
+    key: &str,
+    new: impl FnOnce(bool) -> Item,
+) -> Result<&'a mut Item, EditError> {
+    let inline = parent.is_inline_table();
+    let table = parent
+        .as_table_like_mut()
+        .ok_or_else(|| layout(format!("the parent of `{key}` is not a table")))?;
+    if !table.contains_key(key) {
+        table.insert(key, new(inline));
+    }
+    let item = table
+        .get_mut(key)
+        .ok_or_else(|| layout(format!("`{key}` vanished")))?;
+    if item.is_table_like() {
+        Ok(item)
+    } else {
+        Err(layout(format!("`{key}` is not a table")))
+    }
+}
+
+/// A table that only holds other tables.
+fn container(inline: bool) -> Item {
+    if inline {
+        Item::Value(Value::InlineTable(InlineTable::new()))
+    } else {
+        let mut t = Table::new();
+        t.set_implicit(true);
+        Item::Table(t)
+    }
+}
+
+fn owner_table(inline: bool, spaced: bool, sharing: bool) -> Item {
+    if inline {
+        let mut t = InlineTable::new();
+        t.insert("sharing", Value::from(sharing));
+        Item::Value(Value::InlineTable(t))
+    } else {
+        let mut t = Table::new();
+        if spaced {
+            t.decor_mut().set_prefix("\n");
+        }
+        t.insert("sharing", toml_edit::value(sharing));
+        Item::Table(t)
+    }
+}
+
+fn guest_item<'a>(
+    owners: &'a mut Item,
+    owner: &str,
+    guest: &str,
+) -> Result<&'a mut Item, EditError> {
+    owners
+        .as_table_like_mut()
+        .and_then(|t| t.get_mut(owner))
+        .and_then(Item::as_table_like_mut)
+        .and_then(|t| t.get_mut("guests"))
+        .and_then(Item::as_table_like_mut)
+        .and_then(|t| t.get_mut(guest))
+        .filter(|i| i.is_table_like())
+        .ok_or_else(|| layout("guest table not found"))
+}
+
+/// Sets `table[key] = value`, keeping the old value's surrounding spaces and
+/// trailing comment.
+fn set_value(table: &mut Item, key: &str, mut value: Value) -> Result<(), EditError> {
+    let t = table
+        .as_table_like_mut()
+        .ok_or_else(|| layout("not a table"))?;
+    if let Some(old) = t.get_mut(key) {
+        let old = old
+            .as_value_mut()
+            .ok_or_else(|| layout(format!("`{key}` is not a value")))?;
+        *value.decor_mut() = old.decor().clone();
+        *old = value;
+    } else {
+        t.insert(key, Item::Value(value));
+    }
+    Ok(())
+}
+
+/// An array with one element a line, the way the grant file example
+/// writes keys.
+fn multiline_array(items: &[String]) -> Array {
+    let mut array = Array::new();
+    for item in items {
+        let mut v = Value::from(item.as_str());
+        v.decor_mut().set_prefix("\n  ");
+        v.decor_mut().set_suffix("");
+        array.push_formatted(v);
+    }
+    array.set_trailing_comma(true);
+    array.set_trailing("\n");
+    array
+}
+
+fn raw_str(raw: Option<&toml_edit::RawString>) -> String {
+    raw.and_then(|r| r.as_str()).unwrap_or("").to_string()
+}
+
+/// Appends keys to a guest's `keys`, in the array's own style: one a line
+/// if it is written that way, with a comment after the last key staying
+/// with that key.
+fn add_keys(guest: &mut Item, keys: &[String]) -> Result<(), EditError> {
+    let inline = guest.is_inline_table();
+    let t = guest
+        .as_table_like_mut()
+        .ok_or_else(|| layout("guest is not a table"))?;
+    if !t.contains_key("keys") {
+        let array = if inline {
+            keys.iter().collect()
+        } else {
+            multiline_array(keys)
+        };
+        t.insert("keys", Item::Value(Value::Array(array)));
+        return Ok(());
+    }
+    let array = t
+        .get_mut("keys")
+        .and_then(Item::as_array_mut)
+        .ok_or_else(|| layout("`keys` is not an array"))?;
+    let first_prefix = array
+        .get(0)
+        .map(|v| raw_str(v.decor().prefix()))
+        .unwrap_or_default();
+    if !first_prefix.contains('\n') {
+        for key in keys {
+            array.push(key.as_str());
+        }
+        return Ok(());
+    }
+    let indent = first_prefix
+        .rsplit_once('\n')
+        .map_or("", |(_, after)| after)
+        .to_string();
+    // What stands between the last element and `]`: the array's trailing
+    // part after a trailing comma, else the last element's suffix.
+    let trailing_comma = array.trailing_comma();
+    let closing = if trailing_comma {
+        raw_str(Some(array.trailing()))
+    } else {
+        let last = array.len() - 1;
+        array
+            .get(last)
+            .map(|v| raw_str(v.decor().suffix()))
+            .unwrap_or_default()
+    };
+    let (head, tail) = match closing.rsplit_once('\n') {
+        Some((head, tail)) => (format!("{head}\n"), tail.to_string()),
+        None => ("\n".to_string(), closing.clone()),
+    };
+    let rest_closing = if closing.contains('\n') {
+        format!("\n{tail}")
+    } else {
+        closing.clone()
+    };
+    if !trailing_comma {
+        let last = array.len() - 1;
+        if let Some(v) = array.get_mut(last) {
+            v.decor_mut().set_suffix("");
+        }
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let mut v = Value::from(key.as_str());
+        let prefix = if i == 0 {
+            format!("{head}{indent}")
+        } else {
+            format!("\n{indent}")
+        };
+        v.decor_mut().set_prefix(prefix);
+        v.decor_mut().set_suffix("");
+        array.push_formatted(v);
+    }
+    if trailing_comma {
+        array.set_trailing(rest_closing);
+    } else {
+        let last = array.len() - 1;
+        if let Some(v) = array.get_mut(last) {
+            v.decor_mut().set_suffix(rest_closing);
+        }
+    }
+    Ok(())
+}
+
+/// What an edit of the file on disk did.
+#[derive(Debug, Clone)]
+pub struct Edited {
+    pub summary: String,
+    pub changed: bool,
+    /// Findings about the edited file that do not invalidate it.
+    pub notes: Vec<Diagnostic>,
+}
+
+/// The lock file that serializes edits of the grant file at `path`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map_or_else(
+        || "grants.toml".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    path.with_file_name(format!(".{name}.lock"))
+}
+
+/// Takes the edit lock, waiting up to [`LOCK_TIMEOUT`].
+fn lock(path: &Path) -> Result<Flock<File>, EditError> {
+    let lock_path = lock_path(path);
+    let deadline = Instant::now() + LOCK_TIMEOUT;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&lock_path)
+        .map_err(|e| EditError::Lock(format!("cannot open {}: {e}", lock_path.display())))?;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(locked),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(EditError::Lock(format!(
+                    "another edit of the grant file has held {} for {}s; try again",
+                    lock_path.display(),
+                    LOCK_TIMEOUT.as_secs()
+                )))
+            }
+            Err((_, e)) => {
+                return Err(EditError::Lock(format!(
+                    "cannot lock {}: {e}",
+                    lock_path.display()
+                )))
+            }
+        }
+    }
+}
+
+/// Applies `change` to the grant file at `path`: under the edit lock, reads
+/// the file (strictly), refuses if it is invalid now or would be after, and
+/// replaces it atomically, keeping its mode and owner. A missing file is
+/// created (root:root, 0644).
+pub fn edit_file(
+    path: &Path,
+    change: &Change,
+    accounts: &dyn Accounts,
+) -> Result<Edited, EditError> {
+    let owner = change.owner();
+    grants::check_owner_name(owner).map_err(EditError::BadOwnerName)?;
+    match accounts.lookup(owner) {
+        Ok(Some(account)) if account.uid == 0 => {
+            return Err(EditError::RootOwner(owner.to_string()))
+        }
+        Ok(Some(_)) => {}
+        Ok(None) if change.may_add_owner() => {
+            return Err(EditError::NotLocalAccount(owner.to_string()))
+        }
+        Ok(None) => {}
+        Err(e) => return Err(EditError::Io(e)),
+    }
+
+    let _lock = lock(path)?;
+    let current =
+        fsutil::read_strict(path, MAX_GRANT_FILE_BYTES as u64).map_err(EditError::Unreadable)?;
+    let (text, target, mode, ids) = match current {
+        Some((text, meta)) => {
+            let loaded = source::load_text(path, text.clone(), accounts);
+            if let Outcome::Invalid(errors) = loaded.outcome {
+                return Err(EditError::InvalidFile(errors));
+            }
+            // Replace the file itself, not a symlink to it.
+            let target = std::fs::canonicalize(path)
+                .map_err(|e| EditError::Io(format!("{}: {e}", path.display())))?;
+            (text, target, meta.mode() & 0o7777, (meta.uid(), meta.gid()))
+        }
+        None => {
+            fsutil::check_trusted_dirs(path).map_err(EditError::Unreadable)?;
+            (
+                NEW_FILE_HEADER.to_string(),
+                path.to_path_buf(),
+                NEW_FILE_MODE,
+                (0, 0),
+            )
+        }
+    };
+    let applied = apply_explained(&text, change).map_err(|e| match e {
+        EditError::InvalidFile(errors) => EditError::InvalidFile(FileErrors {
+            file: path.to_path_buf(),
+            ..errors
+        }),
+        EditError::ResultInvalid(errors) => EditError::ResultInvalid(FileErrors {
+            file: path.to_path_buf(),
+            ..errors
+        }),
+        other => other,
+    })?;
+    if !applied.changed {
+        return Ok(Edited {
+            summary: applied.summary,
+            changed: false,
+            notes: Vec::new(),
+        });
+    }
+    let loaded = source::load_text(path, applied.text.clone(), accounts);
+    let notes = match loaded.outcome {
+        Outcome::Invalid(errors) => return Err(EditError::ResultInvalid(errors)),
+        Outcome::Missing => Vec::new(),
+        Outcome::Valid { policy, .. } => policy.notes,
+    };
+    fsutil::atomic_write(&target, applied.text.as_bytes(), mode, Some(ids))
+        .map_err(|e| io_error(&target, e))?;
+    Ok(Edited {
+        summary: applied.summary,
+        changed: true,
+        notes,
+    })
+}
+
+fn io_error(path: &Path, e: io::Error) -> EditError {
+    EditError::Io(format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grants::tests::{KEY_A, KEY_B};
+
+    const KEY_C: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGlydGVzdGtleWNjY2NjY2NjY2NjY2NjY2NjY2NjY2Nj c@z";
+
+    fn invite(owner: &str, guest: &str, keys: &[&str]) -> Change {
+        Change::Invite {
+            owner: owner.into(),
+            guest: guest.into(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    fn accept(guest: &str) -> Change {
+        Change::Accept {
+            owner: "alice".into(),
+            guest: guest.into(),
+        }
+    }
+
+    fn status_of(text: &str, owner: &str, guest: &str) -> Option<Status> {
+        let g = grants::parse(text).expect("valid");
+        g.owner(owner)?.guest(guest).map(|g| g.status)
+    }
+
+    const HAND_WRITTEN: &str = r#"# Our grants. Keep this comment.
+
+[owners.alice]   # the owner
+sharing = true
+
+# bob is a friend
+[owners.alice.guests.bob]
+keys = [
+  "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGg3Nt1a6dCd8L2F3A0nbpXK1jMo0d3nT3tJ8NQd3uBs a@x", # laptop
+]
+status = "invited"   # until he says yes
+
+[owners.alice.guests.carol]
+status = "accepted"
+keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF1hwYoxm+6UfuvTLRSqj2A0s7bF1hCz3wXlpY0R3aVQ b@y"]
+"#;
+
+    #[test]
+    fn invite_into_an_empty_file_writes_the_documented_layout() {
+        let text = apply("", &invite("alice", "bob", &[KEY_A])).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "[owners.alice]\nsharing = false\n\n[owners.alice.guests.bob]\nstatus = \"invited\"\nkeys = [\n  \"{KEY_A}\",\n]\n"
+            )
+        );
+        let text = apply(
+            &text,
+            &Change::Sharing {
+                owner: "alice".into(),
+                on: true,
+            },
+        )
+        .unwrap();
+        assert!(
+            text.starts_with("[owners.alice]\nsharing = true\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn accept_keeps_comments_order_and_trailing_comment() {
+        let text = apply(HAND_WRITTEN, &accept("bob")).unwrap();
+        assert_eq!(
+            text,
+            HAND_WRITTEN.replace(
+                "status = \"invited\"   # until he says yes",
+                "status = \"accepted\"   # until he says yes"
+            )
+        );
+    }
+
+    #[test]
+    fn adding_a_key_follows_the_array_style() {
+        let text = apply(HAND_WRITTEN, &invite("alice", "bob", &[KEY_C])).unwrap();
+        assert!(
+            text.contains(&format!(
+                "keys = [\n  \"{KEY_A}\", # laptop\n  \"{KEY_C}\",\n]\nstatus = \"invited\"   # until he says yes\n"
+            )),
+            "{text}"
+        );
+        let text = apply(HAND_WRITTEN, &invite("alice", "carol", &[KEY_C])).unwrap();
+        assert!(
+            text.contains(&format!("keys = [\"{KEY_B}\", \"{KEY_C}\"]\n")),
+            "{text}"
+        );
+        // Without a trailing comma.
+        let src = format!("[owners.alice.guests.bob]\nkeys = [\n    \"{KEY_A}\"\n]\n");
+        let text = apply(&src, &invite("alice", "bob", &[KEY_C])).unwrap();
+        assert_eq!(
+            text,
+            format!("[owners.alice.guests.bob]\nkeys = [\n    \"{KEY_A}\",\n    \"{KEY_C}\"\n]\n")
+        );
+    }
+
+    #[test]
+    fn new_guest_goes_after_the_owners_other_guests() {
+        let text = apply(HAND_WRITTEN, &invite("alice", "dave", &[KEY_C])).unwrap();
+        assert!(text.starts_with(HAND_WRITTEN), "{text}");
+        assert!(text.ends_with(&format!(
+            "\n[owners.alice.guests.dave]\nstatus = \"invited\"\nkeys = [\n  \"{KEY_C}\",\n]\n"
+        )));
+    }
+
+    #[test]
+    fn revoke_removes_only_that_guest() {
+        let text = apply(
+            HAND_WRITTEN,
+            &Change::Revoke {
+                owner: "alice".into(),
+                guest: "bob".into(),
+            },
+        )
+        .unwrap();
+        assert!(!text.contains("guests.bob"));
+        assert!(
+            text.starts_with("# Our grants. Keep this comment.\n\n[owners.alice]   # the owner\n")
+        );
+        assert_eq!(status_of(&text, "alice", "carol"), Some(Status::Accepted));
+        assert_eq!(status_of(&text, "alice", "bob"), None);
+    }
+
+    #[test]
+    fn lifecycle_transitions() {
+        let mut text = apply("", &invite("alice", "bob", &[KEY_A])).unwrap();
+        let leave = Change::Leave {
+            owner: "alice".into(),
+            guest: "bob".into(),
+        };
+        let reject = Change::Reject {
+            owner: "alice".into(),
+            guest: "bob".into(),
+        };
+        // leave before accepting is refused
+        assert!(matches!(
+            apply(&text, &leave),
+            Err(EditError::Transition { .. })
+        ));
+        text = apply(&text, &accept("bob")).unwrap();
+        assert_eq!(status_of(&text, "alice", "bob"), Some(Status::Accepted));
+        // accepting twice changes nothing
+        let again = apply_explained(&text, &accept("bob")).unwrap();
+        assert!(!again.changed);
+        assert_eq!(again.text, text);
+        assert!(matches!(
+            apply(&text, &reject),
+            Err(EditError::Transition { .. })
+        ));
+        text = apply(&text, &leave).unwrap();
+        assert_eq!(status_of(&text, "alice", "bob"), Some(Status::Left));
+        // a guest who left must be invited again
+        let e = apply(&text, &accept("bob")).unwrap_err();
+        assert!(e.to_string().contains("invite them again"), "{e}");
+        text = apply(&text, &invite("alice", "bob", &[KEY_A])).unwrap();
+        assert_eq!(status_of(&text, "alice", "bob"), Some(Status::Invited));
+        text = apply(&text, &reject).unwrap();
+        assert_eq!(status_of(&text, "alice", "bob"), Some(Status::Rejected));
+        assert!(matches!(
+            apply(&text, &accept("bob")),
+            Err(EditError::Transition { .. })
+        ));
+    }
+
+    #[test]
+    fn refusals() {
+        let never = apply(HAND_WRITTEN, &accept("zed")).unwrap_err();
+        assert!(matches!(never, EditError::NotAGuest { .. }), "{never}");
+        let owner = apply(
+            HAND_WRITTEN,
+            &Change::Reject {
+                owner: "nobody".into(),
+                guest: "bob".into(),
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(owner, EditError::UnknownOwner(_)), "{owner}");
+        let bad = apply(
+            HAND_WRITTEN,
+            &invite("alice", "dave", &["ssh-ed25519 AAAAjunk"]),
+        )
+        .unwrap_err();
+        assert!(matches!(bad, EditError::BadKey { .. }), "{bad}");
+        let opts = apply(
+            HAND_WRITTEN,
+            &invite("alice", "dave", &[&format!("command=\"/bin/sh\" {KEY_C}")]),
+        )
+        .unwrap_err();
+        assert!(matches!(opts, EditError::BadKey { .. }), "{opts}");
+        let taken = apply(HAND_WRITTEN, &invite("alice", "dave", &[KEY_B])).unwrap_err();
+        assert!(
+            taken
+                .to_string()
+                .contains("already belongs to guest `carol`"),
+            "{taken}"
+        );
+        assert!(matches!(
+            apply(HAND_WRITTEN, &invite("alice", "Dave", &[KEY_C])),
+            Err(EditError::BadGuestName(_))
+        ));
+        assert!(matches!(
+            apply(HAND_WRITTEN, &invite("alice", "dave", &[])),
+            Err(EditError::NoKeys)
+        ));
+        assert!(matches!(
+            apply("[owners.alice]\nstauts = 1\n", &accept("bob")),
+            Err(EditError::InvalidFile(_))
+        ));
+    }
+
+    #[test]
+    fn same_key_twice_is_added_once_and_comment_kept() {
+        let text = apply(
+            "",
+            &invite("alice", "bob", &[KEY_A, &format!("  {KEY_A}  ")]),
+        )
+        .unwrap();
+        assert_eq!(text.matches("AAAAC3NzaC1lZDI1NTE5AAAAIGg3").count(), 1);
+        assert!(text.contains(" a@x\""));
+        let same = apply_explained(&text, &invite("alice", "bob", &[KEY_A])).unwrap();
+        assert!(!same.changed);
+    }
+
+    #[test]
+    fn other_layouts_are_edited_or_refused_never_misedited() {
+        let layouts = [
+            format!("[owners]\nalice.sharing = true\nalice.guests.bob.keys = [\"{KEY_A}\"]\n"),
+            format!("[owners.alice]\nsharing = true\nguests = {{ bob = {{ keys = [\"{KEY_A}\"] }} }}\n"),
+            format!("owners = {{ alice = {{ sharing = true, guests = {{ bob = {{ keys = [\"{KEY_A}\"] }} }} }} }}\n"),
+            format!("[owners.alice.guests]\nbob = {{ status = \"invited\", keys = [\"{KEY_A}\"] }}\n"),
+        ];
+        let changes = [
+            accept("bob"),
+            invite("alice", "bob", &[KEY_C]),
+            invite("alice", "dave", &[KEY_C]),
+            Change::Revoke {
+                owner: "alice".into(),
+                guest: "bob".into(),
+            },
+            Change::Sharing {
+                owner: "alice".into(),
+                on: false,
+            },
+            Change::Sharing {
+                owner: "erin".into(),
+                on: true,
+            },
+            invite("erin", "dave", &[KEY_C]),
+        ];
+        for src in &layouts {
+            grants::parse(src).expect("layout is valid");
+            for change in &changes {
+                match apply(src, change) {
+                    Ok(text) => {
+                        grants::parse(&text)
+                            .unwrap_or_else(|e| panic!("{src}{change:?}\n{text}\n{e:?}"));
+                    }
+                    Err(EditError::Layout(_)) => {}
+                    Err(e) => panic!("{src}\n{change:?}: {e}"),
+                }
+            }
+        }
+    }
+}
