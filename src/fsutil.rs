@@ -144,15 +144,25 @@ fn temp_name(dir: &Path, name: &str) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn scratch() -> tempfile::TempDir {
+    /// A scratch directory whose ancestors pass the strict checks (unlike
+    /// anything under /tmp): the build tree if it qualifies, else /run.
+    pub fn scratch() -> tempfile::TempDir {
+        let build = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let base = if check_trusted_dirs(&build.join("x")).is_ok() {
+            build
+        } else {
+            PathBuf::from("/run")
+        };
         tempfile::Builder::new()
-            .prefix("fsutil")
-            // Under the build tree: its directories are root-owned and not
-            // world-writable, unlike /tmp, so the strict checks can pass.
-            .tempdir_in(std::env::current_exe().unwrap().parent().unwrap())
+            .prefix("vmshare-test")
+            .tempdir_in(base)
             .unwrap()
     }
 

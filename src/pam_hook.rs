@@ -332,18 +332,43 @@ fn admit_guest(
     }
 }
 
+/// Forgets the session's record, unless processes of it outlive the login
+/// (`setsid nohup …`): then the record stays, so a revoke still ends them,
+/// and the daemon forgets it once the group is empty.
 fn close_session(config_path: Option<PathBuf>) {
     let (Ok(config), Ok(monitor)) = (Config::load(config_path.as_deref()), monitor()) else {
         return;
     };
     let id = session_id(&monitor);
     let dir = config.sessions_dir();
-    if dir.join(SessionRecord::file_name(&id)).exists() {
+    let Ok(record) = sessions::read(&dir.join(SessionRecord::file_name(&id))) else {
+        return;
+    };
+    let me = std::process::id() as i32;
+    let lingering = match &record.cgroup {
+        Some(group) => crate::cgroup::pids(group)
+            .map(|pids| pids.iter().any(|&p| p != me && p != monitor.pid))
+            .unwrap_or(false),
+        None => false,
+    };
+    if lingering {
+        log(
+            IDENT,
+            Level::Info,
+            &format!(
+                "guest logged out, processes remain: owner={} guest={} session={id}",
+                record.owner, record.guest
+            ),
+        );
+    } else {
         let _ = sessions::remove(&dir, &id);
         log(
             IDENT,
             Level::Info,
-            &format!("guest session closed: session={id}"),
+            &format!(
+                "guest session closed: owner={} guest={} session={id}",
+                record.owner, record.guest
+            ),
         );
     }
 }

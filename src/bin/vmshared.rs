@@ -1,1 +1,4 @@
-fn main() {}
+//! The vmshare daemon.
+fn main() -> std::process::ExitCode {
+    vmshare::daemon::main()
+}

@@ -908,3 +908,170 @@ fn toml_string(value: &str) -> String {
     out.push('"');
     out
 }
+
+/// Where the daemon's log goes inside the host.
+pub const DAEMON_LOG: &str = "/run/vmshare-e2e/vmshared.log";
+
+/// A running `vmshared` inside a host. Dropping it kills it.
+pub struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    /// Kills the daemon at once (SIGKILL), as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Host {
+    /// Starts `vmshared` with the host's agent config and waits until it
+    /// says it is ready.
+    pub fn start_daemon(&self) -> Daemon {
+        let before = self.daemon_log().matches("vmshared ready").count();
+        let mut cmd = self.command(&[
+            "sh",
+            "-c",
+            &format!("exec /usr/sbin/vmshared 2>>{DAEMON_LOG}"),
+        ]);
+        cmd.env("VMSHARE_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting vmshared: {e}"));
+        let mut daemon = Daemon { child };
+        let ready = wait_until(Duration::from_secs(20), || {
+            self.daemon_log().matches("vmshared ready").count() > before
+        });
+        if !ready {
+            let status = daemon.child.try_wait();
+            panic!(
+                "vmshared did not become ready ({status:?}):\n{}",
+                self.daemon_log()
+            );
+        }
+        daemon
+    }
+
+    pub fn daemon_log(&self) -> String {
+        self.read_file(DAEMON_LOG).unwrap_or_default()
+    }
+}
+
+/// Polls `check` every 5 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A number no other test process or host uses, for marking processes.
+pub fn unique_marker() -> u64 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst) as u64;
+    (std::process::id() as u64 % 100_000) * 10_000 + n + 1_000_000_000
+}
+
+/// Pids of processes whose command line is exactly `argv`.
+pub fn pids_with_cmdline(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| a.bytes().chain(std::iter::once(0)))
+        .collect();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+/// A live ssh session whose remote side left a `setsid nohup` escapee
+/// behind, both marked so the test can see whether they still run.
+pub struct LiveSession {
+    pub child: Child,
+    pub escapee: String,
+    pub foreground: String,
+}
+
+impl LiveSession {
+    /// Opens the session and waits until both processes run.
+    pub fn open(host: &Host, user: &str, key: &Key) -> LiveSession {
+        let m = unique_marker();
+        let escapee = format!("{m}1");
+        let foreground = format!("{m}2");
+        let cmd = format!(
+            "setsid nohup sleep {escapee} >/dev/null 2>&1 </dev/null & echo up; exec sleep {foreground}"
+        );
+        let mut child = host.ssh_spawn(user, key, &cmd);
+        let stdout = child.stdout.take();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            if let Some(out) = stdout {
+                let _ = BufReader::new(out).read_line(&mut line);
+            }
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let session = LiveSession {
+            child,
+            escapee,
+            foreground,
+        };
+        if line.trim() != "up" {
+            panic!(
+                "session of key {} as {user} did not start (got {line:?}):\n{}",
+                key.name,
+                host.sshd_log()
+            );
+        }
+        assert!(
+            wait_until(Duration::from_secs(10), || session.processes() == 2),
+            "session processes did not appear"
+        );
+        session
+    }
+
+    /// How many of the session's two marked processes run.
+    pub fn processes(&self) -> usize {
+        pids_with_cmdline(&["sleep", &self.escapee]).len()
+            + pids_with_cmdline(&["sleep", &self.foreground]).len()
+    }
+
+    /// Whether the session is completely gone: both processes and the
+    /// client's connection.
+    pub fn is_gone(&mut self) -> bool {
+        self.processes() == 0 && matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits until the session is gone; returns how long that took.
+    pub fn wait_gone(&mut self, timeout: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        wait_until(timeout, || self.is_gone()).then(|| started.elapsed())
+    }
+}
+
+impl Drop for LiveSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

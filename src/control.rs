@@ -1,0 +1,127 @@
+//! The control socket between the CLI and the daemon: one request and one
+//! response per connection, each a 4-byte big-endian length and a JSON
+//! body of at most [`MAX_FRAME`] bytes. The daemon learns who is asking from
+//! the socket's peer credentials, never from the request.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest request or response body.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// How long either side waits for the other.
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Which guest session is the caller in?
+    Whoami,
+    /// The calling guest leaves: status `left`, sessions end.
+    Leave,
+    /// Root only: re-read the grant file now.
+    Reload,
+}
+
+/// A guest session as the daemon knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub owner: String,
+    pub guest: String,
+    pub session: String,
+    pub fingerprint: String,
+    pub remote: String,
+    pub since: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Guest(SessionInfo),
+    /// The caller is in no guest session (an owner's own, or none).
+    NotAGuest {
+        uid: u32,
+    },
+    Left {
+        owner: String,
+        guest: String,
+    },
+    Reloaded {
+        valid: bool,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// Encodes one frame.
+pub fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    let body = serde_json::to_vec(value).map_err(io::Error::other)?;
+    if body.len() > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame too large",
+        ));
+    }
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Checks a frame's length prefix.
+pub fn frame_len(prefix: [u8; 4]) -> io::Result<usize> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {MAX_FRAME}"),
+        ));
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body.
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Sends one request to the daemon and waits for its response.
+pub fn call(socket: &Path, request: &Request) -> io::Result<Response> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    stream.write_all(&encode(request)?)?;
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix)?;
+    let mut body = vec![0u8; frame_len(prefix)?];
+    stream.read_exact(&mut body)?;
+    decode(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let frame = encode(&Request::Leave).unwrap();
+        let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        assert_eq!(decode::<Request>(&frame[4..]).unwrap(), Request::Leave);
+        assert_eq!(
+            std::str::from_utf8(&frame[4..]).unwrap(),
+            r#"{"op":"leave"}"#
+        );
+    }
+
+    #[test]
+    fn oversized_and_malformed_frames_are_refused() {
+        assert!(frame_len((MAX_FRAME as u32 + 1).to_be_bytes()).is_err());
+        assert!(decode::<Request>(b"{\"op\":\"format_disk\"}").is_err());
+        assert!(decode::<Request>(b"{\"op\":\"leave\",\"guest\":\"bob\"}").is_err());
+        assert!(decode::<Request>(b"\xff\x00").is_err());
+    }
+}

@@ -1,0 +1,176 @@
+//! `vmshared`: watches the grant file, keeps the snapshot current, ends
+//! revoked sessions, and answers the control socket.
+
+mod enforcer;
+mod server;
+mod watch;
+
+pub use enforcer::{apply, still_allowed, Pass};
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::sdnotify;
+
+/// Re-read the grant file at least this often, whatever inotify says.
+pub const BACKSTOP: Duration = Duration::from_secs(30);
+/// After an event that may leave the file half-written (truncate, create,
+/// delete, chmod), wait this long for the writer to finish before applying.
+/// Complete writes (rename into place, close after writing) apply at once.
+pub const SETTLE: Duration = Duration::from_millis(200);
+
+#[derive(clap::Parser, Debug)]
+#[command(name = "vmshared", version, about = "The vmshare daemon")]
+struct Args {
+    /// Agent configuration file.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+/// Entry point of `vmshared`; the single place errors become an exit code.
+pub fn main() -> ExitCode {
+    use clap::Parser;
+    let args = Args::parse();
+    init_logging();
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            error!("cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VMSHARE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// What woke the loop.
+enum Wake {
+    /// The grant file changed and is complete.
+    Changed(&'static str),
+    /// The grant file may be mid-write.
+    Unsettled,
+    Request(server::Pending),
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    enforcer::prepare_run_dir(&config)
+        .map_err(|e| format!("cannot create run dir {}: {e}", config.run_dir.display()))?;
+    let first = apply(&config, "start");
+    let mut watcher = watch::Watcher::new(&config.grants)
+        .map_err(|e| format!("cannot watch {}: {e}", config.grants.display()))?;
+    let (req_tx, mut req_rx) = mpsc::channel(64);
+    let listener = server::bind(&config.socket_path())
+        .map_err(|e| format!("cannot listen on {}: {e}", config.socket_path().display()))?;
+    tokio::spawn(server::accept_loop(listener, req_tx));
+
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut backstop = tokio::time::interval_at(tokio::time::Instant::now() + BACKSTOP, BACKSTOP);
+    let watchdog = sdnotify::watchdog_interval();
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    // A racy snapshot (grant file changed within a timestamp tick of it)
+    // makes every lookup hash the file; rewrite it once the window passes.
+    let mut racy_at = first.racy.then(racy_deadline);
+    let mut settle_at: Option<tokio::time::Instant> = None;
+
+    sdnotify::notify("READY=1");
+    info!(grants = %config.grants.display(), socket = %config.socket_path().display(), "vmshared ready");
+
+    loop {
+        let wake = tokio::select! {
+            ev = watcher.next() => match ev {
+                Ok(watch::Change::Complete) => Wake::Changed("grant file changed"),
+                Ok(watch::Change::Partial) => Wake::Unsettled,
+                Ok(watch::Change::Overflow) => {
+                    // Events were lost or the directory was replaced: watch
+                    // afresh, then re-read.
+                    if let Ok(fresh) = watch::Watcher::new(&config.grants) {
+                        watcher = fresh;
+                    }
+                    Wake::Changed("inotify overflow or directory replaced")
+                }
+                Ok(watch::Change::Irrelevant) => continue,
+                Err(e) => {
+                    warn!("watch error: {e}; re-watching");
+                    watcher = watch::Watcher::new(&config.grants).map_err(|e| format!("cannot re-watch: {e}"))?;
+                    Wake::Changed("watch re-established")
+                }
+            },
+            _ = backstop.tick() => Wake::Changed("periodic re-read"),
+            _ = sleep_until(settle_at) => Wake::Changed("grant file settled"),
+            _ = sleep_until(racy_at) => Wake::Changed("snapshot refresh"),
+            _ = hup.recv() => Wake::Changed("SIGHUP"),
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                sdnotify::notify("WATCHDOG=1");
+                continue;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            Some(req) = req_rx.recv() => Wake::Request(req),
+        };
+        match wake {
+            Wake::Changed(reason) => {
+                settle_at = None;
+                let pass = apply(&config, reason);
+                racy_at = pass.racy.then(racy_deadline);
+            }
+            Wake::Unsettled => {
+                settle_at.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE);
+            }
+            Wake::Request(pending) => {
+                if let Some(reason) = server::handle(&config, pending).await {
+                    let pass = apply(&config, reason);
+                    racy_at = pass.racy.then(racy_deadline);
+                }
+            }
+        }
+    }
+    info!("vmshared stopping; sessions stay recorded and confined");
+    let _ = std::fs::remove_file(config.socket_path());
+    Ok(())
+}
+
+fn racy_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now()
+        + Duration::from_nanos(crate::snapshot::RACY_WINDOW_NS as u64)
+        + Duration::from_millis(100)
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

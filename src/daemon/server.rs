@@ -1,0 +1,216 @@
+//! The daemon side of the control socket. Connections are read in their own
+//! tasks (with a size limit and a timeout); requests are answered in the
+//! main loop, one at a time, so they never race a grant-file pass.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::cgroup;
+use crate::config::Config;
+use crate::control::{self, Request, Response, SessionInfo, TIMEOUT};
+use crate::procfs;
+use crate::sessions::{self, SessionRecord};
+
+/// A request read from a peer, waiting for the main loop.
+pub struct Pending {
+    request: Request,
+    uid: u32,
+    pid: Option<i32>,
+    reply: oneshot::Sender<Response>,
+    sent: oneshot::Receiver<()>,
+}
+
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    // Guests (running as the owner's account) must reach it for whoami and
+    // leave; what each caller may do is decided from its credentials.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+pub async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Pending>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let requests = requests.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve(stream, requests).await {
+                        warn!("control connection: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!("control socket accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve(mut stream: UnixStream, requests: mpsc::Sender<Pending>) -> io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let read = async {
+        let mut prefix = [0u8; 4];
+        stream.read_exact(&mut prefix).await?;
+        let mut body = vec![0u8; control::frame_len(prefix)?];
+        stream.read_exact(&mut body).await?;
+        control::decode::<Request>(&body)
+    };
+    let request = match tokio::time::timeout(TIMEOUT, read).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let reply = Response::Error {
+                message: format!("bad request: {e}"),
+            };
+            let _ = write(&mut stream, &reply).await;
+            return Err(e);
+        }
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request not received in time",
+            ))
+        }
+    };
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let (sent_tx, sent_rx) = oneshot::channel();
+    let pending = Pending {
+        request,
+        uid: cred.uid(),
+        pid: cred.pid(),
+        reply: reply_tx,
+        sent: sent_rx,
+    };
+    if requests.send(pending).await.is_err() {
+        return Ok(());
+    }
+    if let Ok(response) = reply_rx.await {
+        let _ = tokio::time::timeout(TIMEOUT, write(&mut stream, &response)).await;
+    }
+    let _ = sent_tx.send(());
+    Ok(())
+}
+
+async fn write(stream: &mut UnixStream, response: &Response) -> io::Result<()> {
+    stream.write_all(&control::encode(response)?).await?;
+    stream.flush().await
+}
+
+/// Answers one request. Returns a reason to re-apply the grant file when
+/// the request changed it.
+pub async fn handle(config: &Config, pending: Pending) -> Option<&'static str> {
+    let Pending {
+        request,
+        uid,
+        pid,
+        reply,
+        sent,
+    } = pending;
+    let session = pid.and_then(|pid| session_of(config, pid, uid));
+    let (response, reapply) = match request {
+        Request::Whoami => (
+            match &session {
+                Some(r) => Response::Guest(info_of(r)),
+                None => Response::NotAGuest { uid },
+            },
+            None,
+        ),
+        Request::Reload if uid == 0 => {
+            (Response::Reloaded { valid: true }, Some("reload requested"))
+        }
+        Request::Reload => (
+            Response::Error {
+                message: "only root may ask for a reload".into(),
+            },
+            None,
+        ),
+        Request::Leave => match &session {
+            None => (
+                Response::Error {
+                    message:
+                        "not in a guest session: only a guest can leave, from inside their session"
+                            .into(),
+                },
+                None,
+            ),
+            Some(r) => match crate::edit::edit_file(
+                &config.grants,
+                &crate::edit::Change::Leave {
+                    owner: r.owner.clone(),
+                    guest: r.guest.clone(),
+                },
+                &crate::policy::SystemAccounts,
+            ) {
+                Ok(_) => {
+                    info!(
+                        event = "leave", owner = %r.owner, guest = %r.guest,
+                        fingerprint = %r.fingerprint, remote = %r.remote, session = %r.id,
+                        "guest left the shared VM"
+                    );
+                    (
+                        Response::Left {
+                            owner: r.owner.clone(),
+                            guest: r.guest.clone(),
+                        },
+                        Some("guest left"),
+                    )
+                }
+                Err(e) => (
+                    Response::Error {
+                        message: format!("cannot leave: {e}"),
+                    },
+                    None,
+                ),
+            },
+        },
+    };
+    let _ = reply.send(response);
+    if reapply.is_some() {
+        // Let the answer reach the guest before their session is ended.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sent).await;
+    }
+    reapply
+}
+
+fn info_of(r: &SessionRecord) -> SessionInfo {
+    SessionInfo {
+        owner: r.owner.clone(),
+        guest: r.guest.clone(),
+        session: r.id.clone(),
+        fingerprint: r.fingerprint.clone(),
+        remote: r.remote.clone(),
+        since: r.since,
+    }
+}
+
+/// The live guest session process `pid` belongs to: by its cgroup, or by
+/// descent from the session's sshd monitor. Nothing the caller can set
+/// (environment, arguments) plays a part.
+fn session_of(config: &Config, pid: i32, uid: u32) -> Option<SessionRecord> {
+    let (records, _) = sessions::list(&config.sessions_dir());
+    let group: Option<PathBuf> = procfs::cgroup_of(pid).ok().and_then(|rel| {
+        let mount = cgroup::cgroup2_mount()?;
+        Some(mount.join(rel.strip_prefix("/").unwrap_or(&rel)))
+    });
+    let ancestors = procfs::ancestors(pid);
+    records.into_iter().find(|r| {
+        let by_group = match (&r.cgroup, &group) {
+            (Some(session), Some(mine)) => mine.starts_with(session),
+            _ => false,
+        };
+        let by_descent = ancestors
+            .iter()
+            .any(|a| a.pid == r.monitor_pid && a.start == r.monitor_start);
+        (by_group || by_descent) && (uid == r.uid || uid == 0)
+    })
+}

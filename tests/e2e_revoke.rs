@@ -1,0 +1,280 @@
+//! Immediate revoke, end to end: live guest sessions — including processes
+//! that escaped with `setsid nohup` — end when the grant goes, however the
+//! grant file is saved; nobody else's session is touched; a restarted or
+//! stopped daemon loses nothing.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Host, Key, LiveSession};
+
+/// Generous bound for a kill in tests; the benchmark measures the real figure.
+const GONE_WITHIN: Duration = Duration::from_secs(10);
+
+struct Cast {
+    alice: Key,
+    bob: Key,
+    carol: Key,
+}
+
+fn owner(host: &Host, name: &str) -> Key {
+    host.add_user(name);
+    let key = host.keypair(name);
+    host.authorize_owner_key(name, &key.public);
+    key
+}
+
+/// alice shares with bob and carol, both accepted.
+fn both_accepted(c: &Cast) -> String {
+    grants(c, "accepted", true, true)
+}
+
+fn grants(c: &Cast, bob_status: &str, sharing: bool, bob_keeps_key: bool) -> String {
+    let bob_keys = if bob_keeps_key {
+        format!("\"{}\"", c.bob.public)
+    } else {
+        String::new()
+    };
+    format!(
+        "# shared VM\n[owners.alice]\nsharing = {sharing}\n\n\
+         [owners.alice.guests.bob]\nstatus = \"{bob_status}\"\nkeys = [{bob_keys}]\n\n\
+         [owners.alice.guests.carol]\nstatus = \"accepted\"\nkeys = [\"{}\"]\n",
+        c.carol.public
+    )
+}
+
+fn setup() -> (Host, Cast) {
+    let host = Host::start();
+    let alice = owner(&host, "alice");
+    let cast = Cast {
+        alice,
+        bob: host.keypair("bob"),
+        carol: host.keypair("carol"),
+    };
+    host.write_grants(&both_accepted(&cast));
+    (host, cast)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Save {
+    Rename,
+    InPlace,
+    Vim,
+}
+
+fn save(host: &Host, how: Save, text: &str) {
+    match how {
+        Save::Rename => host.write_grants(text),
+        Save::InPlace => host.write_grants_in_place(text),
+        Save::Vim => host.write_grants_vim_style(text),
+    }
+}
+
+/// For each way of saving: bob (with an escapee) is gone after `revoked`
+/// is saved; carol's and alice's own sessions survive; bob cannot log in
+/// again.
+fn revoke_case(name: &str, revoked: impl Fn(&Cast) -> String, carol_survives: bool) {
+    let (host, c) = setup();
+    let _daemon = host.start_daemon();
+    for how in [Save::Rename, Save::InPlace, Save::Vim] {
+        host.write_grants(&both_accepted(&c));
+        let mut bob = LiveSession::open(&host, "alice", &c.bob);
+        let mut carol = LiveSession::open(&host, "alice", &c.carol);
+        let mut own = LiveSession::open(&host, "alice", &c.alice);
+
+        let started = std::time::Instant::now();
+        save(&host, how, &revoked(&c));
+        let took = bob.wait_gone(GONE_WITHIN).unwrap_or_else(|| {
+            panic!(
+                "{name} by {how:?}: bob's session (and escapee) still alive after {GONE_WITHIN:?}\n{}",
+                host.daemon_log()
+            )
+        });
+        eprintln!(
+            "{name} by {how:?}: bob's session gone {:?} after the save ({took:?} of polling)",
+            started.elapsed()
+        );
+        // Give a wrong kill time to happen before checking for collateral.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            own.processes(),
+            2,
+            "{name} by {how:?}: the owner's own session was hit"
+        );
+        assert!(
+            matches!(own.child.try_wait(), Ok(None)),
+            "{name} by {how:?}: owner's ssh ended"
+        );
+        if carol_survives {
+            assert_eq!(
+                carol.processes(),
+                2,
+                "{name} by {how:?}: carol's session was hit"
+            );
+        } else {
+            assert!(
+                carol.wait_gone(GONE_WITHIN).is_some(),
+                "{name} by {how:?}: carol survived"
+            );
+        }
+        host.assert_refused("alice", &c.bob);
+        host.assert_logs_in_as("alice", &c.alice, "alice");
+    }
+}
+
+#[test]
+fn removing_the_guest_table_ends_live_sessions() {
+    revoke_case(
+        "guest table removed",
+        |c| {
+            format!(
+                "[owners.alice]\nsharing = true\n\n[owners.alice.guests.carol]\nstatus = \"accepted\"\nkeys = [\"{}\"]\n",
+                c.carol.public
+            )
+        },
+        true,
+    );
+}
+
+#[test]
+fn status_rejected_ends_live_sessions() {
+    revoke_case(
+        "status rejected",
+        |c| grants(c, "rejected", true, true),
+        true,
+    );
+}
+
+#[test]
+fn status_left_ends_live_sessions() {
+    revoke_case("status left", |c| grants(c, "left", true, true), true);
+}
+
+#[test]
+fn status_invited_ends_live_sessions() {
+    revoke_case("status invited", |c| grants(c, "invited", true, true), true);
+}
+
+#[test]
+fn removing_the_key_ends_live_sessions() {
+    revoke_case("key removed", |c| grants(c, "accepted", true, false), true);
+}
+
+#[test]
+fn sharing_off_ends_every_guest_session() {
+    revoke_case("sharing off", |c| grants(c, "accepted", false, true), false);
+}
+
+#[test]
+fn removing_the_owner_table_ends_every_guest_session() {
+    revoke_case(
+        "owner table removed",
+        |_| "# nothing shared\n".to_string(),
+        false,
+    );
+}
+
+#[test]
+fn invalid_grant_file_ends_every_guest_session() {
+    revoke_case(
+        "file made invalid",
+        |c| both_accepted(c).replace("status = \"accepted\"", "stauts = \"accepted\""),
+        false,
+    );
+}
+
+#[test]
+fn daemon_restart_adopts_live_sessions() {
+    let (host, c) = setup();
+    let daemon = host.start_daemon();
+    let mut bob = LiveSession::open(&host, "alice", &c.bob);
+    let carol = LiveSession::open(&host, "alice", &c.carol);
+    daemon.kill();
+    let _daemon = host.start_daemon();
+    // The restart itself ends nothing.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(bob.processes(), 2, "restart ended bob's session");
+    host.write_grants(&grants(&c, "rejected", true, true));
+    assert!(
+        bob.wait_gone(GONE_WITHIN).is_some(),
+        "adopted session survived revoke:\n{}",
+        host.daemon_log()
+    );
+    assert_eq!(carol.processes(), 2);
+}
+
+#[test]
+fn with_daemon_down_revoke_refuses_logins_and_kills_on_return() {
+    let (host, c) = setup();
+    let daemon = host.start_daemon();
+    let mut before = LiveSession::open(&host, "alice", &c.bob);
+    daemon.kill();
+    // Opened while the daemon is down: still recorded and confined.
+    let mut during = LiveSession::open(&host, "alice", &c.bob);
+    let carol = LiveSession::open(&host, "alice", &c.carol);
+    host.write_grants(&grants(&c, "left", true, true));
+    host.assert_refused("alice", &c.bob);
+    host.assert_logs_in_as("alice", &c.carol, "alice");
+    assert_eq!(during.processes(), 2, "nothing kills without the daemon");
+    let _daemon = host.start_daemon();
+    assert!(
+        before.wait_gone(GONE_WITHIN).is_some(),
+        "old session survived the daemon's return"
+    );
+    assert!(
+        during.wait_gone(GONE_WITHIN).is_some(),
+        "session opened while down survived the daemon's return"
+    );
+    assert_eq!(carol.processes(), 2);
+}
+
+#[test]
+fn leave_ends_the_callers_sessions_only_and_refuses_the_owner() {
+    let (host, c) = setup();
+    let _daemon = host.start_daemon();
+    let mut bob = LiveSession::open(&host, "alice", &c.bob);
+    let carol = LiveSession::open(&host, "alice", &c.carol);
+    let own = LiveSession::open(&host, "alice", &c.alice);
+
+    let who = host.ssh("alice", &c.bob, "vmshare whoami");
+    let who_out = String::from_utf8_lossy(&who.stdout);
+    assert!(
+        who.status.success() && who_out.contains("bob"),
+        "whoami as bob: {who_out} {}",
+        String::from_utf8_lossy(&who.stderr)
+    );
+
+    let refused = host.ssh("alice", &c.alice, "vmshare leave");
+    assert!(
+        !refused.status.success(),
+        "the owner's own session may not leave"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not in a guest session"));
+
+    // Spoofing the identity through the environment changes nothing.
+    let spoof = host.ssh(
+        "alice",
+        &c.carol,
+        "VMSHARE_GUEST=bob SSH_AUTH_INFO_0='publickey x' vmshare whoami",
+    );
+    assert!(String::from_utf8_lossy(&spoof.stdout).contains("carol"));
+
+    let left = host.ssh("alice", &c.bob, "vmshare leave");
+    assert!(
+        left.status.success() || left.status.code() == Some(255),
+        "leave: {left:?}"
+    );
+    assert!(
+        bob.wait_gone(GONE_WITHIN).is_some(),
+        "bob's other session survived leave:\n{}",
+        host.daemon_log()
+    );
+    let text = host.read_file(harness::GRANTS).unwrap();
+    assert!(text.contains("status = \"left\""), "{text}");
+    assert!(text.starts_with("# shared VM"), "comments kept: {text}");
+    host.assert_refused("alice", &c.bob);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(carol.processes(), 2, "carol was hit by bob's leave");
+    assert_eq!(own.processes(), 2, "the owner was hit by bob's leave");
+}
