@@ -532,6 +532,15 @@ fn edit_text(text: &str, owner: &str, guest: &str, step: &Step) -> Result<String
     let mut doc: DocumentMut = text.parse().map_err(|e| layout(format!("{e}")))?;
     // New tables get a blank line before them, unless they open the file.
     let spaced = !text.trim().is_empty();
+    // In a file of comments only, the comments are the document's trailing
+    // text, which would end up below new tables: keep them on top.
+    if doc.as_table().is_empty() {
+        let trailing = raw_str(Some(doc.trailing()));
+        if !trailing.is_empty() {
+            doc.as_table_mut().decor_mut().set_prefix(trailing);
+            doc.set_trailing("");
+        }
+    }
     let owners = child(doc.as_item_mut(), "owners", container)?;
     match step {
         Step::SetSharing(on) => {
@@ -980,6 +989,22 @@ keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF1hwYoxm+6UfuvTLRSqj2A0s7bF1hCz3wX
         assert!(
             text.starts_with("[owners.alice]\nsharing = true\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn comments_of_a_file_without_tables_stay_on_top() {
+        let text = apply(
+            NEW_FILE_HEADER,
+            &Change::Sharing {
+                owner: "alice".into(),
+                on: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            format!("{NEW_FILE_HEADER}\n[owners.alice]\nsharing = true\n")
         );
     }
 
