@@ -1,11 +1,24 @@
 //! The `vmshare` command line for ops and guests.
+//!
+//! One file per subcommand (or family). To add one: a variant of [`Command`]
+//! with its arguments (its doc comment is the help and man page text), a
+//! module with a `run` returning an [`ExitCode`], and one arm in [`main`].
+//!
+//! Exit codes: 0 done (or already so), 1 refused or a problem found, 2 bad
+//! usage or configuration.
 
 mod check;
+mod docs;
+mod doctor;
+mod edit;
+mod sessions;
+mod status;
+mod timefmt;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
 
@@ -13,10 +26,21 @@ use crate::config::Config;
 #[command(
     name = "vmshare",
     version,
-    about = "Share this VM's accounts with guests over SSH"
+    about = "Share this VM's accounts with guests over SSH",
+    long_about = "Share this VM's accounts with guests over SSH.\n\n\
+        Guests of an owner log in as the owner's account with their own SSH keys. \
+        Only accepted guests of an owner whose sharing is on get in; revoking, \
+        turning sharing off or leaving ends access and live sessions at once.\n\n\
+        Edits of the grant file are validated, atomic and keep its comments.",
+    after_long_help = "Files:\n  \
+        /etc/vmshare/vmshare.toml  agent configuration (--config)\n  \
+        /etc/vmshare/grants.toml   the grant file: who may log in as whom\n  \
+        /run/vmshare/              snapshot, session records, control socket\n\n\
+        Exit status: 0 done (or already so), 1 refused or a problem found, \
+        2 bad usage or configuration."
 )]
 pub struct Cli {
-    /// Agent configuration file.
+    /// Agent configuration file [default: /etc/vmshare/vmshare.toml].
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
@@ -30,11 +54,115 @@ pub enum Command {
         /// Grant file to check; default: the configured one.
         path: Option<PathBuf>,
     },
+    /// Show owners, guests, keys, live sessions and the grant file's health.
+    Status {
+        /// Print JSON (format 1) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List live guest sessions.
+    Sessions {
+        /// Print JSON (format 1) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Turn an owner's "Share VM" switch on or off (off revokes every guest
+    /// of the owner at once).
+    Sharing {
+        /// The owner: a local, non-root account.
+        owner: String,
+        #[arg(value_enum)]
+        state: OnOff,
+    },
+    /// Invite a guest with their SSH keys, or add keys to a guest.
+    ///
+    /// A new guest starts as `invited` (no access until accepted). Inviting
+    /// a guest who is already there adds the keys they do not have yet; a
+    /// guest who rejected or left becomes `invited` again. Keys added to an
+    /// accepted guest work at once.
+    Invite {
+        #[command(flatten)]
+        who: OwnerGuest,
+        /// An OpenSSH public key line (`type base64 [comment]`); repeatable.
+        #[arg(
+            long = "key",
+            value_name = "KEY",
+            required_unless_present = "key_files"
+        )]
+        keys: Vec<String>,
+        /// A file of public keys, one a line (`#` comments and blank lines
+        /// are skipped; `-` is standard input); repeatable.
+        #[arg(long = "key-file", value_name = "FILE")]
+        key_files: Vec<PathBuf>,
+    },
+    /// The guest accepts an invitation: access starts while sharing is on.
+    Accept {
+        #[command(flatten)]
+        who: OwnerGuest,
+    },
+    /// The guest rejects an invitation.
+    Reject {
+        #[command(flatten)]
+        who: OwnerGuest,
+    },
+    /// Stop sharing with a guest: their entry goes, access and live sessions
+    /// end.
+    Revoke {
+        #[command(flatten)]
+        who: OwnerGuest,
+    },
+    /// Record that a guest left (status `left`): access and live sessions end.
+    Leave {
+        #[command(flatten)]
+        who: OwnerGuest,
+    },
+    /// Check that sshd, PAM, the grant file, the daemon and cgroups are set
+    /// up for vmshare (exit 1 if something would break enforcement).
+    Doctor(doctor::DoctorArgs),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write all pages to a directory.
+    Man {
+        /// Print this subcommand's page (e.g. `invite`) instead of the main
+        /// one.
+        subcommand: Option<String>,
+        /// Write `vmshare.1` and one `vmshare-SUBCOMMAND.1` per subcommand
+        /// into this directory.
+        #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+/// An owner and one of their guests.
+#[derive(Debug, Clone, Args)]
+pub struct OwnerGuest {
+    /// The owner: the local account guests log in as.
+    pub owner: String,
+    /// The guest's platform username.
+    pub guest: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// Runs the CLI; the single place where errors become an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Printing docs needs no configuration.
+    match &cli.command {
+        Command::Completions { shell } => return docs::completions(*shell),
+        Command::Man {
+            subcommand,
+            out_dir,
+        } => return docs::man(subcommand.as_deref(), out_dir.as_deref()),
+        _ => {}
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -44,5 +172,24 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { path } => check::run(&config, path.as_deref()),
+        Command::Status { json } => status::run(&config, json),
+        Command::Sessions { json } => sessions::run(&config, json),
+        Command::Sharing { owner, state } => edit::sharing(&config, owner, state == OnOff::On),
+        Command::Invite {
+            who,
+            keys,
+            key_files,
+        } => edit::invite(&config, who, keys, &key_files),
+        Command::Accept { who } => edit::accept(&config, who),
+        Command::Reject { who } => edit::reject(&config, who),
+        Command::Revoke { who } => edit::revoke(&config, who),
+        Command::Leave { who } => edit::leave(&config, who),
+        Command::Doctor(args) => doctor::run(&config, &args),
+        Command::Completions { .. } | Command::Man { .. } => ExitCode::SUCCESS,
     }
+}
+
+/// The command line definition, for man pages and completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }

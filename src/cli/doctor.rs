@@ -1,0 +1,705 @@
+//! `vmshare doctor`: is this host set up so that vmshare lets the right
+//! guests in and ends their access when it should? Each check is a function
+//! over what it inspects (the text of `sshd -T`, of PAM files, ...), so it is
+//! tested without a host; `run` gathers the inputs.
+
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use clap::Args;
+
+use crate::cgroup;
+use crate::config::{Backend, Config};
+use crate::fsutil;
+use crate::policy::{Accounts, SystemAccounts};
+use crate::source::{self, Outcome};
+
+/// What sshd must run as its AuthorizedKeysCommand.
+pub const KEYS_COMMAND: &str = "/usr/libexec/vmshare/vmshare-keys %u %f %t %k";
+/// What the PAM session hook runs.
+pub const PAM_HOOK: &str = "/usr/libexec/vmshare/vmshare-pam";
+const LIBEXEC_DIR: &str = "/usr/libexec/vmshare";
+const PAM_DIR: &str = "/etc/pam.d";
+const DROP_IN: &str = "config/sshd_config.d/vmshare.conf (as /etc/ssh/sshd_config.d/vmshare.conf)";
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Check this sshd configuration (`sshd -T -f PATH`) instead of the
+    /// system's.
+    #[arg(long, value_name = "PATH")]
+    pub sshd_config: Option<PathBuf>,
+    /// Directory of PAM service files [default: /etc/pam.d].
+    #[arg(long, value_name = "DIR")]
+    pub pam_dir: Option<PathBuf>,
+    /// Where vmshare's helper programs are installed
+    /// [default: /usr/libexec/vmshare].
+    #[arg(long, value_name = "DIR")]
+    pub libexec_dir: Option<PathBuf>,
+    /// mountinfo to find cgroup v2 in [default: /proc/self/mountinfo].
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub mountinfo: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Ok,
+    /// Worth fixing; enforcement still works.
+    Warning,
+    /// Something that breaks guest access or its enforcement.
+    Problem,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Level::Ok => "ok",
+            Level::Warning => "warning",
+            Level::Problem => "PROBLEM",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Which check: `sshd`, `pam`, `programs`, `grants`, `daemon`, `cgroup`.
+    pub area: &'static str,
+    pub level: Level,
+    pub message: String,
+    /// How to fix it; empty when all is well.
+    pub fix: String,
+}
+
+fn ok(area: &'static str, message: impl Into<String>) -> Finding {
+    Finding {
+        area,
+        level: Level::Ok,
+        message: message.into(),
+        fix: String::new(),
+    }
+}
+
+fn bad(
+    area: &'static str,
+    level: Level,
+    message: impl Into<String>,
+    fix: impl Into<String>,
+) -> Finding {
+    Finding {
+        area,
+        level,
+        message: message.into(),
+        fix: fix.into(),
+    }
+}
+
+/// The value of `key` in `sshd -T` output (keys are lower case there).
+fn sshd_value<'a>(sshd_t: &'a str, key: &str) -> Option<&'a str> {
+    sshd_t.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ').unwrap_or((line, ""));
+        (k == key).then(|| v.trim())
+    })
+}
+
+/// (a) sshd's effective configuration, as `sshd -T` prints it.
+pub fn check_sshd(sshd_t: &str, account_exists: &dyn Fn(&str) -> bool) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let reload = "then reload sshd (`systemctl reload ssh`)";
+    match sshd_value(sshd_t, "authorizedkeyscommand") {
+        Some(KEYS_COMMAND) => out.push(ok("sshd", "AuthorizedKeysCommand is the vmshare key lookup")),
+        None | Some("none") | Some("") => out.push(bad(
+            "sshd",
+            Level::Problem,
+            "sshd has no AuthorizedKeysCommand: guests cannot log in",
+            format!("install {DROP_IN}, make sure sshd_config has `Include /etc/ssh/sshd_config.d/*.conf`, {reload}"),
+        )),
+        Some(other) if other.split(' ').next() == KEYS_COMMAND.split(' ').next() => out.push(bad(
+            "sshd",
+            Level::Problem,
+            format!("AuthorizedKeysCommand runs the vmshare key lookup with other arguments: `{other}`"),
+            format!("set `AuthorizedKeysCommand {KEYS_COMMAND}` exactly, {reload}"),
+        )),
+        Some(other) => out.push(bad(
+            "sshd",
+            Level::Warning,
+            format!("AuthorizedKeysCommand is another program: `{other}`; vmshare guests get in only if it runs `{KEYS_COMMAND}`"),
+            format!("use `AuthorizedKeysCommand {KEYS_COMMAND}`, or have the other agent chain to it"),
+        )),
+    }
+    match sshd_value(sshd_t, "authorizedkeyscommanduser") {
+        None | Some("none") | Some("") => out.push(bad(
+            "sshd",
+            Level::Problem,
+            "sshd has no AuthorizedKeysCommandUser, so it never runs the key lookup",
+            format!("set `AuthorizedKeysCommandUser _vmshare` (see {DROP_IN}), {reload}"),
+        )),
+        Some(user) if !account_exists(user) => out.push(bad(
+            "sshd",
+            Level::Problem,
+            format!("AuthorizedKeysCommandUser `{user}` is not an account, so sshd cannot run the key lookup"),
+            format!("create the account (`useradd --system --no-create-home --shell /usr/sbin/nologin {user}`) or name an existing one"),
+        )),
+        Some(user) => out.push(ok("sshd", format!("AuthorizedKeysCommandUser `{user}` exists"))),
+    }
+    match sshd_value(sshd_t, "usepam") {
+        Some("yes") => out.push(ok("sshd", "UsePAM is on, so the session hook runs")),
+        _ => out.push(bad(
+            "sshd",
+            Level::Problem,
+            "UsePAM is off: guest sessions are not checked, recorded or ended",
+            format!("set `UsePAM yes`, {reload}"),
+        )),
+    }
+    if sshd_value(sshd_t, "pubkeyauthentication") == Some("no") {
+        out.push(bad(
+            "sshd",
+            Level::Problem,
+            "PubkeyAuthentication is off: guests cannot log in",
+            format!("set `PubkeyAuthentication yes`, {reload}"),
+        ));
+    }
+    out
+}
+
+/// One PAM configuration line, without its comment.
+struct PamLine<'a> {
+    number: usize,
+    words: Vec<&'a str>,
+}
+
+fn pam_lines(text: &str) -> Vec<PamLine<'_>> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let line = line.split('#').next().unwrap_or("").trim();
+            (!line.is_empty()).then(|| PamLine {
+                number: i + 1,
+                words: line.split_ascii_whitespace().collect(),
+            })
+        })
+        .collect()
+}
+
+fn is_include(line: &PamLine, what: &str) -> bool {
+    line.words.len() >= 2 && line.words[0] == "@include" && line.words[1] == what
+}
+
+fn module_of<'a>(line: &PamLine<'a>) -> Option<&'a str> {
+    if line.words.first()?.starts_with('@') {
+        return None;
+    }
+    // type control module: control may be `[...]` over several words.
+    let mut rest = line.words.iter().skip(1);
+    let control = rest.next()?;
+    if control.starts_with('[') && !control.ends_with(']') {
+        for w in rest.by_ref() {
+            if w.ends_with(']') {
+                break;
+            }
+        }
+    }
+    rest.next().copied()
+}
+
+fn is_pam_systemd(line: &PamLine) -> bool {
+    module_of(line).is_some_and(|m| m.ends_with("pam_systemd.so"))
+}
+
+fn runs_hook(line: &PamLine) -> bool {
+    module_of(line).is_some_and(|m| m.ends_with("pam_exec.so")) && line.words.contains(&PAM_HOOK)
+}
+
+/// (b) `/etc/pam.d/sshd` includes `vmshare` after the session stack, and
+/// `/etc/pam.d/vmshare` runs the hook so that a failure denies. `None`: the
+/// file is missing.
+pub fn check_pam(pam_dir: &Path, sshd: Option<&str>, vmshare: Option<&str>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let sshd_path = pam_dir.join("sshd");
+    let vmshare_path = pam_dir.join("vmshare");
+    let (sshd_path, vmshare_path) = (sshd_path.display(), vmshare_path.display());
+    match sshd {
+        None => out.push(bad(
+            "pam",
+            Level::Problem,
+            format!("{sshd_path} is missing: sshd runs no PAM session stack of its own"),
+            "reinstall openssh-server's PAM file, then add `@include vmshare` after `@include common-session`",
+        )),
+        Some(text) => {
+            let lines = pam_lines(text);
+            let hook = lines
+                .iter()
+                .find(|l| is_include(l, "vmshare") || runs_hook(l));
+            let common = lines.iter().find(|l| is_include(l, "common-session"));
+            let last_systemd = lines.iter().rfind(|l| is_pam_systemd(l));
+            match hook {
+                None => out.push(bad(
+                    "pam",
+                    Level::Problem,
+                    format!("{sshd_path} does not include vmshare: guest sessions are not checked, recorded or ended"),
+                    "add the line `@include vmshare` after `@include common-session`",
+                )),
+                Some(h) => {
+                    let mut misplaced = false;
+                    if let Some(c) = common.filter(|c| c.number > h.number) {
+                        misplaced = true;
+                        out.push(bad(
+                            "pam",
+                            Level::Problem,
+                            format!("{sshd_path}:{}: vmshare comes before `@include common-session` (line {})", h.number, c.number),
+                            "move `@include vmshare` below `@include common-session`",
+                        ));
+                    }
+                    if let Some(s) = last_systemd.filter(|s| s.number > h.number) {
+                        misplaced = true;
+                        out.push(bad(
+                            "pam",
+                            Level::Problem,
+                            format!("{sshd_path}:{}: vmshare comes before pam_systemd (line {}), so the session is not yet in its logind scope", h.number, s.number),
+                            "move `@include vmshare` below every pam_systemd line",
+                        ));
+                    }
+                    if common.is_none() {
+                        out.push(bad(
+                            "pam",
+                            Level::Warning,
+                            format!("{sshd_path} has no `@include common-session`"),
+                            "make sure `@include vmshare` comes after the session modules, pam_systemd included",
+                        ));
+                    }
+                    if !misplaced {
+                        out.push(ok("pam", format!("{sshd_path} includes vmshare after the session stack")));
+                    }
+                }
+            }
+        }
+    }
+    match vmshare {
+        None => out.push(bad(
+            "pam",
+            Level::Problem,
+            format!("{vmshare_path} is missing"),
+            format!("install config/pam.d/vmshare as {vmshare_path}"),
+        )),
+        Some(text) => {
+            let lines = pam_lines(text);
+            match lines.iter().find(|l| runs_hook(l)) {
+                None => out.push(bad(
+                    "pam",
+                    Level::Problem,
+                    format!("{vmshare_path} does not run {PAM_HOOK} through pam_exec.so"),
+                    format!("install config/pam.d/vmshare as {vmshare_path}"),
+                )),
+                Some(l) => {
+                    let kind = l.words[0].trim_start_matches('-');
+                    let control = l.words.get(1).copied().unwrap_or("");
+                    if kind != "session" {
+                        out.push(bad(
+                            "pam",
+                            Level::Problem,
+                            format!("{vmshare_path}:{}: the hook is a `{kind}` module; it must be `session`", l.number),
+                            format!("install config/pam.d/vmshare as {vmshare_path}"),
+                        ));
+                    } else if control == "required" || control == "requisite" {
+                        out.push(ok(
+                            "pam",
+                            format!("{vmshare_path} runs the session hook ({control})"),
+                        ));
+                    } else if control.starts_with('[') {
+                        out.push(bad(
+                            "pam",
+                            Level::Warning,
+                            format!("{vmshare_path}:{}: the hook has control `{control}…`; make sure a failure denies the session", l.number),
+                            "use `session required pam_exec.so quiet /usr/libexec/vmshare/vmshare-pam`",
+                        ));
+                    } else {
+                        out.push(bad(
+                            "pam",
+                            Level::Problem,
+                            format!("{vmshare_path}:{}: the hook is `{control}`, so a refused guest session still opens", l.number),
+                            "use `session required pam_exec.so quiet /usr/libexec/vmshare/vmshare-pam`",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// (e) cgroup v2, from mountinfo text.
+pub fn check_cgroup(mountinfo: &str, backend: Backend) -> Finding {
+    match cgroup::cgroup2_mount_in(mountinfo) {
+        Some(mount) => ok(
+            "cgroup",
+            format!("cgroup v2 is mounted at {}", mount.display()),
+        ),
+        None => {
+            let (level, why) = match backend {
+                Backend::Cgroup => (Level::Problem, "the configured cgroup backend cannot confine or end sessions"),
+                Backend::Auto => (Level::Warning, "without logind, sessions are ended by signals, which miss processes that escape with setsid"),
+                Backend::Logind | Backend::Signal => (Level::Warning, "the cgroup backend is unavailable"),
+            };
+            bad(
+                "cgroup",
+                level,
+                format!("no cgroup v2 mount: {why}"),
+                "mount cgroup2 (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or boot with systemd.unified_cgroup_hierarchy=1",
+            )
+        }
+    }
+}
+
+/// The helper programs sshd runs: present, executable and trusted the way
+/// sshd demands (root-owned, no group- or world-writable directory above).
+fn check_programs(dir: &Path) -> Vec<Finding> {
+    ["vmshare-keys", "vmshare-pam"]
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            let fix = format!("install {name} as {} (root:root, 0755)", path.display());
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    return bad(
+                        "programs",
+                        Level::Problem,
+                        format!("{}: {e}", path.display()),
+                        fix,
+                    )
+                }
+            };
+            if let Err(why) = fsutil::check_trusted_file(&path, &meta)
+                .and_then(|()| fsutil::check_trusted_dirs(&path))
+            {
+                return bad(
+                    "programs",
+                    Level::Problem,
+                    format!("sshd will refuse to run it: {why}"),
+                    fix,
+                );
+            }
+            if meta.mode() & 0o111 == 0 {
+                return bad(
+                    "programs",
+                    Level::Problem,
+                    format!("{} is not executable", path.display()),
+                    fix,
+                );
+            }
+            ok("programs", format!("{} is installed", path.display()))
+        })
+        .collect()
+}
+
+/// (c) the grant file: trusted and valid.
+fn check_grants(config: &Config) -> Vec<Finding> {
+    let path = &config.grants;
+    let loaded = source::load(path, &SystemAccounts);
+    let mut out = Vec::new();
+    match &loaded.outcome {
+        Outcome::Missing => out.push(bad(
+            "grants",
+            Level::Warning,
+            format!("{} is missing: nothing is shared", path.display()),
+            "create it with `vmshare invite` / `vmshare sharing`, or install one (root:root, 0644)",
+        )),
+        Outcome::Invalid(errors) => {
+            let first = errors
+                .errors
+                .first()
+                .map(|d| d.in_file(path).to_string())
+                .unwrap_or_default();
+            let more = match errors.errors.len() {
+                0 | 1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            out.push(bad(
+                "grants",
+                Level::Problem,
+                format!("the grant file is invalid, so no guest gets in: {first}{more}"),
+                "fix the file (`vmshare check` lists every error); it must be root-owned and not group/world writable",
+            ));
+        }
+        Outcome::Valid { .. } => out.push(ok(
+            "grants",
+            format!("{} is trusted and valid", path.display()),
+        )),
+    }
+    for note in loaded.notes() {
+        out.push(bad(
+            "grants",
+            Level::Warning,
+            note.in_file(path).to_string(),
+            "remove the owner, or create the account",
+        ));
+    }
+    out
+}
+
+/// (d) the daemon answers on its control socket.
+fn check_daemon(config: &Config) -> Finding {
+    let socket = config.socket_path();
+    match UnixStream::connect(&socket) {
+        Ok(_) => ok("daemon", format!("vmshared is listening on {}", socket.display())),
+        Err(e) => bad(
+            "daemon",
+            Level::Problem,
+            format!("vmshared is not reachable at {} ({e}): revoked guests' live sessions would not be ended", socket.display()),
+            "start it: `systemctl enable --now vmshared`",
+        ),
+    }
+}
+
+fn sshd_t(config_file: Option<&Path>) -> Result<String, String> {
+    let sshd = if Path::new("/usr/sbin/sshd").exists() {
+        "/usr/sbin/sshd"
+    } else {
+        "sshd"
+    };
+    let mut cmd = Command::new(sshd);
+    cmd.arg("-T");
+    if let Some(f) = config_file {
+        cmd.arg("-f").arg(f);
+    }
+    let output = cmd
+        .output()
+        .map_err(|e| format!("cannot run {sshd}: {e}"))?;
+    if !output.status.success() {
+        let err = String::from_utf8_lossy(&output.stderr);
+        return Err(format!("`sshd -T` failed: {}", err.trim()));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+pub fn run(config: &Config, args: &DoctorArgs) -> ExitCode {
+    let mut findings = Vec::new();
+    match sshd_t(args.sshd_config.as_deref()) {
+        Ok(text) => {
+            let exists = |name: &str| matches!(SystemAccounts.lookup(name), Ok(Some(_)));
+            findings.extend(check_sshd(&text, &exists));
+        }
+        Err(why) => findings.push(bad(
+            "sshd",
+            Level::Problem,
+            why,
+            "install openssh-server and fix its configuration (`sshd -t` shows the error)",
+        )),
+    }
+    let pam_dir = args
+        .pam_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(PAM_DIR));
+    match (
+        read_optional(&pam_dir.join("sshd")),
+        read_optional(&pam_dir.join("vmshare")),
+    ) {
+        (Ok(sshd), Ok(vmshare)) => {
+            findings.extend(check_pam(&pam_dir, sshd.as_deref(), vmshare.as_deref()))
+        }
+        (Err(why), _) | (_, Err(why)) => findings.push(bad(
+            "pam",
+            Level::Problem,
+            why,
+            "make the PAM files readable",
+        )),
+    }
+    let libexec = args
+        .libexec_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(LIBEXEC_DIR));
+    findings.extend(check_programs(&libexec));
+    findings.extend(check_grants(config));
+    findings.push(check_daemon(config));
+    let mountinfo = args
+        .mountinfo
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/proc/self/mountinfo"));
+    match std::fs::read_to_string(&mountinfo) {
+        Ok(text) => findings.push(check_cgroup(&text, config.enforcement.backend)),
+        Err(e) => findings.push(bad(
+            "cgroup",
+            Level::Warning,
+            format!("cannot read {}: {e}", mountinfo.display()),
+            "run doctor as root on the host",
+        )),
+    }
+    print!("{}", render(&findings));
+    if findings.iter().any(|f| f.level == Level::Problem) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn render(findings: &[Finding]) -> String {
+    let mut out = String::new();
+    for f in findings {
+        out.push_str(&format!(
+            "{:<8} {:<8} {}\n",
+            f.level.to_string(),
+            f.area,
+            f.message
+        ));
+        if !f.fix.is_empty() {
+            out.push_str(&format!("{:<17} fix: {}\n", "", f.fix));
+        }
+    }
+    let problems = findings
+        .iter()
+        .filter(|f| f.level == Level::Problem)
+        .count();
+    let warnings = findings
+        .iter()
+        .filter(|f| f.level == Level::Warning)
+        .count();
+    out.push_str(&format!("{problems} problem(s), {warnings} warning(s)\n"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD_SSHD_T: &str = "port 22\nusepam yes\npubkeyauthentication yes\nauthorizedkeyscommand /usr/libexec/vmshare/vmshare-keys %u %f %t %k\nauthorizedkeyscommanduser _vmshare\n";
+
+    fn levels(findings: &[Finding]) -> Vec<Level> {
+        findings.iter().map(|f| f.level).collect()
+    }
+
+    fn problems(findings: &[Finding]) -> Vec<String> {
+        findings
+            .iter()
+            .filter(|f| f.level != Level::Ok)
+            .map(|f| format!("{}: {}", f.level, f.message))
+            .collect()
+    }
+
+    #[test]
+    fn sshd_good() {
+        let f = check_sshd(GOOD_SSHD_T, &|u| u == "_vmshare");
+        assert!(levels(&f).iter().all(|l| *l == Level::Ok), "{f:?}");
+    }
+
+    #[test]
+    fn sshd_broken_variants() {
+        let cases: [(&str, &str, Level); 6] = [
+            (
+                "authorizedkeyscommand /usr/libexec/vmshare/vmshare-keys %u %f %t %k",
+                "authorizedkeyscommand none",
+                Level::Problem,
+            ),
+            (
+                "authorizedkeyscommand /usr/libexec/vmshare/vmshare-keys %u %f %t %k",
+                "authorizedkeyscommand /usr/libexec/vmshare/vmshare-keys %u",
+                Level::Problem,
+            ),
+            (
+                "authorizedkeyscommand /usr/libexec/vmshare/vmshare-keys %u %f %t %k",
+                "authorizedkeyscommand /usr/bin/other-agent %u",
+                Level::Warning,
+            ),
+            (
+                "authorizedkeyscommanduser _vmshare",
+                "authorizedkeyscommanduser ghost",
+                Level::Problem,
+            ),
+            ("usepam yes", "usepam no", Level::Problem),
+            (
+                "pubkeyauthentication yes",
+                "pubkeyauthentication no",
+                Level::Problem,
+            ),
+        ];
+        for (from, to, level) in cases {
+            let text = GOOD_SSHD_T.replace(from, to);
+            let f = check_sshd(&text, &|u| u == "_vmshare");
+            let worst = f.iter().map(|f| f.level).max();
+            assert_eq!(worst, Some(level), "{to}: {f:?}");
+            assert!(f
+                .iter()
+                .filter(|f| f.level != Level::Ok)
+                .all(|f| !f.fix.is_empty()));
+        }
+        let missing = GOOD_SSHD_T.replace("authorizedkeyscommanduser _vmshare\n", "");
+        assert_eq!(problems(&check_sshd(&missing, &|_| true)).len(), 1);
+    }
+
+    const DEBIAN_SSHD: &str = "@include common-auth\naccount required pam_nologin.so\n@include common-account\nsession [success=ok ignore=ignore module_unknown=ignore default=bad] pam_selinux.so close\nsession required pam_loginuid.so\n@include common-session\nsession optional pam_motd.so motd=/run/motd.dynamic\n@include vmshare\n@include common-password\n";
+    const VMSHARE: &str = include_str!("../../config/pam.d/vmshare");
+
+    #[test]
+    fn pam_good() {
+        let f = check_pam(Path::new("/etc/pam.d"), Some(DEBIAN_SSHD), Some(VMSHARE));
+        assert!(levels(&f).iter().all(|l| *l == Level::Ok), "{f:?}");
+    }
+
+    #[test]
+    fn pam_broken_variants() {
+        let dir = Path::new("/etc/pam.d");
+        let check = |sshd: Option<&str>, vm: Option<&str>| problems(&check_pam(dir, sshd, vm));
+
+        let e = check(
+            Some(&DEBIAN_SSHD.replace("@include vmshare\n", "")),
+            Some(VMSHARE),
+        );
+        assert!(e[0].contains("does not include vmshare"), "{e:?}");
+        let e = check(
+            Some(&DEBIAN_SSHD.replace("@include vmshare\n", "# @include vmshare\n")),
+            Some(VMSHARE),
+        );
+        assert!(e[0].contains("does not include vmshare"), "{e:?}");
+
+        let before = DEBIAN_SSHD.replace("@include vmshare\n", "").replace(
+            "@include common-session\n",
+            "@include vmshare\n@include common-session\n",
+        );
+        let e = check(Some(&before), Some(VMSHARE));
+        assert!(e[0].contains("before `@include common-session`"), "{e:?}");
+
+        let systemd_after = DEBIAN_SSHD.replace(
+            "@include common-password\n",
+            "session optional pam_systemd.so\n",
+        );
+        let e = check(Some(&systemd_after), Some(VMSHARE));
+        assert!(e[0].contains("before pam_systemd"), "{e:?}");
+        let systemd_before = DEBIAN_SSHD.replace(
+            "@include vmshare\n",
+            "-session optional pam_systemd.so\n@include vmshare\n",
+        );
+        assert!(check(Some(&systemd_before), Some(VMSHARE)).is_empty());
+
+        let e = check(Some(DEBIAN_SSHD), None);
+        assert!(e[0].contains("/etc/pam.d/vmshare is missing"), "{e:?}");
+        let e = check(None, Some(VMSHARE));
+        assert!(e[0].contains("/etc/pam.d/sshd is missing"), "{e:?}");
+
+        let optional = VMSHARE.replace("session required", "session optional");
+        let e = check(Some(DEBIAN_SSHD), Some(&optional));
+        assert!(e[0].contains("is `optional`"), "{e:?}");
+        let other = VMSHARE.replace("/usr/libexec/vmshare/vmshare-pam", "/usr/bin/true");
+        let e = check(Some(DEBIAN_SSHD), Some(&other));
+        assert!(e[0].contains("does not run"), "{e:?}");
+        let account = VMSHARE.replace("session required", "account required");
+        let e = check(Some(DEBIAN_SSHD), Some(&account));
+        assert!(e[0].contains("must be `session`"), "{e:?}");
+    }
+
+    #[test]
+    fn cgroup_found_or_not() {
+        let hybrid = "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(check_cgroup(hybrid, Backend::Cgroup).level, Level::Ok);
+        let v1 = "30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert_eq!(check_cgroup(v1, Backend::Cgroup).level, Level::Problem);
+        assert_eq!(check_cgroup(v1, Backend::Auto).level, Level::Warning);
+    }
+}

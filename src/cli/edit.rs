@@ -1,0 +1,168 @@
+//! `sharing`, `invite`, `accept`, `reject`, `revoke`, `leave`: one change to
+//! the grant file each, through [`crate::edit::edit_file`].
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::OwnerGuest;
+use crate::config::Config;
+use crate::edit::{self, Change};
+use crate::policy::SystemAccounts;
+
+/// Key files larger than this are refused.
+const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
+
+pub fn sharing(config: &Config, owner: String, on: bool) -> ExitCode {
+    run(config, Change::Sharing { owner, on })
+}
+
+pub fn invite(
+    config: &Config,
+    who: OwnerGuest,
+    mut keys: Vec<String>,
+    key_files: &[PathBuf],
+) -> ExitCode {
+    for file in key_files {
+        match read_key_file(file) {
+            Ok(more) => keys.extend(more),
+            Err(e) => {
+                eprintln!("vmshare: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let owner = who.owner.clone();
+    let code = run(
+        config,
+        Change::Invite {
+            owner: who.owner,
+            guest: who.guest,
+            keys,
+        },
+    );
+    if code == ExitCode::SUCCESS {
+        hint_if_sharing_off(config, &owner);
+    }
+    code
+}
+
+pub fn accept(config: &Config, who: OwnerGuest) -> ExitCode {
+    let owner = who.owner.clone();
+    let code = run(
+        config,
+        Change::Accept {
+            owner: who.owner,
+            guest: who.guest,
+        },
+    );
+    if code == ExitCode::SUCCESS {
+        hint_if_sharing_off(config, &owner);
+    }
+    code
+}
+
+pub fn reject(config: &Config, who: OwnerGuest) -> ExitCode {
+    run(
+        config,
+        Change::Reject {
+            owner: who.owner,
+            guest: who.guest,
+        },
+    )
+}
+
+pub fn revoke(config: &Config, who: OwnerGuest) -> ExitCode {
+    run(
+        config,
+        Change::Revoke {
+            owner: who.owner,
+            guest: who.guest,
+        },
+    )
+}
+
+pub fn leave(config: &Config, who: OwnerGuest) -> ExitCode {
+    run(
+        config,
+        Change::Leave {
+            owner: who.owner,
+            guest: who.guest,
+        },
+    )
+}
+
+fn run(config: &Config, change: Change) -> ExitCode {
+    match edit::edit_file(&config.grants, &change, &SystemAccounts) {
+        Ok(done) => {
+            println!("{}", done.summary);
+            for note in &done.notes {
+                eprintln!("warning: {}", note.in_file(&config.grants));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vmshare: {e}");
+            eprintln!("vmshare: nothing was changed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An invitation or acceptance does nothing while the owner's switch is
+/// off; say so.
+fn hint_if_sharing_off(config: &Config, owner: &str) {
+    let loaded = crate::source::load(&config.grants, &SystemAccounts);
+    if let Some(o) = loaded.grants().and_then(|g| g.owner(owner)) {
+        if !o.sharing {
+            eprintln!(
+                "note: sharing is off for owner `{owner}`; no guest of theirs gets in until `vmshare sharing {owner} on`"
+            );
+        }
+    }
+}
+
+/// Reads public keys, one a line; `#` comments and blank lines are skipped.
+fn read_key_file(path: &Path) -> Result<Vec<String>, String> {
+    let mut text = String::new();
+    let read = if path == Path::new("-") {
+        io::stdin()
+            .lock()
+            .take(MAX_KEY_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+    } else {
+        File::open(path).and_then(|f| f.take(MAX_KEY_FILE_BYTES + 1).read_to_string(&mut text))
+    };
+    read.map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+    if text.len() as u64 > MAX_KEY_FILE_BYTES {
+        return Err(format!(
+            "key file {} is larger than {MAX_KEY_FILE_BYTES} bytes",
+            path.display()
+        ));
+    }
+    let keys: Vec<String> = key_lines(&text);
+    if keys.is_empty() {
+        return Err(format!("key file {} holds no keys", path.display()));
+    }
+    Ok(keys)
+}
+
+fn key_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn key_files_skip_comments_and_blanks() {
+        assert_eq!(
+            super::key_lines("# mine\n\n  ssh-ed25519 AAAA x  \nssh-rsa BBBB\n"),
+            ["ssh-ed25519 AAAA x", "ssh-rsa BBBB"]
+        );
+    }
+}

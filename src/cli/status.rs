@@ -1,0 +1,354 @@
+//! `vmshare status [--json]`: owners, switches, guests and their keys, live
+//! sessions, the grant file's health and when the daemon last applied it.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use super::sessions::{self as sessions_cmd, SessionJson, UnreadableJson, JSON_FORMAT};
+use super::timefmt;
+use crate::config::Config;
+use crate::diag::Diagnostic;
+use crate::grants::{self, Grants};
+use crate::policy::{Accounts, SystemAccounts};
+use crate::snapshot;
+use crate::source::{self, FileVersion, Outcome};
+
+/// How many errors of an invalid grant file the text output shows.
+const SHOWN_ERRORS: usize = 5;
+
+#[derive(Debug, Serialize)]
+struct StatusJson {
+    format: u32,
+    grants: GrantsJson,
+    snapshot: SnapshotJson,
+    owners: Vec<OwnerJson>,
+    /// Live sessions whose guest has no access now (the daemon ends them).
+    sessions_without_access: Vec<SessionJson>,
+    unreadable_sessions: Vec<UnreadableJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct GrantsJson {
+    path: String,
+    /// `valid`, `invalid` or `missing`.
+    state: &'static str,
+    errors: Vec<DiagJson>,
+    notes: Vec<DiagJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct DiagJson {
+    /// 1-based; 0 for the file as a whole.
+    line: usize,
+    column: usize,
+    message: String,
+}
+
+#[derive(Debug, Serialize)]
+struct SnapshotJson {
+    present: bool,
+    /// When the daemon (or key lookup) last compiled the grant file, ns
+    /// since the epoch.
+    written_ns: Option<i64>,
+    /// Whether it was compiled from the grant file as it is now.
+    current: bool,
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct OwnerJson {
+    name: String,
+    /// A local, non-root account (otherwise the owner is inert).
+    local: bool,
+    sharing: bool,
+    guests: Vec<GuestJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct GuestJson {
+    name: String,
+    status: grants::Status,
+    /// Whether the guest may log in now.
+    access: bool,
+    keys: Vec<KeyJson>,
+    sessions: Vec<SessionJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct KeyJson {
+    algorithm: String,
+    fingerprint: String,
+    comment: String,
+}
+
+fn diag(d: &Diagnostic) -> DiagJson {
+    DiagJson {
+        line: d.line,
+        column: d.column,
+        message: d.message.clone(),
+    }
+}
+
+pub fn print_json<T: Serialize>(value: &T) -> ExitCode {
+    let mut stdout = io::stdout().lock();
+    let written = serde_json::to_writer_pretty(&mut stdout, value)
+        .map_err(io::Error::other)
+        .and_then(|()| writeln!(stdout))
+        .and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmshare: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn gather(config: &Config) -> StatusJson {
+    let loaded = source::load(&config.grants, &SystemAccounts);
+    let (state, errors) = match &loaded.outcome {
+        Outcome::Missing => ("missing", Vec::new()),
+        Outcome::Invalid(e) => ("invalid", e.errors.iter().map(diag).collect()),
+        Outcome::Valid { .. } => ("valid", Vec::new()),
+    };
+    let valid = state == "valid";
+    // An invalid file may still parse (an error found only against the
+    // account database): show what it says, with no access.
+    let parsed: Option<Grants> = loaded
+        .grants()
+        .cloned()
+        .or_else(|| grants::parse(&loaded.source).ok());
+
+    let current = std::fs::metadata(&config.grants)
+        .ok()
+        .map(|m| FileVersion::of(&m));
+    let snapshot = match snapshot::read_header(&config.snapshot_path()) {
+        Ok(h) => SnapshotJson {
+            present: true,
+            written_ns: Some(h.written_ns),
+            current: h.grants_path == config.grants && h.version == current,
+            error: None,
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => SnapshotJson {
+            present: false,
+            written_ns: None,
+            current: false,
+            error: None,
+        },
+        Err(e) => SnapshotJson {
+            present: true,
+            written_ns: None,
+            current: false,
+            error: Some(e.to_string()),
+        },
+    };
+
+    let (sessions, unreadable_sessions) = sessions_cmd::load(config);
+    let mut placed = vec![false; sessions.len()];
+    let mut owners = Vec::new();
+    for owner in parsed.iter().flat_map(|g| &g.owners) {
+        let local = matches!(SystemAccounts.lookup(&owner.name), Ok(Some(a)) if a.uid != 0);
+        let guests = owner
+            .guests
+            .iter()
+            .map(|g| {
+                let access = valid && local && g.has_access(owner.sharing);
+                let mut own = Vec::new();
+                for (i, s) in sessions.iter().enumerate() {
+                    if s.owner == owner.name && s.guest == g.name && access {
+                        placed[i] = true;
+                        own.push(s.clone());
+                    }
+                }
+                GuestJson {
+                    name: g.name.clone(),
+                    status: g.status,
+                    access,
+                    keys: g
+                        .keys
+                        .iter()
+                        .map(|k| KeyJson {
+                            algorithm: k.algorithm.clone(),
+                            fingerprint: k.fingerprint.clone(),
+                            comment: k.comment.clone(),
+                        })
+                        .collect(),
+                    sessions: own,
+                }
+            })
+            .collect();
+        owners.push(OwnerJson {
+            name: owner.name.clone(),
+            local,
+            sharing: owner.sharing,
+            guests,
+        });
+    }
+    let sessions_without_access = sessions
+        .into_iter()
+        .zip(placed)
+        .filter(|(_, placed)| !placed)
+        .map(|(s, _)| s)
+        .collect();
+    StatusJson {
+        format: JSON_FORMAT,
+        grants: GrantsJson {
+            path: config.grants.display().to_string(),
+            state,
+            errors,
+            notes: loaded.notes().iter().map(diag).collect(),
+        },
+        snapshot,
+        owners,
+        sessions_without_access,
+        unreadable_sessions,
+    }
+}
+
+/// Exit 0 when the grant file is valid or missing, 1 when it is invalid.
+pub fn run(config: &Config, json: bool) -> ExitCode {
+    let status = gather(config);
+    let code = if status.grants.state == "invalid" {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    };
+    if json {
+        let printed = print_json(&status);
+        return if printed == ExitCode::SUCCESS {
+            code
+        } else {
+            printed
+        };
+    }
+    print!("{}", render(&status));
+    code
+}
+
+fn at(path: &str, d: &DiagJson) -> String {
+    if d.line == 0 {
+        format!("{path}: {}", d.message)
+    } else {
+        format!("{path}:{}:{}: {}", d.line, d.column, d.message)
+    }
+}
+
+fn render(s: &StatusJson) -> String {
+    let mut out = String::new();
+    let g = &s.grants;
+    match g.state {
+        "missing" => out.push_str(&format!(
+            "grant file {}: missing (nothing is shared)\n",
+            g.path
+        )),
+        "invalid" => {
+            out.push_str(&format!(
+                "grant file {}: INVALID: no guest gets in anywhere until it is fixed\n",
+                g.path
+            ));
+            for e in g.errors.iter().take(SHOWN_ERRORS) {
+                out.push_str(&format!("  error: {}\n", at(&g.path, e)));
+            }
+            if g.errors.len() > SHOWN_ERRORS {
+                out.push_str(&format!(
+                    "  ... and {} more (`vmshare check`)\n",
+                    g.errors.len() - SHOWN_ERRORS
+                ));
+            }
+        }
+        _ => {
+            let guests: usize = s.owners.iter().map(|o| o.guests.len()).sum();
+            let access = s
+                .owners
+                .iter()
+                .flat_map(|o| &o.guests)
+                .filter(|g| g.access)
+                .count();
+            out.push_str(&format!(
+                "grant file {}: valid ({} owners, {guests} guests, {access} with access)\n",
+                g.path,
+                s.owners.len()
+            ));
+        }
+    }
+    for n in &g.notes {
+        out.push_str(&format!("  note: {}\n", at(&g.path, n)));
+    }
+    let snap = &s.snapshot;
+    match (snap.present, snap.written_ns, &snap.error) {
+        (false, ..) => out.push_str("applied: never (no snapshot; is vmshared running?)\n"),
+        (true, _, Some(e)) => {
+            out.push_str(&format!("applied: unknown (snapshot unreadable: {e})\n"))
+        }
+        (true, Some(ns), None) => {
+            let when = timefmt::utc(ns.div_euclid(1_000_000_000));
+            if snap.current {
+                out.push_str(&format!("applied: {when} (matches the grant file)\n"));
+            } else {
+                out.push_str(&format!(
+                    "applied: {when} (from an older grant file; the key lookup reads the file itself meanwhile; is vmshared running?)\n"
+                ));
+            }
+        }
+        (true, None, None) => out.push_str("applied: unknown\n"),
+    }
+    for o in &s.owners {
+        let switch = if o.sharing { "on" } else { "off" };
+        let inert = if o.local {
+            ""
+        } else {
+            " (not a local account: inert)"
+        };
+        out.push_str(&format!("\nowner {}{inert}: sharing {switch}\n", o.name));
+        if o.guests.is_empty() {
+            out.push_str("  no guests\n");
+        }
+        for guest in &o.guests {
+            let access = if guest.access { "access" } else { "no access" };
+            let sessions = match guest.sessions.len() {
+                0 => String::new(),
+                1 => ", 1 live session".into(),
+                n => format!(", {n} live sessions"),
+            };
+            out.push_str(&format!(
+                "  {}: {} ({access}{sessions})\n",
+                guest.name, guest.status
+            ));
+            for k in &guest.keys {
+                let line = format!("    key {} {} {}", k.fingerprint, k.algorithm, k.comment);
+                out.push_str(line.trim_end());
+                out.push('\n');
+            }
+            for session in &guest.sessions {
+                out.push_str(&format!(
+                    "    session {} from {} since {}\n",
+                    session.id,
+                    session.from,
+                    timefmt::utc(session.since)
+                ));
+            }
+        }
+    }
+    if !s.sessions_without_access.is_empty() {
+        out.push_str("\nsessions of guests without access (being ended):\n");
+        for session in &s.sessions_without_access {
+            out.push_str(&format!(
+                "  {} {} as {} from {} since {}\n",
+                session.id,
+                session.guest,
+                session.owner,
+                session.from,
+                timefmt::utc(session.since)
+            ));
+        }
+    }
+    for u in &s.unreadable_sessions {
+        out.push_str(&format!(
+            "warning: unreadable session record {}: {}\n",
+            u.path, u.error
+        ));
+    }
+    out
+}
