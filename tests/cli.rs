@@ -729,6 +729,12 @@ fn doctor_on_good_and_broken_setups() {
             .any(|l| l.starts_with("warning") && l.contains("another program")),
         "{text}"
     );
+    setup.sshd(
+        &e,
+        "UsePAM yes => UsePAM yes\nAuthorizedKeysFile .ssh/authorized_keys",
+    );
+    let (code, text) = setup.doctor(&e, &[]);
+    assert_problem(code, &text, "AuthorizedKeysFile");
     setup.sshd(&e, "UsePAM yes => UsePAM maybe");
     let (code, text) = setup.doctor(&e, &[]);
     assert_problem(code, &text, "`sshd -T` failed");

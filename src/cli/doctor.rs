@@ -104,7 +104,12 @@ fn sshd_value<'a>(sshd_t: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// (a) sshd's effective configuration, as `sshd -T` prints it.
-pub fn check_sshd(sshd_t: &str, account_exists: &dyn Fn(&str) -> bool) -> Vec<Finding> {
+/// `owner_files` is the agent config's `authorized_keys_files`.
+pub fn check_sshd(
+    sshd_t: &str,
+    account_exists: &dyn Fn(&str) -> bool,
+    owner_files: &[String],
+) -> Vec<Finding> {
     let mut out = Vec::new();
     let reload = "then reload sshd (`systemctl reload ssh`)";
     match sshd_value(sshd_t, "authorizedkeyscommand") {
@@ -152,6 +157,7 @@ pub fn check_sshd(sshd_t: &str, account_exists: &dyn Fn(&str) -> bool) -> Vec<Fi
             format!("set `UsePAM yes`, {reload}"),
         )),
     }
+    out.push(check_owner_files(sshd_t, owner_files));
     if sshd_value(sshd_t, "pubkeyauthentication") == Some("no") {
         out.push(bad(
             "sshd",
@@ -161,6 +167,36 @@ pub fn check_sshd(sshd_t: &str, account_exists: &dyn Fn(&str) -> bool) -> Vec<Fi
         ));
     }
     out
+}
+
+/// The session hook tells an owner's own login from a guest's by the
+/// owner's key files, so it must know exactly the files sshd reads.
+fn check_owner_files(sshd_t: &str, owner_files: &[String]) -> Finding {
+    let mut sshd: Vec<&str> = match sshd_value(sshd_t, "authorizedkeysfile") {
+        None | Some("none") => Vec::new(),
+        Some(v) => v.split_ascii_whitespace().collect(),
+    };
+    let mut ours: Vec<&str> = owner_files.iter().map(String::as_str).collect();
+    sshd.sort_unstable();
+    sshd.dedup();
+    ours.sort_unstable();
+    ours.dedup();
+    if sshd == ours {
+        return ok(
+            "sshd",
+            "AuthorizedKeysFile matches the agent's authorized_keys_files",
+        );
+    }
+    bad(
+        "sshd",
+        Level::Problem,
+        format!(
+            "sshd's AuthorizedKeysFile is `{}` but the agent's authorized_keys_files is `{}`: owners logging in with a key only sshd knows are refused, and a key only the agent lists is taken for the owner's own",
+            sshd.join(" "),
+            ours.join(" ")
+        ),
+        "make `authorized_keys_files` in /etc/vmshare/vmshare.toml list exactly sshd's AuthorizedKeysFile entries",
+    )
 }
 
 /// One PAM configuration line, without its comment.
@@ -486,7 +522,7 @@ pub fn run(config: &Config, args: &DoctorArgs) -> ExitCode {
     match sshd_t(args.sshd_config.as_deref()) {
         Ok(text) => {
             let exists = |name: &str| matches!(SystemAccounts.lookup(name), Ok(Some(_)));
-            findings.extend(check_sshd(&text, &exists));
+            findings.extend(check_sshd(&text, &exists, &config.authorized_keys_files));
         }
         Err(why) => findings.push(bad(
             "sshd",
@@ -570,7 +606,11 @@ fn render(findings: &[Finding]) -> String {
 mod tests {
     use super::*;
 
-    const GOOD_SSHD_T: &str = "port 22\nusepam yes\npubkeyauthentication yes\nauthorizedkeyscommand /usr/libexec/vmshare/vmshare-keys %u %f %t %k\nauthorizedkeyscommanduser _vmshare\n";
+    const GOOD_SSHD_T: &str = "port 22\nusepam yes\npubkeyauthentication yes\nauthorizedkeysfile .ssh/authorized_keys .ssh/authorized_keys2\nauthorizedkeyscommand /usr/libexec/vmshare/vmshare-keys %u %f %t %k\nauthorizedkeyscommanduser _vmshare\n";
+
+    fn files() -> Vec<String> {
+        Config::default().authorized_keys_files
+    }
 
     fn levels(findings: &[Finding]) -> Vec<Level> {
         findings.iter().map(|f| f.level).collect()
@@ -586,13 +626,23 @@ mod tests {
 
     #[test]
     fn sshd_good() {
-        let f = check_sshd(GOOD_SSHD_T, &|u| u == "_vmshare");
+        let f = check_sshd(GOOD_SSHD_T, &|u| u == "_vmshare", &files());
         assert!(levels(&f).iter().all(|l| *l == Level::Ok), "{f:?}");
     }
 
     #[test]
     fn sshd_broken_variants() {
-        let cases: [(&str, &str, Level); 6] = [
+        let cases: [(&str, &str, Level); 8] = [
+            (
+                "authorizedkeysfile .ssh/authorized_keys .ssh/authorized_keys2",
+                "authorizedkeysfile .ssh/authorized_keys",
+                Level::Problem,
+            ),
+            (
+                "authorizedkeysfile .ssh/authorized_keys .ssh/authorized_keys2",
+                "authorizedkeysfile .ssh/authorized_keys .ssh/authorized_keys2 /etc/ssh/keys/%u",
+                Level::Problem,
+            ),
             (
                 "authorizedkeyscommand /usr/libexec/vmshare/vmshare-keys %u %f %t %k",
                 "authorizedkeyscommand none",
@@ -622,7 +672,7 @@ mod tests {
         ];
         for (from, to, level) in cases {
             let text = GOOD_SSHD_T.replace(from, to);
-            let f = check_sshd(&text, &|u| u == "_vmshare");
+            let f = check_sshd(&text, &|u| u == "_vmshare", &files());
             let worst = f.iter().map(|f| f.level).max();
             assert_eq!(worst, Some(level), "{to}: {f:?}");
             assert!(f
@@ -631,7 +681,10 @@ mod tests {
                 .all(|f| !f.fix.is_empty()));
         }
         let missing = GOOD_SSHD_T.replace("authorizedkeyscommanduser _vmshare\n", "");
-        assert_eq!(problems(&check_sshd(&missing, &|_| true)).len(), 1);
+        assert_eq!(
+            problems(&check_sshd(&missing, &|_| true, &files())).len(),
+            1
+        );
     }
 
     const DEBIAN_SSHD: &str = "@include common-auth\naccount required pam_nologin.so\n@include common-account\nsession [success=ok ignore=ignore module_unknown=ignore default=bad] pam_selinux.so close\nsession required pam_loginuid.so\n@include common-session\nsession optional pam_motd.so motd=/run/motd.dynamic\n@include vmshare\n@include common-password\n";
