@@ -863,6 +863,14 @@ pub fn edit_file(
         Err(e) => return Err(EditError::Io(e)),
     }
 
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(EditError::Io(format!(
+                "directory {} does not exist; create it (root:root, 0755)",
+                dir.display()
+            )));
+        }
+    }
     let _lock = lock(path)?;
     let current =
         fsutil::read_strict(path, MAX_GRANT_FILE_BYTES as u64).map_err(EditError::Unreadable)?;
