@@ -11,6 +11,7 @@ mod check;
 mod docs;
 mod doctor;
 mod edit;
+mod guest;
 mod sessions;
 mod status;
 mod timefmt;
@@ -111,10 +112,25 @@ pub enum Command {
         #[command(flatten)]
         who: OwnerGuest,
     },
-    /// Record that a guest left (status `left`): access and live sessions end.
+    /// Leave a shared VM: status `left`, access and live sessions end.
+    ///
+    /// Without arguments, run by a guest inside their SSH session: the daemon
+    /// tells which guest the caller is from the session it belongs to, and
+    /// refuses in an owner's own session. With OWNER GUEST, ops record that
+    /// a guest left.
     Leave {
-        #[command(flatten)]
-        who: OwnerGuest,
+        /// The owner (ops form; give both or neither).
+        #[arg(requires = "guest")]
+        owner: Option<String>,
+        /// The guest (ops form).
+        #[arg(requires = "owner")]
+        guest: Option<String>,
+    },
+    /// Inside a guest session: which guest you are, in whose account.
+    Whoami {
+        /// Print JSON (the control socket's answer) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Check that sshd, PAM, the grant file, the daemon and cgroups are set
     /// up for vmshare (exit 1 if something would break enforcement).
@@ -183,7 +199,12 @@ pub fn main() -> ExitCode {
         Command::Accept { who } => edit::accept(&config, who),
         Command::Reject { who } => edit::reject(&config, who),
         Command::Revoke { who } => edit::revoke(&config, who),
-        Command::Leave { who } => edit::leave(&config, who),
+        Command::Leave {
+            owner: Some(owner),
+            guest: Some(guest),
+        } => edit::leave(&config, OwnerGuest { owner, guest }),
+        Command::Leave { .. } => guest::leave(&config),
+        Command::Whoami { json } => guest::whoami(&config, json),
         Command::Doctor(args) => doctor::run(&config, &args),
         Command::Completions { .. } | Command::Man { .. } => ExitCode::SUCCESS,
     }

@@ -64,7 +64,7 @@ async fn serve(mut stream: UnixStream, requests: mpsc::Sender<Pending>) -> io::R
         stream.read_exact(&mut prefix).await?;
         let mut body = vec![0u8; control::frame_len(prefix)?];
         stream.read_exact(&mut body).await?;
-        control::decode::<Request>(&body)
+        control::decode_request(&body)
     };
     let request = match tokio::time::timeout(TIMEOUT, read).await {
         Ok(Ok(r)) => r,
