@@ -99,10 +99,16 @@ pub fn run(args: Vec<OsString>, out: &mut dyn Write) -> ExitCode {
         }
         Err(e) => {
             let fp = args.fingerprint.unwrap_or_default();
-            log(
+            crate::audit::emit(
                 IDENT,
                 Level::Error,
-                &format!("no guest keys for account {user:?} (key {fp}): {e}"),
+                &crate::audit::Event {
+                    kind: Some(crate::audit::Kind::Refusal),
+                    owner: &user,
+                    fingerprint: &fp,
+                    message: &format!("no guest keys: {e}"),
+                    ..crate::audit::Event::default()
+                },
             );
             ExitCode::FAILURE
         }

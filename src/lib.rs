@@ -2,6 +2,7 @@
 //! access — new logins and live sessions — the moment it is revoked.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cgroup;
 pub mod cli;
 pub mod config;

@@ -10,13 +10,14 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::audit;
 use crate::config::Config;
 use crate::enforce::{self, Placement};
 use crate::lookup::owner_lines;
 use crate::policy::{guest_in_lines, SystemAccounts};
 use crate::procfs;
 use crate::sessions::{self, SessionRecord};
-use crate::syslog::{log, Level};
+use crate::syslog::Level;
 
 const IDENT: &str = "vmshare-pam";
 
@@ -215,13 +216,23 @@ fn finish(env: &Env, decision: Decision) -> ExitCode {
         Decision::Owner(_) => ExitCode::SUCCESS,
         Decision::Guest { .. } => ExitCode::SUCCESS,
         Decision::Deny(why) => {
-            log(
+            let fingerprint = parse_auth_info(&env.auth_info)
+                .iter()
+                .find(|k| !k.is_certificate())
+                .and_then(|k| crate::grants::parse_key(&format!("{} {}", k.algorithm, k.blob)).ok())
+                .map(|k| k.fingerprint)
+                .unwrap_or_default();
+            audit::emit(
                 IDENT,
                 Level::Warning,
-                &format!(
-                    "refused session: owner={} from={} reason={why}",
-                    env.user, env.rhost
-                ),
+                &audit::Event {
+                    kind: Some(audit::Kind::Refusal),
+                    owner: &env.user,
+                    fingerprint: &fingerprint,
+                    remote: &env.rhost,
+                    message: &format!("guest session refused: {why}"),
+                    ..audit::Event::default()
+                },
             );
             ExitCode::FAILURE
         }
@@ -312,13 +323,18 @@ fn admit_guest(
         .map(|a| guest_in_lines(&a.lines, &key.algorithm, &key.blob).map(str::to_string));
     match still {
         Ok(Some(g)) if g == guest => {
-            log(
+            audit::emit(
                 IDENT,
                 Level::Info,
-                &format!(
-                    "guest login: owner={} guest={guest} fingerprint={fingerprint} from={} session={id}",
-                    env.user, env.rhost
-                ),
+                &audit::Event {
+                    kind: Some(audit::Kind::Login),
+                    owner: &env.user,
+                    guest,
+                    fingerprint: &fingerprint,
+                    remote: &env.rhost,
+                    session: &id,
+                    message: "guest login",
+                },
             );
             Ok(())
         }
@@ -351,26 +367,25 @@ fn close_session(config_path: Option<PathBuf>) {
             .unwrap_or(false),
         None => false,
     };
-    if lingering {
-        log(
-            IDENT,
-            Level::Info,
-            &format!(
-                "guest logged out, processes remain: owner={} guest={} session={id}",
-                record.owner, record.guest
-            ),
-        );
+    let message = if lingering {
+        "guest logged out; processes remain and stay confined"
     } else {
         let _ = sessions::remove(&dir, &id);
-        log(
-            IDENT,
-            Level::Info,
-            &format!(
-                "guest session closed: owner={} guest={} session={id}",
-                record.owner, record.guest
-            ),
-        );
-    }
+        "guest logged out"
+    };
+    audit::emit(
+        IDENT,
+        Level::Info,
+        &audit::Event {
+            kind: Some(audit::Kind::Logout),
+            owner: &record.owner,
+            guest: &record.guest,
+            fingerprint: &record.fingerprint,
+            remote: &record.remote,
+            session: &id,
+            message,
+        },
+    );
 }
 
 #[cfg(test)]

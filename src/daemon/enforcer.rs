@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{error, info, warn};
 
+use crate::audit;
 use crate::cgroup;
 use crate::config::Config;
 use crate::enforce;
@@ -15,6 +16,7 @@ use crate::policy::SystemAccounts;
 use crate::sessions::{self, SessionRecord};
 use crate::snapshot;
 use crate::source::{self, Loaded, Outcome};
+use crate::syslog::Level;
 
 /// How long a session group may exist without a record.
 const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -91,6 +93,7 @@ pub fn apply(config: &Config, reason: &str) -> Pass {
     if let Err(e) = prepare_run_dir(config) {
         error!(run_dir = %config.run_dir.display(), "cannot prepare run dir: {e}");
     }
+    let previous = snapshot::read_header(&config.snapshot_path()).ok();
     let written_ns = now_ns();
     match snapshot::write(&config.snapshot_path(), &loaded, written_ns) {
         Ok(()) => {
@@ -100,6 +103,22 @@ pub fn apply(config: &Config, reason: &str) -> Pass {
         }
         // Lookups then read the grant file themselves: slower, still right.
         Err(e) => error!(path = %config.snapshot_path().display(), "cannot write snapshot: {e}"),
+    }
+    if previous.is_none_or(|p| p.sha256 != loaded.sha256 || p.valid != pass.valid) {
+        let state = match &loaded.outcome {
+            Outcome::Missing => "grant file applied: missing, nothing is shared",
+            Outcome::Invalid(_) => "grant file applied: INVALID, no guest gets in",
+            Outcome::Valid { .. } => "grant file applied",
+        };
+        audit::record(
+            "vmshared",
+            Level::Notice,
+            &audit::Event {
+                kind: Some(audit::Kind::GrantChange),
+                message: &format!("{state} (sha256 {}, {reason})", loaded.sha256),
+                ..audit::Event::default()
+            },
+        );
     }
     enforce_sessions(config, &loaded, &mut pass);
     info!(
@@ -151,6 +170,19 @@ fn enforce_sessions(config: &Config, loaded: &Loaded, pass: &mut Pass) {
         let started = Instant::now();
         match enforce::terminate(&record) {
             Ok(()) => {
+                audit::record(
+                    "vmshared",
+                    Level::Notice,
+                    &audit::Event {
+                        kind: Some(audit::Kind::Kill),
+                        owner: &record.owner,
+                        guest: &record.guest,
+                        fingerprint: &record.fingerprint,
+                        remote: &record.remote,
+                        session: &record.id,
+                        message: "guest session ended: grant revoked",
+                    },
+                );
                 info!(
                     event = "kill",
                     owner = %record.owner,

@@ -152,6 +152,19 @@ pub async fn handle(config: &Config, pending: Pending) -> Option<&'static str> {
                 &crate::policy::SystemAccounts,
             ) {
                 Ok(_) => {
+                    crate::audit::record(
+                        "vmshared",
+                        crate::syslog::Level::Notice,
+                        &crate::audit::Event {
+                            kind: Some(crate::audit::Kind::Leave),
+                            owner: &r.owner,
+                            guest: &r.guest,
+                            fingerprint: &r.fingerprint,
+                            remote: &r.remote,
+                            session: &r.id,
+                            message: "guest left the shared VM",
+                        },
+                    );
                     info!(
                         event = "leave", owner = %r.owner, guest = %r.guest,
                         fingerprint = %r.fingerprint, remote = %r.remote, session = %r.id,
