@@ -14,6 +14,7 @@ pub mod enforce;
 pub mod fsutil;
 pub mod grants;
 pub mod keys_command;
+pub mod logind;
 pub mod lookup;
 pub mod pam_hook;
 pub mod policy;

@@ -281,7 +281,14 @@ fn admit_guest(
     let fingerprint = crate::grants::parse_key(&format!("{} {}", key.algorithm, key.blob))
         .map(|k| k.fingerprint)
         .unwrap_or_default();
-    let cgroup = match enforce::placement(config)? {
+    let logind_session = std::env::var("XDG_SESSION_ID")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let placement = enforce::placement(config, logind_session.as_deref())?;
+    if let Placement::Logind { session } = &placement {
+        check_logind_session(session, &monitor)?;
+    }
+    let cgroup = match placement {
         Placement::Cgroup { root } => {
             let me = std::process::id() as i32;
             let pids: Vec<i32> = procfs::tree(monitor.pid)
@@ -293,7 +300,8 @@ fn admit_guest(
                     .map_err(|e| format!("cannot confine session in {}: {e}", root.display()))?,
             )
         }
-        Placement::Signal => None,
+        // Never moved out of systemd's tree: logind's scope holds it.
+        Placement::Logind { .. } | Placement::Signal => None,
     };
     let record = SessionRecord {
         id: id.clone(),
@@ -310,9 +318,7 @@ fn admit_guest(
         monitor_start: monitor.start,
         uid,
         cgroup,
-        logind_session: std::env::var("XDG_SESSION_ID")
-            .ok()
-            .filter(|s| !s.is_empty()),
+        logind_session,
     };
     let dir = config.sessions_dir();
     sessions::write(&dir, &record)
@@ -348,6 +354,28 @@ fn admit_guest(
     }
 }
 
+/// The logind session id from the PAM environment must be the one whose
+/// scope holds this login: revoke ends that session, so a wrong id would end
+/// someone else's.
+fn check_logind_session(id: &str, monitor: &procfs::Stat) -> Result<(), String> {
+    let text = fs::read_to_string(format!("/proc/{}/cgroup", monitor.pid)).map_err(|e| {
+        format!(
+            "cannot read the cgroup of sshd process {}: {e}",
+            monitor.pid
+        )
+    })?;
+    if !crate::logind::valid_session_id(id)
+        || crate::logind::session_in_proc_cgroup(&text) != Some(id)
+    {
+        return Err(format!(
+            "XDG_SESSION_ID is {id:?}, but the login is not in {}: {}",
+            crate::logind::scope_name(id),
+            text.trim()
+        ));
+    }
+    Ok(())
+}
+
 /// Forgets the session's record, unless processes of it outlive the login
 /// (`setsid nohup …`): then the record stays, so a revoke still ends them,
 /// and the daemon forgets it once the group is empty.
@@ -361,12 +389,20 @@ fn close_session(config_path: Option<PathBuf>) {
         return;
     };
     let me = std::process::id() as i32;
-    let lingering = match &record.cgroup {
-        Some(group) => crate::cgroup::pids(group)
-            .map(|pids| pids.iter().any(|&p| p != me && p != monitor.pid))
-            .unwrap_or(false),
-        None => false,
+    // A logind session's group is its scope, where this hook runs too.
+    let group = match (&record.cgroup, &record.logind_session) {
+        (Some(group), _) => Some(group.clone()),
+        (None, Some(_)) => procfs::cgroup_of(me).ok().and_then(|rel| {
+            let mount = crate::cgroup::cgroup2_mount()?;
+            Some(mount.join(rel.strip_prefix("/").unwrap_or(&rel)))
+        }),
+        (None, None) => None,
     };
+    let lingering = group.is_some_and(|group| {
+        crate::cgroup::pids(&group)
+            .map(|pids| pids.iter().any(|&p| p != me && p != monitor.pid))
+            .unwrap_or(false)
+    });
     let message = if lingering {
         "guest logged out; processes remain and stay confined"
     } else {

@@ -168,8 +168,8 @@ fn enforce_sessions(config: &Config, loaded: &Loaded, pass: &mut Pass) {
     }
     for record in ending {
         let started = Instant::now();
-        match enforce::terminate(&record) {
-            Ok(()) => {
+        match enforce::terminate(config, &record) {
+            Ok(method) => {
                 audit::record(
                     "vmshared",
                     Level::Notice,
@@ -185,6 +185,7 @@ fn enforce_sessions(config: &Config, loaded: &Loaded, pass: &mut Pass) {
                 );
                 info!(
                     event = "kill",
+                    method = %method,
                     owner = %record.owner,
                     guest = %record.guest,
                     fingerprint = %record.fingerprint,
@@ -197,6 +198,7 @@ fn enforce_sessions(config: &Config, loaded: &Loaded, pass: &mut Pass) {
                 pass.killed.push(record.id.clone());
             }
             Err(e) => error!(
+                method = %enforce::method(config, &record),
                 owner = %record.owner, guest = %record.guest, session = %record.id,
                 "could not end revoked session: {e}"
             ),

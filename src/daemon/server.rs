@@ -206,8 +206,8 @@ fn info_of(r: &SessionRecord) -> SessionInfo {
     }
 }
 
-/// The live guest session process `pid` belongs to: by its cgroup, or by
-/// descent from the session's sshd monitor. Nothing the caller can set
+/// The live guest session process `pid` belongs to: by its cgroup (its own
+/// or logind's scope), or by descent from the session's sshd monitor. Nothing the caller can set
 /// (environment, arguments) plays a part.
 fn session_of(config: &Config, pid: i32, uid: u32) -> Option<SessionRecord> {
     let (records, _) = sessions::list(&config.sessions_dir());
@@ -219,6 +219,11 @@ fn session_of(config: &Config, pid: i32, uid: u32) -> Option<SessionRecord> {
     records.into_iter().find(|r| {
         let by_group = match (&r.cgroup, &group) {
             (Some(session), Some(mine)) => mine.starts_with(session),
+            // A logind session: the caller is in its scope.
+            (None, Some(mine)) => r.logind_session.as_deref().is_some_and(|id| {
+                mine.ancestors()
+                    .any(|g| crate::logind::session_of_cgroup(g) == Some(id))
+            }),
             _ => false,
         };
         let by_descent = ancestors

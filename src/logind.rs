@@ -1,0 +1,172 @@
+//! Ending sessions through systemd-logind over the system bus. On a host
+//! where systemd is PID 1, every login sits in logind's `session-ID.scope`
+//! once pam_systemd has run; vmshare never moves it out of there and ends it
+//! the way logind means sessions to be ended: `TerminateSession`, which
+//! stops the whole scope (processes that escaped with `setsid` included).
+//!
+//! zbus honours `DBUS_SYSTEM_BUS_ADDRESS`, so tests point this at a private
+//! bus. Callers are synchronous (the enforcer runs inside the daemon's
+//! runtime), so each call runs on a thread and runtime of its own.
+
+use std::path::Path;
+use std::time::Duration;
+
+const DESTINATION: &str = "org.freedesktop.login1";
+const PATH: &str = "/org/freedesktop/login1";
+const MANAGER: &str = "org.freedesktop.login1.Manager";
+/// logind's answer when the session is already gone.
+const NO_SUCH_SESSION: &str = "org.freedesktop.login1.NoSuchSession";
+
+/// How long connecting and both calls may take together.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether systemd is the service manager (`sd_booted()`): the directory
+/// systemd creates at boot as PID 1.
+pub fn systemd_booted() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+/// Whether `id` looks like a logind session id (`3`, `c12`): it is used in
+/// a file name and a cgroup name, so nothing else is accepted.
+pub fn valid_session_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// The name of the scope unit (and cgroup) logind puts session `id` in.
+pub fn scope_name(id: &str) -> String {
+    format!("session-{id}.scope")
+}
+
+/// The logind session whose scope is the cgroup `path` (as in
+/// /proc/PID/cgroup), if it is one.
+pub fn session_of_cgroup(path: &Path) -> Option<&str> {
+    let name = path.file_name()?.to_str()?;
+    let id = name.strip_prefix("session-")?.strip_suffix(".scope")?;
+    valid_session_id(id).then_some(id)
+}
+
+/// The logind session whose scope holds a process, from its
+/// /proc/PID/cgroup text: the cgroup v2 line, or systemd's named v1
+/// hierarchy on hosts without a unified one.
+pub fn session_in_proc_cgroup(text: &str) -> Option<&str> {
+    text.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        if controllers.is_empty() || controllers == "name=systemd" {
+            session_of_cgroup(Path::new(path))
+        } else {
+            None
+        }
+    })
+}
+
+/// Whether logind still has the session: it keeps a state file for it
+/// until the last process of its scope is gone.
+pub fn session_listed(id: &str) -> bool {
+    valid_session_id(id) && Path::new("/run/systemd/sessions").join(id).exists()
+}
+
+/// Asks logind to end session `id`: `TerminateSession`, then `KillSession`
+/// with SIGKILL for everything in the scope, so a process that ignores
+/// SIGTERM does not outlive the revoke by the scope's stop timeout. A
+/// session logind no longer knows counts as ended.
+pub fn terminate(id: &str) -> Result<(), String> {
+    if !valid_session_id(id) {
+        return Err(format!("invalid logind session id {id:?}"));
+    }
+    let id = id.to_string();
+    std::thread::Builder::new()
+        .name("logind".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start a runtime for D-Bus: {e}"))?;
+            runtime.block_on(async {
+                tokio::time::timeout(CALL_TIMEOUT, terminate_on_bus(&id))
+                    .await
+                    .map_err(|_| format!("logind did not answer within {CALL_TIMEOUT:?}"))?
+            })
+        })
+        .map_err(|e| format!("cannot start a thread for D-Bus: {e}"))?
+        .join()
+        .map_err(|_| "the D-Bus thread panicked".to_string())?
+}
+
+async fn terminate_on_bus(id: &str) -> Result<(), String> {
+    let bus = zbus::Connection::system()
+        .await
+        .map_err(|e| format!("cannot connect to the system bus: {e}"))?;
+    let ended = |result: zbus::Result<zbus::message::Message>, call: &str| match result {
+        Ok(_) => Ok(()),
+        Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == NO_SUCH_SESSION => Ok(()),
+        Err(e) => Err(format!("logind {call}({id}): {e}")),
+    };
+    let terminated = bus
+        .call_method(
+            Some(DESTINATION),
+            PATH,
+            Some(MANAGER),
+            "TerminateSession",
+            &(id,),
+        )
+        .await;
+    ended(terminated, "TerminateSession")?;
+    let sigkill = nix::sys::signal::Signal::SIGKILL as i32;
+    let killed = bus
+        .call_method(
+            Some(DESTINATION),
+            PATH,
+            Some(MANAGER),
+            "KillSession",
+            &(id, "all", sigkill),
+        )
+        .await;
+    ended(killed, "KillSession")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_plain() {
+        assert!(valid_session_id("3"));
+        assert!(valid_session_id("c12"));
+        for bad in ["", "../3", "3 4", "3\n", "session-3", &"9".repeat(65)] {
+            assert!(!valid_session_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scope_cgroups_name_their_session() {
+        let scope = Path::new("/user.slice/user-1000.slice/session-7.scope");
+        assert_eq!(session_of_cgroup(scope), Some("7"));
+        assert_eq!(
+            session_of_cgroup(Path::new(&format!("/x/{}", scope_name("c3")))),
+            Some("c3")
+        );
+        for other in [
+            "/user.slice/user-1000.slice/user@1000.service/app.slice",
+            "/system.slice/ssh.service",
+            "/user.slice/session-.scope",
+            "/",
+        ] {
+            assert_eq!(session_of_cgroup(Path::new(other)), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn proc_cgroup_text_names_the_session() {
+        let unified = "0::/user.slice/user-1000.slice/session-12.scope\n";
+        assert_eq!(session_in_proc_cgroup(unified), Some("12"));
+        let legacy =
+            "3:cpu,cpuacct:/user.slice\n1:name=systemd:/user.slice/user-0.slice/session-c1.scope\n";
+        assert_eq!(session_in_proc_cgroup(legacy), Some("c1"));
+        assert_eq!(
+            session_in_proc_cgroup("0::/system.slice/ssh.service\n"),
+            None
+        );
+        assert_eq!(session_in_proc_cgroup("4:pids:/x/session-2.scope\n"), None);
+    }
+}
