@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
-use crate::source::{FileVersion, Loaded, Outcome};
+use crate::source::{sha256_hex, FileVersion, Loaded, Outcome};
 
-const FORMAT: u32 = 1;
+// 2: per-owner digests of the body.
+const FORMAT: u32 = 2;
 const MAX_HEADER_BYTES: u64 = 64 << 20;
 
 /// A grant file modified this close to when the snapshot was written may
@@ -35,6 +36,10 @@ pub struct Header {
     pub valid: bool,
     /// Owner → (offset, length) in the body.
     pub owners: BTreeMap<String, (u64, u64)>,
+    /// Owner → SHA-256 of its lines, so a body damaged in place is never
+    /// served: the header alone would still match the grant file.
+    #[serde(default)]
+    pub digests: BTreeMap<String, String>,
 }
 
 impl Header {
@@ -50,10 +55,12 @@ impl Header {
 pub fn write(path: &Path, loaded: &Loaded, written_ns: i64) -> io::Result<()> {
     let mut body = String::new();
     let mut owners = BTreeMap::new();
+    let mut digests = BTreeMap::new();
     if let Outcome::Valid { policy, .. } = &loaded.outcome {
         for (name, access) in &policy.owners {
             let text = access.authorized_keys();
             owners.insert(name.clone(), (body.len() as u64, text.len() as u64));
+            digests.insert(name.clone(), sha256_hex(text.as_bytes()));
             body.push_str(&text);
         }
     }
@@ -65,6 +72,7 @@ pub fn write(path: &Path, loaded: &Loaded, written_ns: i64) -> io::Result<()> {
         written_ns,
         valid: !matches!(loaded.outcome, Outcome::Invalid(_)),
         owners,
+        digests,
     };
     let mut data = serde_json::to_vec(&header).map_err(io::Error::other)?;
     data.push(b'\n');
@@ -122,6 +130,12 @@ pub fn read_owner(
                 "snapshot body is truncated",
             ));
         }
+        if header.digests.get(owner) != Some(&sha256_hex(&bytes)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "snapshot body does not match its digest",
+            ));
+        }
         lines = String::from_utf8(bytes).map_err(io::Error::other)?;
     }
     Ok(Lookup::Fresh { header, lines })
@@ -134,4 +148,37 @@ pub fn read_header(path: &Path) -> io::Result<Header> {
     let mut line = Vec::new();
     reader.read_until(b'\n', &mut line)?;
     serde_json::from_slice(&line).map_err(io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grants::tests::KEY_A;
+    use crate::policy::tests::FakeAccounts;
+
+    #[test]
+    fn a_body_damaged_in_place_is_not_served() {
+        let d = crate::fsutil::tests::scratch();
+        let grants = d.path().join("grants.toml");
+        let text = format!(
+            "[owners.alice]\nsharing = true\n[owners.alice.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{KEY_A}\"]\n"
+        );
+        std::fs::write(&grants, &text).unwrap();
+        let loaded =
+            crate::source::load_text(&grants, text, &FakeAccounts::with(&[("alice", 1000)]));
+        let path = d.path().join("snapshot");
+        write(&path, &loaded, 0).unwrap();
+        let Lookup::Fresh { lines, .. } = read_owner(&path, &grants, None, "alice").unwrap() else {
+            panic!("stale");
+        };
+        assert!(lines.ends_with(" vmshare:bob\n"));
+
+        // Same length, same header: only the digest tells.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] = b'x';
+        std::fs::write(&path, &bytes).unwrap();
+        let e = read_owner(&path, &grants, None, "alice").unwrap_err();
+        assert!(e.to_string().contains("digest"), "{e}");
+    }
 }
