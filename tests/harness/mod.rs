@@ -576,12 +576,14 @@ exec sleep infinity"#;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        // The log survives restarts: wait for a new "listening" line.
+        let before = self.sshd_log().matches("Server listening on").count();
         let child = cmd.spawn().unwrap_or_else(|e| panic!("starting sshd: {e}"));
         self.sshd = Some(child);
 
         let deadline = Instant::now() + SSHD_START_TIMEOUT;
         loop {
-            if self.sshd_log().contains("Server listening on") {
+            if self.sshd_log().matches("Server listening on").count() > before {
                 return;
             }
             let exited = match self.sshd.as_mut().map(Child::try_wait) {
@@ -1073,5 +1075,242 @@ impl Drop for LiveSession {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// ---- Faults and races ----
+
+impl Daemon {
+    /// The daemon's pid (the host shares the test's pid namespace).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the daemon (SIGSTOP/SIGCONT to starve it, …).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal)
+            .unwrap_or_else(|e| panic!("sending {signal} to vmshared: {e}"));
+    }
+}
+
+/// Where the daemon keeps its snapshot and session records inside the host.
+pub const RUN_DIR: &str = "/run/vmshare";
+pub const SNAPSHOT: &str = "/run/vmshare/snapshot";
+pub const SESSIONS_DIR: &str = "/run/vmshare/sessions";
+
+impl Host {
+    /// Pid of the listening sshd.
+    pub fn sshd_pid(&self) -> u32 {
+        self.sshd
+            .as_ref()
+            .map(Child::id)
+            .unwrap_or_else(|| panic!("sshd is not running"))
+    }
+
+    /// Stops the listening sshd with `signal`, as a service manager would on
+    /// restart, waits until it has exited, and starts a fresh one. The
+    /// per-connection sshd processes (live sessions) are left alone.
+    pub fn restart_sshd(&mut self, signal: nix::sys::signal::Signal) {
+        if let Some(mut old) = self.sshd.take() {
+            let pid = nix::unistd::Pid::from_raw(old.id() as i32);
+            nix::sys::signal::kill(pid, signal)
+                .unwrap_or_else(|e| panic!("sending {signal} to sshd: {e}"));
+            let exited = wait_until(SSHD_START_TIMEOUT, || matches!(old.try_wait(), Ok(Some(_))));
+            assert!(exited, "sshd did not exit on {signal}");
+        }
+        self.start_sshd();
+    }
+
+    /// Runs the key lookup the way sshd does (as `_vmshare`, user argument
+    /// only) and returns what it printed and how it exited.
+    pub fn key_lookup(&self, owner: &str) -> Output {
+        self.run(&[
+            "setpriv",
+            "--reuid=_vmshare",
+            "--regid=_vmshare",
+            "--clear-groups",
+            "/usr/libexec/vmshare/vmshare-keys",
+            owner,
+        ])
+    }
+
+    /// The key lookup's lines for `owner`, sorted; panics if it fails.
+    pub fn key_lookup_lines(&self, owner: &str) -> Vec<String> {
+        let out = self.key_lookup(owner);
+        assert!(
+            out.status.success(),
+            "key lookup for {owner} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        sorted_lines(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// The snapshot's lines for `owner`, sorted, if the snapshot was compiled
+    /// from the grant file exactly as it is now (same version and same
+    /// bytes); `None` if it is missing, unreadable or stale.
+    pub fn snapshot_lines(&self, owner: &str) -> Option<Vec<String>> {
+        use vmshare::snapshot::{read_owner, Lookup};
+        let grants = self.path(GRANTS);
+        let bytes = fs::read(&grants).ok()?;
+        let version = vmshare::source::FileVersion::of(&fs::metadata(&grants).ok()?);
+        match read_owner(
+            &self.path(SNAPSHOT),
+            Path::new(GRANTS),
+            Some(&version),
+            owner,
+        ) {
+            Ok(Lookup::Fresh { header, lines })
+                if header.sha256 == vmshare::source::sha256_hex(&bytes) =>
+            {
+                Some(sorted_lines(&lines))
+            }
+            _ => None,
+        }
+    }
+
+    /// The session records in the run dir (unreadable ones are skipped).
+    pub fn session_records(&self) -> Vec<vmshare::sessions::SessionRecord> {
+        vmshare::sessions::list(&self.path(SESSIONS_DIR)).0
+    }
+
+    /// Replaces the grant file by rename, without the fsyncs of
+    /// `write_grants`: for storms of thousands of edits.
+    pub fn write_grants_fast(&self, text: &str) {
+        let tmp = self.path("/etc/vmshare/.grants.toml.storm");
+        fs::write(&tmp, text).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
+        set_owner_mode(&tmp, 0, 0, 0o644);
+        rename(&tmp, &self.path(GRANTS));
+    }
+
+    /// Rewrites the grant file in place without fsync.
+    pub fn write_grants_in_place_fast(&self, text: &str) {
+        let path = self.path(GRANTS);
+        fs::write(&path, text).unwrap_or_else(|e| panic!("writing {GRANTS}: {e}"));
+    }
+}
+
+/// Non-empty lines, trimmed and sorted.
+pub fn sorted_lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Nanoseconds since the epoch on CLOCK_REALTIME, the clock `date +%s%N`
+/// reads inside the host.
+pub fn realtime_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// The command lines of every process, read in one pass over /proc.
+pub fn all_cmdlines() -> Vec<Vec<u8>> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
+        .collect()
+}
+
+/// Whether `cmdlines` holds `argv` exactly.
+pub fn has_cmdline(cmdlines: &[Vec<u8>], argv: &[&str]) -> bool {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| a.bytes().chain(std::iter::once(0)))
+        .collect();
+    cmdlines.contains(&want)
+}
+
+impl LiveSession {
+    /// Like `open`, but `None` when the login is refused or the session
+    /// does not come up.
+    pub fn try_open(host: &Host, user: &str, key: &Key) -> Option<LiveSession> {
+        let m = unique_marker();
+        let escapee = format!("{m}1");
+        let foreground = format!("{m}2");
+        let cmd = format!(
+            "setsid nohup sleep {escapee} >/dev/null 2>&1 </dev/null & echo up; exec sleep {foreground}"
+        );
+        let mut child = host.ssh_spawn(user, key, &cmd);
+        let stdout = child.stdout.take();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            if let Some(out) = stdout {
+                let _ = BufReader::new(out).read_line(&mut line);
+            }
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let session = LiveSession {
+            child,
+            escapee,
+            foreground,
+        };
+        // Dropping a session that did not come up kills its client.
+        (line.trim() == "up").then_some(session)
+    }
+}
+
+/// What a session prints when its command runs.
+const RAN: &str = "vmshare-e2e-command-ran";
+
+impl Host {
+    /// Asserts that `key` gets no command run as `user`, and returns ssh's
+    /// exit code: 255 when sshd refused the key, 254 when the PAM session
+    /// stack refused the session (sshd 9.2 then keeps the connection but
+    /// runs nothing, and the client gets 254).
+    #[track_caller]
+    pub fn assert_no_session(&self, user: &str, key: &Key) -> i32 {
+        let out = self.ssh(user, key, &format!("echo {RAN}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match out.status.code() {
+            Some(code @ (254 | 255)) if !stdout.contains(RAN) => code,
+            _ => panic!(
+                "key {} logging in as {user}: expected no session, \
+                 but ssh exited with {}\nstdout: {stdout}\nstderr: {}",
+                key.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    /// Puts /etc/vmshare on a tmpfs (keeping its files), so storms of
+    /// thousands of renames are not throttled by the disk: ext4 flushes
+    /// a file's data when it is renamed over another. Call before starting
+    /// the daemon, which watches the directory.
+    pub fn grants_dir_on_tmpfs(&self) {
+        let config = self
+            .read_file(AGENT_CONFIG)
+            .unwrap_or_else(|e| panic!("reading {AGENT_CONFIG}: {e}"));
+        let grants = self.read_file(GRANTS).ok();
+        self.run_ok(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "mode=0755,size=16m",
+            "tmpfs",
+            "/etc/vmshare",
+        ]);
+        self.write_file(AGENT_CONFIG, &config, 0, 0, 0o644);
+        if let Some(text) = grants {
+            self.write_file(GRANTS, &text, 0, 0, 0o644);
+        }
     }
 }
