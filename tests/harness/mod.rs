@@ -30,6 +30,8 @@ use std::sync::{mpsc, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod package;
+
 /// Where the grant file lives inside the host.
 pub const GRANTS: &str = "/etc/vmshare/grants.toml";
 /// Where the agent config lives inside the host.
@@ -75,6 +77,16 @@ impl Host {
     /// Builds a fresh host and starts its sshd. Panics (never skips) when the
     /// machine cannot run end-to-end tests.
     pub fn start() -> Host {
+        let mut host = Host::create(&[]);
+        host.start_holder();
+        host.install();
+        host.start_sshd();
+        host
+    }
+
+    /// A host's directory (with the overlay layers, plus `extra_layers`)
+    /// and cgroup, before its namespaces exist. Dropping it cleans up.
+    fn create(extra_layers: &[&str]) -> Host {
         preflight();
         let cgroup2 = cgroup2_mount();
         let base = base_dir();
@@ -88,7 +100,8 @@ impl Host {
         );
         let dir = base.join(&id);
         let cgroup = cgroup2.join(format!("{CGROUP_PREFIX}{id}"));
-        for layer in ["etc.upper", "etc.work", "usr.upper", "usr.work"] {
+        let layers = ["etc.upper", "etc.work", "usr.upper", "usr.work"];
+        for layer in layers.iter().chain(extra_layers) {
             let path = dir.join(layer);
             fs::create_dir_all(&path)
                 .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
@@ -101,18 +114,14 @@ impl Host {
         });
 
         // From here on Drop cleans up whatever exists.
-        let mut host = Host {
+        Host {
             id,
             dir,
             cgroup,
             holder: None,
             holder_pid: 0,
             sshd: None,
-        };
-        host.start_holder();
-        host.install();
-        host.start_sshd();
-        host
+        }
     }
 
     /// The per-test cgroup (absolute path on the cgroup2 mount).

@@ -1,0 +1,231 @@
+//! The Debian package, installed the way an admin would: the .deb is built
+//! with cargo-deb (scripts/build-deb) and installed with dpkg into a private
+//! host (mount namespace, overlays on /etc, /usr and /var, sshd started by
+//! hand since there is no service manager). The installed files must carry
+//! the whole lifecycle — an accepted guest gets in and is thrown out on
+//! revoke, the owner always gets in — and remove and purge must put sshd's
+//! configuration back byte for byte.
+//!
+//! Fails (never skips) when the package cannot be built: the packaging is
+//! part of what is tested.
+
+mod harness;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use harness::{Host, Key, LiveSession};
+
+const DEB_INSIDE: &str = "/run/vmshare-e2e/vmshare.deb";
+
+/// Builds the package once per test run; returns the .deb's path.
+fn build_deb() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(repo.join("scripts/build-deb"))
+        .current_dir(repo)
+        .output()
+        .unwrap_or_else(|e| panic!("running scripts/build-deb: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scripts/build-deb failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deb = repo.join(stdout.lines().last().unwrap_or_default().trim());
+    assert!(deb.is_file(), "build-deb printed no .deb: {stdout}");
+    deb
+}
+
+/// Type, mode, owner and content of every file under the given paths
+/// (inside the host), to compare before and after.
+fn snapshot(host: &Host, paths: &[&str]) -> BTreeMap<String, String> {
+    fn walk(host: &Host, inside: &str, out: &mut BTreeMap<String, String>) {
+        let path = host.path(inside);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            out.insert(inside.to_string(), "absent".into());
+            return;
+        };
+        let head = format!("{:o} {}:{}", meta.mode(), meta.uid(), meta.gid());
+        if meta.is_dir() {
+            out.insert(inside.to_string(), format!("dir {head}"));
+            let mut names: Vec<String> = fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            for name in names {
+                walk(host, &format!("{inside}/{name}"), out);
+            }
+        } else if meta.file_type().is_symlink() {
+            let target = fs::read_link(&path).unwrap();
+            out.insert(
+                inside.to_string(),
+                format!("link {head} {}", target.display()),
+            );
+        } else {
+            let bytes = fs::read(&path).unwrap();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            out.insert(inside.to_string(), format!("file {head}\n{text}"));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for p in paths {
+        walk(host, p, &mut out);
+    }
+    out
+}
+
+#[track_caller]
+fn assert_same(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>, when: &str) {
+    for (path, was) in before {
+        let now = after.get(path).map_or("absent", String::as_str);
+        assert_eq!(was, now, "{when}: {path} differs from before install");
+    }
+    for path in after.keys() {
+        assert!(
+            before.contains_key(path),
+            "{when}: {path} was left behind:\n{}",
+            after[path]
+        );
+    }
+}
+
+fn dpkg(host: &Host, args: &[&str]) -> String {
+    let mut argv = vec!["env", "DEBIAN_FRONTEND=noninteractive", "dpkg"];
+    argv.extend_from_slice(args);
+    host.run_ok(&argv)
+}
+
+fn owner(host: &Host, name: &str) -> Key {
+    host.add_user(name);
+    let key = host.keypair(name);
+    host.authorize_owner_key(name, &key.public);
+    key
+}
+
+#[test]
+fn package_installs_works_and_purges_cleanly() {
+    let deb = build_deb();
+    let mut host = Host::start_bare();
+    let watched = ["/etc/pam.d/sshd", "/etc/ssh"];
+    let pristine = snapshot(&host, &watched);
+
+    let alice = owner(&host, "alice");
+    let bob = host.keypair("bob");
+    host.launch_sshd();
+    host.assert_logs_in_as("alice", &alice, "alice");
+
+    // Install.
+    host.install_file(&deb, DEB_INSIDE, 0o644);
+    dpkg(&host, &["--install", DEB_INSIDE]);
+    for (path, mode) in [
+        ("/usr/bin/vmshare", 0o755),
+        ("/usr/sbin/vmshared", 0o755),
+        ("/usr/libexec/vmshare/vmshare-keys", 0o755),
+        ("/usr/libexec/vmshare/vmshare-pam", 0o755),
+        ("/etc/ssh/sshd_config.d/vmshare.conf", 0o644),
+        ("/etc/pam.d/vmshare", 0o644),
+        ("/etc/vmshare/vmshare.toml", 0o644),
+        ("/etc/vmshare/grants.toml", 0o644),
+        ("/usr/lib/systemd/system/vmshared.service", 0o644),
+        ("/usr/share/man/man1/vmshare.1.gz", 0o644),
+    ] {
+        let meta = fs::metadata(host.path(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(meta.mode() & 0o7777, mode, "mode of {path}");
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "owner of {path}");
+    }
+    let etc_vmshare = fs::metadata(host.path("/etc/vmshare")).unwrap();
+    assert_eq!(etc_vmshare.mode() & 0o7777, 0o755);
+    assert_eq!(host.read_file("/etc/vmshare/grants.toml").unwrap(), "");
+    assert_eq!(
+        host.read_file("/etc/vmshare/vmshare.toml").unwrap(),
+        include_str!("../config/vmshare.toml")
+    );
+    assert!(host
+        .run_ok(&["getent", "passwd", "_vmshare"])
+        .contains("/usr/sbin/nologin"));
+    let pam = host.read_file("/etc/pam.d/sshd").unwrap();
+    assert!(
+        pam.contains("@include common-session\n@include vmshare\n"),
+        "vmshare is not included right after common-session:\n{pam}"
+    );
+    let conffiles = host.run_ok(&["dpkg-query", "-W", "-f=${Conffiles}", "vmshare"]);
+    assert!(
+        conffiles.contains("/etc/ssh/sshd_config.d/vmshare.conf")
+            && conffiles.contains("/etc/pam.d/vmshare"),
+        "conffiles: {conffiles}"
+    );
+    // Installing again (a reinstall, or configure run twice) adds nothing.
+    dpkg(&host, &["--install", DEB_INSIDE]);
+    assert_eq!(host.read_file("/etc/pam.d/sshd").unwrap(), pam);
+
+    // Keep session groups inside this host's cgroup (on a real host the
+    // default is fine).
+    let config = host
+        .read_file("/etc/vmshare/vmshare.toml")
+        .unwrap()
+        .replace(
+            "cgroup_root = \"\"",
+            &format!("cgroup_root = \"{}\"", host.sessions_cgroup().display()),
+        );
+    host.write_file("/etc/vmshare/vmshare.toml", &config, 0, 0, 0o644);
+
+    // Run: what systemd would do on a real host.
+    host.reload_sshd();
+    let daemon = host.start_daemon();
+    host.run_ok(&["vmshare", "invite", "alice", "bob", "--key", &bob.public]);
+    host.run_ok(&["vmshare", "accept", "alice", "bob"]);
+    host.run_ok(&["vmshare", "sharing", "alice", "on"]);
+    host.assert_logs_in_as("alice", &bob, "alice");
+    let mut session = LiveSession::open(&host, "alice", &bob);
+    host.run_ok(&["vmshare", "revoke", "alice", "bob"]);
+    assert!(
+        session.wait_gone(Duration::from_secs(10)).is_some(),
+        "the revoked guest's session survived:\n{}",
+        host.daemon_log()
+    );
+    host.assert_refused("alice", &bob);
+    host.assert_logs_in_as("alice", &alice, "alice");
+    drop(daemon);
+
+    // Remove: vmshare leaves sshd's PAM stack at once; its configuration
+    // stays (as Debian keeps it until purge) and the owner still gets in.
+    dpkg(&host, &["--remove", "vmshare"]);
+    assert_eq!(
+        host.read_file("/etc/pam.d/sshd").unwrap(),
+        pristine["/etc/pam.d/sshd"]
+            .split_once('\n')
+            .map(|(_, text)| text)
+            .unwrap(),
+        "remove did not restore /etc/pam.d/sshd"
+    );
+    assert!(host.path("/etc/vmshare/grants.toml").exists());
+    assert!(!host.path("/usr/libexec/vmshare/vmshare-pam").exists());
+    host.reload_sshd();
+    host.assert_logs_in_as("alice", &alice, "alice");
+    host.assert_refused("alice", &bob);
+
+    // Purge: everything goes; sshd's files are as they were.
+    dpkg(&host, &["--purge", "vmshare"]);
+    assert_same(&pristine, &snapshot(&host, &watched), "after purge");
+    for gone in [
+        "/etc/vmshare",
+        "/var/lib/vmshare",
+        "/usr/lib/systemd/system/vmshared.service",
+        "/etc/systemd/system/multi-user.target.wants/vmshared.service",
+    ] {
+        assert!(!host.path(gone).exists(), "purge left {gone}");
+    }
+    assert!(
+        !host.run(&["getent", "passwd", "_vmshare"]).status.success(),
+        "purge left the _vmshare account"
+    );
+    host.reload_sshd();
+    host.assert_logs_in_as("alice", &alice, "alice");
+    host.assert_refused("alice", &bob);
+}
