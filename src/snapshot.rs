@@ -120,16 +120,30 @@ pub fn read_owner(
     let body_start = line.len() as u64;
     let mut lines = String::new();
     if let Some(&(offset, len)) = header.owners.get(owner) {
+        let not_lines = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "snapshot range does not hold whole lines",
+            )
+        };
+        // Read from the byte before the range (the header's newline for the
+        // first owner): a range must start and end at a line boundary, so
+        // only whole lines of the body are ever printed.
+        let start = body_start.checked_add(offset).ok_or_else(not_lines)?;
         let mut file = reader.into_inner();
-        file.seek(SeekFrom::Start(body_start + offset))?;
-        let mut bytes = Vec::with_capacity(len as usize);
-        file.take(len).read_to_end(&mut bytes)?;
-        if bytes.len() as u64 != len {
+        file.seek(SeekFrom::Start(start - 1))?;
+        let mut bytes = Vec::new();
+        file.take(len.saturating_add(1)).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 != len.saturating_add(1) {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "snapshot body is truncated",
             ));
         }
+        if bytes.first() != Some(&b'\n') || (len > 0 && bytes.last() != Some(&b'\n')) {
+            return Err(not_lines());
+        }
+        bytes.remove(0);
         if header.digests.get(owner) != Some(&sha256_hex(&bytes)) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -180,5 +194,46 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let e = read_owner(&path, &grants, None, "alice").unwrap_err();
         assert!(e.to_string().contains("digest"), "{e}");
+    }
+
+    #[test]
+    fn a_range_that_is_not_whole_lines_is_refused() {
+        let d = crate::fsutil::tests::scratch();
+        let grants = d.path().join("grants.toml");
+        let path = d.path().join("snapshot");
+        let body = "ssh-ed25519 AAAA vmshare:bob\nssh-ed25519 BBBB vmshare:eve\n";
+        let read = |offset: u64, len: u64| {
+            let digest = body
+                .as_bytes()
+                .get(offset as usize..)
+                .and_then(|b| b.get(..len as usize))
+                .map_or(String::new(), sha256_hex);
+            let header = Header {
+                format: FORMAT,
+                grants_path: grants.clone(),
+                version: None,
+                sha256: String::new(),
+                written_ns: 0,
+                valid: true,
+                owners: [("alice".to_string(), (offset, len))].into(),
+                digests: [("alice".to_string(), digest)].into(),
+            };
+            let mut data = serde_json::to_vec(&header).unwrap();
+            data.push(b'\n');
+            data.extend_from_slice(body.as_bytes());
+            std::fs::write(&path, data).unwrap();
+            read_owner(&path, &grants, None, "alice")
+        };
+        let Lookup::Fresh { lines, .. } = read(29, 29).unwrap() else {
+            panic!("stale");
+        };
+        assert_eq!(lines, "ssh-ed25519 BBBB vmshare:eve\n");
+        for (offset, len) in [(0, 5), (5, 24), (17, 41), (0, 57)] {
+            let e = read(offset, len).unwrap_err();
+            assert!(e.to_string().contains("whole lines"), "{offset},{len}: {e}");
+        }
+        for (offset, len) in [(u64::MAX, 1), (u64::MAX - 10, u64::MAX), (0, u64::MAX)] {
+            assert!(read(offset, len).is_err(), "{offset},{len}");
+        }
     }
 }
