@@ -61,7 +61,13 @@ pub fn check_trusted_dirs(path: &Path) -> Result<(), String> {
 /// Reads a file we must trust. `Ok(None)` when it does not exist. Errors are
 /// one line, naming the file.
 pub fn read_strict(path: &Path, limit: u64) -> Result<Option<(String, Metadata)>, String> {
-    let file = match File::open(path) {
+    // Non-blocking, so that a FIFO put in the file's place cannot hang us
+    // before the checks below refuse it; reads of a regular file ignore it.
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
@@ -227,5 +233,18 @@ pub(crate) mod tests {
         fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
         let e = read_strict(&link, 100).unwrap_err();
         assert!(e.contains("directory"), "{e}");
+    }
+
+    #[test]
+    fn strict_read_refuses_a_fifo_without_blocking() {
+        let d = scratch();
+        let p = d.path().join("fifo");
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(read_strict(&p, 100)));
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("read_strict blocked on a FIFO");
+        assert!(got.unwrap_err().contains("not a regular file"));
     }
 }
