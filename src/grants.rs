@@ -226,7 +226,8 @@ pub fn check_guest_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid guest name {name:?}: expected 1-64 characters of a-z 0-9 . _ -, starting with a letter or digit"
+            "invalid guest name {name:?}{}: expected 1-64 characters of a-z 0-9 . _ -, starting with a letter or digit",
+            foreign_char(name)
         ))
     }
 }
@@ -238,9 +239,22 @@ pub fn check_owner_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid owner name {name:?}: expected a local account name (1-32 characters of a-z 0-9 . _ -, starting with a letter or _)"
+            "invalid owner name {name:?}{}: expected a local account name (1-32 characters of a-z 0-9 . _ -, starting with a letter or _)",
+            foreign_char(name)
         ))
     }
+}
+
+/// The first character of `name` outside `a-z 0-9 . _ -`, by code point, so
+/// that a look-alike (a Cyrillic `а`, a full-width letter, a zero-width
+/// joiner) is told apart from the letter it mimics.
+fn foreign_char(name: &str) -> String {
+    name.chars()
+        .enumerate()
+        .find(|&(_, c)| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)))
+        .map_or(String::new(), |(i, c)| {
+            format!(" (character {} is U+{:04X} {c:?})", i + 1, u32::from(c))
+        })
 }
 
 /// Whether `name` has the shape of a local account name we accept as owner.
@@ -255,6 +269,24 @@ pub fn is_account_name(name: &str) -> bool {
             .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
+/// authorized_keys options that take no value (the others contain `=`).
+const FLAG_OPTIONS: [&str; 14] = [
+    "agent-forwarding",
+    "cert-authority",
+    "no-agent-forwarding",
+    "no-port-forwarding",
+    "no-pty",
+    "no-touch-required",
+    "no-user-rc",
+    "no-x11-forwarding",
+    "port-forwarding",
+    "pty",
+    "restrict",
+    "user-rc",
+    "verify-required",
+    "x11-forwarding",
+];
+
 /// Parses one plain OpenSSH public key line: `type base64 [comment]`.
 pub fn parse_key(line: &str) -> Result<GuestKey, String> {
     if line.contains(['\n', '\r']) {
@@ -267,7 +299,11 @@ pub fn parse_key(line: &str) -> Result<GuestKey, String> {
     if first.is_empty() {
         return Err("empty key; expected `type base64 [comment]`".into());
     }
-    if first.contains('=') || first.contains('"') || first.contains(',') {
+    if first.contains('=')
+        || first.contains('"')
+        || first.contains(',')
+        || FLAG_OPTIONS.iter().any(|o| first.eq_ignore_ascii_case(o))
+    {
         return Err(format!(
             "key starts with options ({first}); options such as command= or from= are not allowed, only `type base64 [comment]`"
         ));
@@ -400,6 +436,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn look_alike_characters_are_named() {
+        let e = errs("[owners.\"d\\u0430emon\"]\n");
+        assert!(e[0].contains("(character 2 is U+0430 'а')"), "{e:?}");
+        let e = errs("[owners.alice.guests.\"bo\\u200db\"]\n");
+        assert!(
+            e[0].contains("(character 3 is U+200D '\\u{200d}')"),
+            "{e:?}"
+        );
+        let e = errs("[owners.alice.guests.\"\\uff42ob\"]\n");
+        assert!(e[0].contains("(character 1 is U+FF42 'ｂ')"), "{e:?}");
+    }
+
+    #[test]
+    fn flag_options_are_named_as_options() {
+        for option in ["restrict", "no-pty", "cert-authority", "PTY"] {
+            let e = parse_key(&format!("{option} {KEY_A}")).unwrap_err();
+            assert!(e.contains("options such as"), "{option}: {e}");
+        }
+    }
+
+    #[test]
     fn bad_owner_names_are_errors() {
         for name in ["Alice", "аlice", "a b", "../x", "", "1abc"] {
             let e = errs(&format!("[owners.{name:?}]\n"));
@@ -412,6 +469,8 @@ pub(crate) mod tests {
         let cases = [
             format!("command=\"/bin/sh\" {KEY_A}"),
             format!("no-pty {KEY_A}"),
+            format!("restrict {KEY_A}"),
+            format!("Cert-Authority {KEY_A}"),
             "ssh-ed25519 AAAAnotbase64!!".to_string(),
             "ssh-ed25519".to_string(),
             String::new(),
