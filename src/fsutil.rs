@@ -241,7 +241,7 @@ pub(crate) mod tests {
         let p = d.path().join("fifo");
         nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || tx.send(read_strict(&p, 100)));
+        std::thread::spawn(move || tx.send(read_strict(&p, 100).map(|_| ())));
         let got = rx
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("read_strict blocked on a FIFO");
