@@ -489,6 +489,23 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn every_key_type_sshd_offers_parses() {
+        let keys = [
+            KEY_A,
+            "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBMzqCPSJyE1Im61L/0OvhBBtkCV39DU3ad3EjNClZDLChyh05mothzD/v9pto7OvM1RAS8quho+24vx2qy2rASA= k@x",
+            "ecdsa-sha2-nistp384 AAAAE2VjZHNhLXNoYTItbmlzdHAzODQAAAAIbmlzdHAzODQAAABhBGMfQZzZn541FrYdaDcT91Q7A3hQyfuErpEq34Qby6YogoTahnWgd9gSejwrLjowla4Uo2N7eMEtl+/xB1/UgBXa+bf5wwDkyZRpkV1UnUMBm2/JYKjIEICUGqoFaD41Kw== x",
+            "sk-ecdsa-sha2-nistp256@openssh.com AAAAInNrLWVjZHNhLXNoYTItbmlzdHAyNTZAb3BlbnNzaC5jb20AAAAIbmlzdHAyNTYAAABBBMzqCPSJyE1Im61L/0OvhBBtkCV39DU3ad3EjNClZDLChyh05mothzD/v9pto7OvM1RAS8quho+24vx2qy2rASAAAAAEc3NoOg== fido@x",
+            "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIEJ4DD4yKSzEaReQiW3Zq+shurNhgh1qY1tGmZ3lMmkWAAAABHNzaDo= fido@x",
+            "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDdY36PpdGmJHE2BY4V5ngXxgCIULo2bAMOGDetoKt73iSBFIcA92q0btRfkAIrMxu4BPfcd62uEyIvuELW0Zskg2hj3B3V8hhyEaekRnLO2Owsy78XJEW9kWuhMYf1R7HCeQVERNV2fh8SiwbkAx6HaRSpFvQ9xkARmZw3pKG/3Q== k@x",
+        ];
+        for key in keys {
+            let parsed = parse_key(key).unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert_eq!(Some(parsed.algorithm.as_str()), key.split(' ').next());
+            assert_eq!(Some(parsed.blob.as_str()), key.split(' ').nth(1));
+        }
+    }
+
+    #[test]
     fn key_of_two_guests_is_an_error_but_two_owners_is_fine() {
         let e = errs(&format!(
             "[owners.alice.guests.bob]\nkeys = [\"{KEY_A}\"]\n[owners.alice.guests.carol]\nkeys = [\"{KEY_A}\"]\n"
