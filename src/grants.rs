@@ -149,66 +149,154 @@ pub fn parse(source: &str) -> Result<Grants, Vec<Diagnostic>> {
         }
     };
 
-    let mut errors = Vec::new();
+    let mut errors = Errors::new(source);
+    // Parse every key first, in parallel on large files: it is most of the
+    // work of a reload.
+    let all_keys: Vec<&Spanned<String>> = raw
+        .owners
+        .values()
+        .flat_map(|o| o.guests.values())
+        .flat_map(|g| g.keys.iter())
+        .collect();
+    let mut parsed_keys = parse_keys(&all_keys).into_iter();
+
     let mut owners = Vec::new();
-    for (owner_name, raw_owner) in raw.owners {
+    for (owner_name, raw_owner) in &raw.owners {
         let offset = owner_name.span().start;
         if let Err(why) = check_owner_name(owner_name.get_ref()) {
-            errors.push(Diagnostic::at(source, offset, why));
+            errors.push(offset, why);
         }
-        let mut seen: HashMap<String, String> = HashMap::new();
+        let mut seen: HashMap<&str, &str> = HashMap::new();
         let mut guests = Vec::new();
-        for (guest_name, raw_guest) in raw_owner.guests {
+        for (guest_name, raw_guest) in &raw_owner.guests {
             if let Err(why) = check_guest_name(guest_name.get_ref()) {
-                errors.push(Diagnostic::at(source, guest_name.span().start, why));
+                errors.push(guest_name.span().start, why);
             }
             let mut keys = Vec::new();
-            for key in raw_guest.keys {
-                match parse_key(key.get_ref()) {
-                    Ok(parsed) => {
-                        let holder = seen.entry(parsed.blob.clone());
-                        match holder {
-                            std::collections::hash_map::Entry::Occupied(first) => {
-                                errors.push(Diagnostic::at(
-                                    source,
-                                    key.span().start,
-                                    format!(
-                                        "key {} of guest `{}` already belongs to guest `{}` of owner `{}`; one key may belong to one guest only",
-                                        parsed.fingerprint,
-                                        guest_name.get_ref(),
-                                        first.get(),
-                                        owner_name.get_ref()
-                                    ),
-                                ));
-                            }
-                            std::collections::hash_map::Entry::Vacant(slot) => {
-                                slot.insert(guest_name.get_ref().clone());
-                                keys.push(parsed);
-                            }
-                        }
-                    }
-                    Err(why) => errors.push(Diagnostic::at(source, key.span().start, why)),
+            for key in &raw_guest.keys {
+                match parsed_keys.next() {
+                    Some(Ok(parsed)) => keys.push(parsed),
+                    Some(Err(why)) => errors.push(key.span().start, why),
+                    None => errors.push(key.span().start, "key was not parsed".into()),
                 }
             }
             guests.push(Guest {
-                name: guest_name.into_inner(),
+                name: guest_name.get_ref().clone(),
                 status: raw_guest.status.unwrap_or(Status::Invited),
                 keys,
             });
         }
+        // One key may belong to one guest of an owner. (Checked only when
+        // every key parsed, so keys and their positions line up.)
+        let all_parsed = raw_owner
+            .guests
+            .values()
+            .map(|g| g.keys.len())
+            .eq(guests.iter().map(|g| g.keys.len()));
+        let mut key_offsets = raw_owner
+            .guests
+            .values()
+            .flat_map(|g| g.keys.iter().map(|k| k.span().start));
+        for guest in guests.iter().filter(|_| all_parsed) {
+            for key in &guest.keys {
+                let at = key_offsets.next().unwrap_or(offset);
+                if let Some(first) = seen.insert(key.blob.as_str(), guest.name.as_str()) {
+                    errors.push(
+                        at,
+                        format!(
+                            "key {} of guest `{}` already belongs to guest `{first}` of owner `{}`; one key may belong to one guest only",
+                            key.fingerprint,
+                            guest.name,
+                            owner_name.get_ref()
+                        ),
+                    );
+                }
+            }
+        }
         owners.push(Owner {
-            name: owner_name.into_inner(),
+            name: owner_name.get_ref().clone(),
             offset,
             sharing: raw_owner.sharing,
             guests,
         });
     }
-    if errors.is_empty() {
-        Ok(Grants { owners })
-    } else {
-        errors.sort_by_key(|d| (d.line, d.column));
-        Err(errors)
+    errors.finish(Grants { owners })
+}
+
+/// Most findings reported for one file; the rest are counted. Positions are
+/// costly to compute on a huge file, and nobody reads ten thousand errors.
+const MAX_ERRORS: usize = 100;
+
+struct Errors<'a> {
+    source: &'a str,
+    found: Vec<Diagnostic>,
+    more: usize,
+}
+
+impl<'a> Errors<'a> {
+    fn new(source: &'a str) -> Self {
+        Errors {
+            source,
+            found: Vec::new(),
+            more: 0,
+        }
     }
+
+    fn push(&mut self, offset: usize, message: String) {
+        if self.found.len() < MAX_ERRORS {
+            self.found
+                .push(Diagnostic::at(self.source, offset, message));
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn finish(mut self, grants: Grants) -> Result<Grants, Vec<Diagnostic>> {
+        if self.found.is_empty() {
+            return Ok(grants);
+        }
+        self.found.sort_by_key(|d| (d.line, d.column));
+        if self.more > 0 {
+            self.found.push(Diagnostic::whole_file(format!(
+                "{} more errors not shown",
+                self.more
+            )));
+        }
+        Err(self.found)
+    }
+}
+
+/// Parses keys in order, spread over the available cores when there are
+/// many.
+fn parse_keys(keys: &[&Spanned<String>]) -> Vec<Result<GuestKey, String>> {
+    const PER_THREAD_MIN: usize = 2_000;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(keys.len() / PER_THREAD_MIN)
+        .max(1);
+    if threads == 1 {
+        return keys.iter().map(|k| parse_key(k.get_ref())).collect();
+    }
+    let chunk = keys.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = keys
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|k| parse_key(k.get_ref()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec![Err("key parser panicked".to_string()); chunk])
+            })
+            .collect()
+    })
 }
 
 /// Guest names are platform usernames: 1–64 of `a-z 0-9 . _ -`, starting
@@ -287,6 +375,34 @@ const FLAG_OPTIONS: [&str; 14] = [
     "x11-forwarding",
 ];
 
+/// Whether `text` is padded base64 whose unused trailing bits are zero: the
+/// only spelling an encoder produces for its bytes.
+fn is_canonical_base64(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
+        return false;
+    }
+    let pad = bytes.iter().rev().take_while(|&&b| b == b'=').count();
+    let value = |b: u8| match b {
+        b'A'..=b'Z' => Some(b - b'A'),
+        b'a'..=b'z' => Some(b - b'a' + 26),
+        b'0'..=b'9' => Some(b - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let data = &bytes[..bytes.len() - pad];
+    if pad > 2 || data.iter().any(|&b| value(b).is_none()) {
+        return false;
+    }
+    let last = data.last().and_then(|&b| value(b)).unwrap_or(0);
+    match pad {
+        1 => last & 0b11 == 0,
+        2 => last & 0b1111 == 0,
+        _ => true,
+    }
+}
+
 /// Parses one plain OpenSSH public key line: `type base64 [comment]`.
 pub fn parse_key(line: &str) -> Result<GuestKey, String> {
     if line.contains(['\n', '\r']) {
@@ -311,16 +427,19 @@ pub fn parse_key(line: &str) -> Result<GuestKey, String> {
     let key = PublicKey::from_openssh(line).map_err(|e| {
         format!("not an OpenSSH public key ({e}); expected `type base64 [comment]`")
     })?;
-    let canonical = key
-        .to_openssh()
-        .map_err(|e| format!("cannot encode key: {e}"))?;
-    let mut parts = canonical.split(' ');
-    let algorithm = parts.next().unwrap_or_default().to_string();
-    let blob = parts.next().unwrap_or_default().to_string();
-    if algorithm != first {
+    let mut words = line.split_ascii_whitespace();
+    let algorithm = words.next().unwrap_or_default().to_string();
+    let blob = words.next().unwrap_or_default().to_string();
+    if algorithm != key.algorithm().as_str() {
         return Err(format!(
-            "key type `{first}` does not match the key data (`{algorithm}`)"
+            "key type `{first}` does not match the key data (`{}`)",
+            key.algorithm().as_str()
         ));
+    }
+    // The blob is used as text (by the PAM hook and for "one key, one
+    // guest"), so it must be the one canonical base64 spelling of the key.
+    if !is_canonical_base64(&blob) {
+        return Err("key's base64 is not in canonical form".into());
     }
     Ok(GuestKey {
         algorithm,
@@ -523,6 +642,23 @@ pub(crate) mod tests {
             "[owners.alice.guests.Bob]\nkeys = [\"junk\"]\n[owners.alice.guests.carol]\nkeys = [\"{KEY_A}\", \"nope\"]\n"
         ));
         assert_eq!(e.len(), 3, "{e:?}");
+    }
+
+    #[test]
+    fn only_canonical_base64_is_accepted() {
+        assert!(is_canonical_base64("AAAA"));
+        assert!(is_canonical_base64("AAE="));
+        assert!(is_canonical_base64("AQ=="));
+        assert!(!is_canonical_base64("AAF="), "non-zero trailing bits");
+        assert!(!is_canonical_base64("AR=="), "non-zero trailing bits");
+        assert!(!is_canonical_base64("AAA"), "unpadded");
+        assert!(!is_canonical_base64("A==="));
+        assert!(!is_canonical_base64("AA=A"));
+        // An RSA key's blob is padded: the same bytes with non-zero
+        // trailing bits must not pass as a second spelling of the key.
+        let rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDRD8a2xAEbUSXu7gYI3EQ9LBwWAnxRXDyeqHW5Y2ALdOQWj7iGK6Gg6eTlVpD5KvbxEV3BvUx1yWxaEP3fJ7P7TxHAxtaq0m4aGMtdOUGwT5lqjqY3xv+M+z3iyWXmfDRBGlg6SNGXo8xn4tFJjnCjT9LMZN/1WNQzrDubGDXI7w==";
+        parse_key(rsa).unwrap();
+        assert!(parse_key(&rsa.replace("7w==", "7x==")).is_err());
     }
 
     #[test]

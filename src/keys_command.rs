@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::Config;
-use crate::lookup::{owner_lines, Via};
+use crate::lookup::{write_owner_lines, Via};
 use crate::policy::SystemAccounts;
 use crate::syslog::{log, Level};
 
@@ -50,7 +50,7 @@ fn parse_args(args: Vec<OsString>) -> Result<Args, String> {
 }
 
 /// Runs the key lookup, writing key lines to `out`.
-pub fn run(args: Vec<OsString>, out: &mut dyn Write) -> ExitCode {
+pub fn run<W: Write>(args: Vec<OsString>, out: &mut W) -> ExitCode {
     let args = match parse_args(args) {
         Ok(a) => a,
         Err(e) => {
@@ -72,9 +72,9 @@ pub fn run(args: Vec<OsString>, out: &mut dyn Write) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match owner_lines(&config, &user, &SystemAccounts) {
-        Ok(answer) => {
-            if answer.via == Via::NoGrantFile {
+    match write_owner_lines(&config, &user, &SystemAccounts, out) {
+        Ok(via) => {
+            if via == Via::NoGrantFile {
                 log(
                     IDENT,
                     Level::Notice,
@@ -83,17 +83,6 @@ pub fn run(args: Vec<OsString>, out: &mut dyn Write) -> ExitCode {
                         config.grants.display()
                     ),
                 );
-            }
-            if let Err(e) = out
-                .write_all(answer.lines.as_bytes())
-                .and_then(|()| out.flush())
-            {
-                log(
-                    IDENT,
-                    Level::Error,
-                    &format!("writing keys for {user}: {e}"),
-                );
-                return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
         }

@@ -2,14 +2,14 @@
 //! the grant file itself otherwise. Shared by the key lookup and the PAM
 //! hook; never answers from a stale snapshot.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::Path;
 
 use crate::config::Config;
 use crate::fsutil;
 use crate::grants::{is_account_name, MAX_GRANT_FILE_BYTES};
 use crate::policy::Accounts;
-use crate::snapshot::{self, Lookup};
+use crate::snapshot::{self, Open};
 use crate::source::{self, sha256_hex, FileVersion, Outcome};
 
 /// Where an answer came from, for logs and tests.
@@ -38,6 +38,29 @@ pub fn owner_lines(
     owner: &str,
     accounts: &dyn Accounts,
 ) -> Result<Answer, String> {
+    answer::<io::Sink>(config, owner, accounts, None)
+}
+
+/// Writes the current lines for `owner` to `out` — the key lookup's path:
+/// a current snapshot is checked whole, then copied without being held in
+/// memory. Nothing is written unless the answer is known good; `Err` after
+/// writing began is an output error only.
+pub fn write_owner_lines<W: Write>(
+    config: &Config,
+    owner: &str,
+    accounts: &dyn Accounts,
+    out: &mut W,
+) -> Result<Via, String> {
+    answer(config, owner, accounts, Some(out)).map(|a| a.via)
+}
+
+/// With `out`, the lines go there and `Answer::lines` stays empty.
+fn answer<W: Write>(
+    config: &Config,
+    owner: &str,
+    accounts: &dyn Accounts,
+    mut out: Option<&mut W>,
+) -> Result<Answer, String> {
     if !is_account_name(owner) {
         return Ok(Answer {
             lines: String::new(),
@@ -50,7 +73,13 @@ pub fn owner_lines(
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("cannot stat {}: {e}", grants_path.display())),
     };
-    if let Some(answer) = from_snapshot(config, grants_path, current.as_ref(), owner)? {
+    if let Some(answer) = from_snapshot(
+        config,
+        grants_path,
+        current.as_ref(),
+        owner,
+        out.as_deref_mut(),
+    )? {
         return Ok(answer);
     }
     if current.is_none() {
@@ -60,42 +89,62 @@ pub fn owner_lines(
         });
     }
     let loaded = source::load(grants_path, accounts);
-    match loaded.outcome {
-        Outcome::Missing => Ok(Answer {
+    let answer = match loaded.outcome {
+        Outcome::Missing => Answer {
             lines: String::new(),
             via: Via::NoGrantFile,
-        }),
-        Outcome::Invalid(errors) => Err(format!(
-            "grant file is invalid, no guest gets in: {}",
-            errors
-                .errors
-                .first()
-                .map_or(String::new(), |d| d.in_file(&errors.file).to_string())
-        )),
-        Outcome::Valid { policy, .. } => Ok(Answer {
+        },
+        Outcome::Invalid(errors) => {
+            return Err(format!(
+                "grant file is invalid, no guest gets in: {}",
+                errors
+                    .errors
+                    .first()
+                    .map_or(String::new(), |d| d.in_file(&errors.file).to_string())
+            ))
+        }
+        Outcome::Valid { policy, .. } => Answer {
             lines: policy
                 .owners
                 .get(owner)
                 .map(|a| a.authorized_keys())
                 .unwrap_or_default(),
             via: Via::GrantFile,
-        }),
+        },
+    };
+    match out {
+        Some(out) => {
+            write_all(out, answer.lines.as_bytes())?;
+            Ok(Answer {
+                lines: String::new(),
+                via: answer.via,
+            })
+        }
+        None => Ok(answer),
     }
+}
+
+fn write_all<W: Write>(out: &mut W, bytes: &[u8]) -> Result<(), String> {
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("writing keys: {e}"))
 }
 
 /// The snapshot's answer if it is current; `Ok(None)` if it is missing,
 /// unreadable or stale (the caller then reads the grant file).
-fn from_snapshot(
+fn from_snapshot<W: Write>(
     config: &Config,
     grants_path: &Path,
     current: Option<&FileVersion>,
     owner: &str,
+    out: Option<&mut W>,
 ) -> Result<Option<Answer>, String> {
-    let Ok(Lookup::Fresh { header, lines }) =
-        snapshot::read_owner(&config.snapshot_path(), grants_path, current, owner)
+    let Ok(Open::Fresh(mut opened)) =
+        snapshot::open_owner(&config.snapshot_path(), grants_path, current, owner)
     else {
         return Ok(None);
     };
+    let header = &opened.header;
     if header.is_racy() {
         // The file may have changed within one timestamp tick of the
         // snapshot: trust it only if the bytes are the same.
@@ -116,6 +165,24 @@ fn from_snapshot(
             via: Via::NoGrantFile,
         }));
     }
+    let lines = match out {
+        Some(out) => {
+            // A damaged body means: read the grant file instead. Nothing is
+            // written before the whole body is checked.
+            let Ok(checked) = opened.check() else {
+                return Ok(None);
+            };
+            opened
+                .copy_checked(checked, out)
+                .and_then(|()| out.flush())
+                .map_err(|e| format!("writing keys: {e}"))?;
+            String::new()
+        }
+        None => match opened.read() {
+            Ok(lines) => lines,
+            Err(_) => return Ok(None),
+        },
+    };
     Ok(Some(Answer {
         lines,
         via: Via::Snapshot,

@@ -234,6 +234,7 @@ fn finish(env: &Env, decision: Decision) -> ExitCode {
                     ..audit::Event::default()
                 },
             );
+            end_connection();
             ExitCode::FAILURE
         }
     }
@@ -253,6 +254,28 @@ fn owners_own_checker(config: &Config, user: &str) -> impl Fn(&AuthKey) -> bool 
         .filter_map(|f| fs::read_to_string(f).ok())
         .collect();
     move |key: &AuthKey| texts.iter().any(|t| authorized_keys_contains(t, key))
+}
+
+/// Drops the refused connection. A failed PAM session alone does not:
+/// sshd logs it and keeps the connection open with no command run. So the
+/// hook ends the connection's `sshd: USER [priv]` process and everything
+/// under it (never itself, never anything outside that tree).
+fn end_connection() {
+    use nix::sys::signal::{kill, Signal};
+    let Ok(monitor) = monitor() else {
+        return;
+    };
+    // Only ever sshd's own per-connection process.
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", monitor.pid)).unwrap_or_default();
+    if comm.trim_end() != "sshd" {
+        return;
+    }
+    let me = std::process::id() as i32;
+    for pid in procfs::tree(monitor.pid) {
+        if pid != me && procfs::stat(pid).is_ok() {
+            let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
 }
 
 /// The monitor process this hook serves: our parent, `sshd: USER [priv]`.

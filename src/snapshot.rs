@@ -7,16 +7,16 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
-use crate::source::{sha256_hex, FileVersion, Loaded, Outcome};
+use crate::source::{FileVersion, Loaded, Outcome};
 
-// 2: per-owner digests of the body.
-const FORMAT: u32 = 2;
+// 3: per-owner CRC-32 checksums of the body.
+const FORMAT: u32 = 3;
 const MAX_HEADER_BYTES: u64 = 64 << 20;
 
 /// A grant file modified this close to when the snapshot was written may
@@ -36,10 +36,21 @@ pub struct Header {
     pub valid: bool,
     /// Owner → (offset, length) in the body.
     pub owners: BTreeMap<String, (u64, u64)>,
-    /// Owner → SHA-256 of its lines, so a body damaged in place is never
-    /// served: the header alone would still match the grant file.
+    /// Owner → checksum of its lines ([`body_digest`]), so a body damaged
+    /// in place is never served: the header alone would still match the
+    /// grant file. Only root can write the snapshot, so this guards against
+    /// damage, not forgery; a CRC keeps every lookup cheap.
     #[serde(default)]
     pub digests: BTreeMap<String, String>,
+}
+
+/// The checksum of one owner's lines in the body.
+pub fn body_digest(bytes: &[u8]) -> String {
+    digest_text(crc32fast::hash(bytes))
+}
+
+fn digest_text(crc: u32) -> String {
+    format!("crc32:{crc:08x}")
 }
 
 impl Header {
@@ -60,7 +71,7 @@ pub fn write(path: &Path, loaded: &Loaded, written_ns: i64) -> io::Result<()> {
         for (name, access) in &policy.owners {
             let text = access.authorized_keys();
             owners.insert(name.clone(), (body.len() as u64, text.len() as u64));
-            digests.insert(name.clone(), sha256_hex(text.as_bytes()));
+            digests.insert(name.clone(), body_digest(text.as_bytes()));
             body.push_str(&text);
         }
     }
@@ -90,6 +101,194 @@ pub enum Lookup {
     Stale,
 }
 
+/// A current snapshot, opened for one owner: the header is checked, the
+/// owner's range located and found to hold whole lines, nothing read yet.
+pub struct Opened {
+    pub header: Header,
+    file: File,
+    /// Absolute (start, length) of the owner's lines; `None` if the owner
+    /// has none.
+    range: Option<(u64, u64)>,
+    digest: String,
+}
+
+/// What opening the snapshot for an owner found.
+#[allow(clippy::large_enum_variant)] // built once per lookup, never stored
+pub enum Open {
+    Fresh(Opened),
+    Stale,
+}
+
+fn invalid(message: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// Opens the snapshot for `owner`, provided it was compiled from
+/// `grants_path` at `current`. Errors mean the snapshot is unusable.
+pub fn open_owner(
+    path: &Path,
+    grants_path: &Path,
+    current: Option<&FileVersion>,
+    owner: &str,
+) -> io::Result<Open> {
+    let file = File::open(path)?;
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    (&mut reader)
+        .take(MAX_HEADER_BYTES)
+        .read_until(b'\n', &mut line)?;
+    if line.last() != Some(&b'\n') {
+        return Err(invalid("snapshot header is truncated"));
+    }
+    let header: Header = serde_json::from_slice(&line).map_err(io::Error::other)?;
+    if header.format != FORMAT
+        || header.grants_path != grants_path
+        || header.version.as_ref() != current
+    {
+        return Ok(Open::Stale);
+    }
+    let body_start = line.len() as u64;
+    let mut file = reader.into_inner();
+    let mut range = None;
+    let mut digest = String::new();
+    if let Some(&(offset, len)) = header.owners.get(owner) {
+        let not_lines = || invalid("snapshot range does not hold whole lines");
+        let start = body_start.checked_add(offset).ok_or_else(not_lines)?;
+        let end = start.checked_add(len).ok_or_else(not_lines)?;
+        if end > file.metadata()?.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "snapshot body is truncated",
+            ));
+        }
+        // A range must start after a newline (the header's, for the first
+        // owner) and end with one, so only whole lines are ever printed.
+        let byte_at = |file: &mut File, at: u64| -> io::Result<u8> {
+            let mut b = [0u8; 1];
+            file.seek(SeekFrom::Start(at))?;
+            file.read_exact(&mut b)?;
+            Ok(b[0])
+        };
+        if byte_at(&mut file, start - 1)? != b'\n'
+            || (len > 0 && byte_at(&mut file, end - 1)? != b'\n')
+        {
+            return Err(not_lines());
+        }
+        digest = header
+            .digests
+            .get(owner)
+            .cloned()
+            .ok_or_else(|| invalid("snapshot has no checksum for the owner"))?;
+        range = Some((start, len));
+    }
+    Ok(Open::Fresh(Opened {
+        header,
+        file,
+        range,
+        digest,
+    }))
+}
+
+impl Opened {
+    /// Reads the owner's lines as bytes, checked against their checksum.
+    fn read_bytes(&mut self) -> io::Result<Vec<u8>> {
+        let Some((start, len)) = self.range else {
+            return Ok(Vec::new());
+        };
+        self.file.seek(SeekFrom::Start(start))?;
+        // read_to_end fills spare capacity without zeroing it first.
+        let mut bytes = Vec::with_capacity(len as usize);
+        (&mut self.file).take(len).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "snapshot body is truncated",
+            ));
+        }
+        if body_digest(&bytes) != self.digest {
+            return Err(invalid("snapshot body does not match its digest"));
+        }
+        Ok(bytes)
+    }
+
+    /// Reads the owner's lines, checking them against their checksum.
+    pub fn read(mut self) -> io::Result<String> {
+        let bytes = self.read_bytes()?;
+        String::from_utf8(bytes).map_err(io::Error::other)
+    }
+
+    /// Checks the owner's whole range against its checksum. Small bodies
+    /// are read once and kept; large ones are read in chunks and dropped, to
+    /// be copied by [`Opened::copy_checked`] without passing through memory.
+    pub fn check(&mut self) -> io::Result<Checked> {
+        let Some((start, len)) = self.range else {
+            return Ok(Checked::Small(Vec::new()));
+        };
+        if len <= READ_ONCE {
+            return self.read_bytes().map(Checked::Small);
+        }
+        self.file.seek(SeekFrom::Start(start))?;
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; CHUNK as usize];
+        let mut left = len;
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let n = self.file.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "snapshot body is truncated",
+                ));
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        if digest_text(hasher.finalize()) != self.digest {
+            return Err(invalid("snapshot body does not match its digest"));
+        }
+        Ok(Checked::Large)
+    }
+
+    /// Writes the checked lines to `out`. A large body is streamed in chunks.
+    pub fn copy_checked<W: Write>(mut self, checked: Checked, out: &mut W) -> io::Result<()> {
+        match (checked, self.range) {
+            (Checked::Small(bytes), _) => out.write_all(&bytes),
+            (Checked::Large, None) => Ok(()),
+            (Checked::Large, Some((start, len))) => {
+                // Large writes, as cat does: io::copy would fall back to
+                // 8 KiB writes into a pipe.
+                self.file.seek(SeekFrom::Start(start))?;
+                let mut buf = vec![0u8; CHUNK as usize];
+                let mut left = len;
+                while left > 0 {
+                    let want = buf.len().min(left as usize);
+                    let n = self.file.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "snapshot body is truncated",
+                        ));
+                    }
+                    out.write_all(&buf[..n])?;
+                    left -= n as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Bodies up to this size are read once and kept; larger ones are checked
+/// and then streamed in chunks of [`CHUNK`].
+const READ_ONCE: u64 = 1024 * 1024;
+const CHUNK: u64 = 128 * 1024;
+
+/// A body found intact by [`Opened::check`].
+pub enum Checked {
+    Small(Vec<u8>),
+    Large,
+}
+
 /// Reads the header and `owner`'s lines, provided the snapshot was compiled
 /// from `grants_path` at `current`. Errors mean the snapshot is unusable.
 pub fn read_owner(
@@ -98,61 +297,16 @@ pub fn read_owner(
     current: Option<&FileVersion>,
     owner: &str,
 ) -> io::Result<Lookup> {
-    let file = File::open(path)?;
-    let mut reader = BufReader::new(file);
-    let mut line = Vec::new();
-    (&mut reader)
-        .take(MAX_HEADER_BYTES)
-        .read_until(b'\n', &mut line)?;
-    if line.last() != Some(&b'\n') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "snapshot header is truncated",
-        ));
-    }
-    let header: Header = serde_json::from_slice(&line).map_err(io::Error::other)?;
-    if header.format != FORMAT
-        || header.grants_path != grants_path
-        || header.version.as_ref() != current
-    {
-        return Ok(Lookup::Stale);
-    }
-    let body_start = line.len() as u64;
-    let mut lines = String::new();
-    if let Some(&(offset, len)) = header.owners.get(owner) {
-        let not_lines = || {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "snapshot range does not hold whole lines",
-            )
-        };
-        // Read from the byte before the range (the header's newline for the
-        // first owner): a range must start and end at a line boundary, so
-        // only whole lines of the body are ever printed.
-        let start = body_start.checked_add(offset).ok_or_else(not_lines)?;
-        let mut file = reader.into_inner();
-        file.seek(SeekFrom::Start(start - 1))?;
-        let mut bytes = Vec::new();
-        file.take(len.saturating_add(1)).read_to_end(&mut bytes)?;
-        if bytes.len() as u64 != len.saturating_add(1) {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "snapshot body is truncated",
-            ));
+    match open_owner(path, grants_path, current, owner)? {
+        Open::Stale => Ok(Lookup::Stale),
+        Open::Fresh(opened) => {
+            let header = opened.header.clone();
+            Ok(Lookup::Fresh {
+                header,
+                lines: opened.read()?,
+            })
         }
-        if bytes.first() != Some(&b'\n') || (len > 0 && bytes.last() != Some(&b'\n')) {
-            return Err(not_lines());
-        }
-        bytes.remove(0);
-        if header.digests.get(owner) != Some(&sha256_hex(&bytes)) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "snapshot body does not match its digest",
-            ));
-        }
-        lines = String::from_utf8(bytes).map_err(io::Error::other)?;
     }
-    Ok(Lookup::Fresh { header, lines })
 }
 
 /// Reads only the header.
@@ -207,7 +361,7 @@ mod tests {
                 .as_bytes()
                 .get(offset as usize..)
                 .and_then(|b| b.get(..len as usize))
-                .map_or(String::new(), sha256_hex);
+                .map_or(String::new(), body_digest);
             let header = Header {
                 format: FORMAT,
                 grants_path: grants.clone(),

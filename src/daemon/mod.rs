@@ -5,7 +5,7 @@ mod enforcer;
 mod server;
 mod watch;
 
-pub use enforcer::{apply, still_allowed, Pass};
+pub use enforcer::{apply, now_ns, still_allowed, Pass};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1299,6 +1299,24 @@ impl Host {
         }
     }
 
+    /// Asserts that `key` is accepted by sshd but its session refused by
+    /// the PAM hook: no command runs and the connection is dropped, yet
+    /// ssh never reports the key itself as refused.
+    #[track_caller]
+    pub fn assert_session_refused(&self, user: &str, key: &Key) {
+        let out = self.ssh(user, key, &format!("echo {RAN}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let refused = matches!(out.status.code(), Some(254 | 255)) && !stdout.contains(RAN);
+        if !refused || stderr.contains("Permission denied") {
+            panic!(
+                "key {} logging in as {user}: expected the key accepted and the \
+                 session refused, but ssh exited with {}\nstdout: {stdout}\nstderr: {stderr}",
+                key.name, out.status
+            );
+        }
+    }
+
     /// Puts /etc/vmshare on a tmpfs (keeping its files), so storms of
     /// thousands of renames are not throttled by the disk: ext4 flushes
     /// a file's data when it is renamed over another. Call before starting
