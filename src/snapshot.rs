@@ -227,22 +227,11 @@ impl Opened {
         if len <= READ_ONCE {
             return self.read_bytes().map(Checked::Small);
         }
-        self.file.seek(SeekFrom::Start(start))?;
         let mut hasher = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; CHUNK as usize];
-        let mut left = len;
-        while left > 0 {
-            let want = buf.len().min(left as usize);
-            let n = self.file.read(&mut buf[..want])?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "snapshot body is truncated",
-                ));
-            }
-            hasher.update(&buf[..n]);
-            left -= n as u64;
-        }
+        self.each_chunk(start, len, |chunk| {
+            hasher.update(chunk);
+            Ok(())
+        })?;
         if digest_text(hasher.finalize()) != self.digest {
             return Err(invalid("snapshot body does not match its digest"));
         }
@@ -257,24 +246,35 @@ impl Opened {
             (Checked::Large, Some((start, len))) => {
                 // Large writes, as cat does: io::copy would fall back to
                 // 8 KiB writes into a pipe.
-                self.file.seek(SeekFrom::Start(start))?;
-                let mut buf = vec![0u8; CHUNK as usize];
-                let mut left = len;
-                while left > 0 {
-                    let want = buf.len().min(left as usize);
-                    let n = self.file.read(&mut buf[..want])?;
-                    if n == 0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "snapshot body is truncated",
-                        ));
-                    }
-                    out.write_all(&buf[..n])?;
-                    left -= n as u64;
-                }
-                Ok(())
+                self.each_chunk(start, len, |chunk| out.write_all(chunk))
             }
         }
+    }
+
+    /// Reads `len` bytes from `start` in chunks of [`CHUNK`], handing each
+    /// to `f`; a short file is an error.
+    fn each_chunk(
+        &mut self,
+        start: u64,
+        len: u64,
+        mut f: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(start))?;
+        let mut buf = vec![0u8; CHUNK.min(len) as usize];
+        let mut left = len;
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let n = self.file.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "snapshot body is truncated",
+                ));
+            }
+            f(&buf[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
     }
 }
 
@@ -323,6 +323,54 @@ mod tests {
     use super::*;
     use crate::grants::tests::KEY_A;
     use crate::policy::tests::FakeAccounts;
+
+    /// Bodies over [`READ_ONCE`] take the chunked path: checked whole,
+    /// then streamed; damage anywhere is caught before anything is written.
+    #[test]
+    fn large_bodies_are_checked_then_streamed() {
+        use crate::policy::tests::FakeAccounts;
+        let d = crate::fsutil::tests::scratch();
+        let grants = d.path().join("grants.toml");
+        let path = d.path().join("snapshot");
+        let mut text = String::from("[owners.alice]\nsharing = true\n");
+        let mut n = 0u32;
+        while text.len() < 2 * READ_ONCE as usize {
+            let mut bytes = [7u8; 32];
+            bytes[..4].copy_from_slice(&n.to_le_bytes());
+            let key = ssh_key::PublicKey::from(ssh_key::public::Ed25519PublicKey(bytes))
+                .to_openssh()
+                .unwrap();
+            text.push_str(&format!(
+                "[owners.alice.guests.g{n}]\nstatus = \"accepted\"\nkeys = [\"{key}\"]\n"
+            ));
+            n += 1;
+        }
+        let loaded =
+            crate::source::load_text(&grants, text, &FakeAccounts::with(&[("alice", 1000)]));
+        let expected = loaded.policy().unwrap().owners["alice"].authorized_keys();
+        assert!(expected.len() as u64 > READ_ONCE);
+        write(&path, &loaded, 0).unwrap();
+
+        let Open::Fresh(mut opened) = open_owner(&path, &grants, None, "alice").unwrap() else {
+            panic!("stale");
+        };
+        let checked = opened.check().unwrap();
+        assert!(matches!(checked, Checked::Large));
+        let mut out = Vec::new();
+        opened.copy_checked(checked, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+
+        // One byte near the end of the body changed in place.
+        let mut data = std::fs::read(&path).unwrap();
+        let at = data.len() - 10;
+        data[at] ^= 1;
+        std::fs::write(&path, data).unwrap();
+        let Open::Fresh(mut opened) = open_owner(&path, &grants, None, "alice").unwrap() else {
+            panic!("stale");
+        };
+        let e = opened.check().err().expect("damage must be caught");
+        assert!(e.to_string().contains("digest"), "{e}");
+    }
 
     #[test]
     fn a_body_damaged_in_place_is_not_served() {

@@ -95,9 +95,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Reads, validates and compiles the grant file at `path`.
-pub fn load(path: &Path, accounts: &dyn Accounts) -> Loaded {
-    let invalid = |version, sha256: String, source: String, errors: Vec<Diagnostic>| Loaded {
+/// A grant file that grants nothing until `errors` are fixed.
+fn invalid_file(
+    path: &Path,
+    version: Option<FileVersion>,
+    sha256: String,
+    source: String,
+    errors: Vec<Diagnostic>,
+) -> Loaded {
+    Loaded {
         path: path.to_path_buf(),
         version,
         sha256,
@@ -106,7 +112,13 @@ pub fn load(path: &Path, accounts: &dyn Accounts) -> Loaded {
             file: path.to_path_buf(),
             errors,
         }),
-    };
+    }
+}
+
+/// Reads, validates and compiles the grant file at `path`.
+pub fn load(path: &Path, accounts: &dyn Accounts) -> Loaded {
+    let invalid =
+        |version, sha256, source, errors| invalid_file(path, version, sha256, source, errors);
     let (source, meta) = match fsutil::read_strict(path, MAX_GRANT_FILE_BYTES as u64) {
         Ok(Some(found)) => found,
         Ok(None) => {
@@ -137,16 +149,8 @@ pub fn load(path: &Path, accounts: &dyn Accounts) -> Loaded {
 /// proposed edits, tests).
 pub fn load_text(path: &Path, source: String, accounts: &dyn Accounts) -> Loaded {
     let sha256 = sha256_hex(source.as_bytes());
-    let invalid = |version, sha256: String, source: String, errors: Vec<Diagnostic>| Loaded {
-        path: path.to_path_buf(),
-        version,
-        sha256,
-        source,
-        outcome: Outcome::Invalid(FileErrors {
-            file: path.to_path_buf(),
-            errors,
-        }),
-    };
+    let invalid =
+        |version, sha256, source, errors| invalid_file(path, version, sha256, source, errors);
     compile_source(path, None, sha256, source, accounts, invalid)
 }
 
