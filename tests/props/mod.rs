@@ -1,0 +1,490 @@
+//! Properties of the code that reads hostile input, shared by the fuzz
+//! targets (`fuzz/`) and their short proptest versions
+//! (`tests/fuzz_props.rs`). Each `check_*` takes one input and panics when
+//! the property does not hold.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use vmshare::control::{self, Request};
+use vmshare::grants::{self, Status};
+use vmshare::pam_hook::{self, AuthKey, Decision};
+use vmshare::policy::{self, Account, Accounts, GUEST_TAG};
+use vmshare::snapshot::{self, Lookup};
+use vmshare::source::{self, FileVersion};
+
+/// Real public keys of the types sshd accepts (and one it no longer does).
+pub const KEYS: [&str; 6] = [
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEJ4DD4yKSzEaReQiW3Zq+shurNhgh1qY1tGmZ3lMmkW k@x",
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGNaFPlrBLiayZstrypSItk1wj697Z7P+QAJY5pEY5oc k2@x",
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDv/Jcqnd7XFO4MlCghccvSPZCSM36NQX1VUF9H6yB1C k3@x",
+    "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBMzqCPSJyE1Im61L/0OvhBBtkCV39DU3ad3EjNClZDLChyh05mothzD/v9pto7OvM1RAS8quho+24vx2qy2rASA= k@x",
+    "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDdY36PpdGmJHE2BY4V5ngXxgCIULo2bAMOGDetoKt73iSBFIcA92q0btRfkAIrMxu4BPfcd62uEyIvuELW0Zskg2hj3B3V8hhyEaekRnLO2Owsy78XJEW9kWuhMYf1R7HCeQVERNV2fh8SiwbkAx6HaRSpFvQ9xkARmZw3pKG/3Q== k@x",
+    "ssh-dss AAAAB3NzaC1kc3MAAACBAObmtYejwmWZYZqYhIecOtzmJ9k2vPfJlStLblRe3J5Agjq9pDCAK+sVMe3G07rhKPEih6CZ5S4l0Ez3EgR2hpj793U3ZzeRU3vDRa3mkP09VlTSvSF6MGvOMKs0RKuTtq9CgHhFYVWHLPr16VWe5yG6sUL4q8GVEZatSwYydCudAAAAFQDE3/x538IAJG/Q3HfxCrAunG0kDwAAAIAF9DXpLUn4uwvPDi24cu8dGn6LKcO2g5+vTSc/upQo9lD2SVaps3845QczTsuGpt830V3ikxWhI1dtahuypYF1f8xZjYgc9oGbM3F0/LBpr7oDZtAjHYJOtV2A5M0+TIyjdgjL3/WZzTSWB8LuICVVCR8bHcHBhlYJEoxqMTgJ1AAAAIAPWr928BTRKw81jl3INemOJKXMK82mPfv6kDblKElNfL5zDU/1Ff3v41S5/qGnKXEu6eedx2nhob1h87sinFjJW1stct54NGUc3lBM+ucOHttzxahisQQtQLsHOCR2N7aa8ssq2msx//YYG9pfDzf0VCMVhgxkiUzom9nxxKis1Q== k@x",
+];
+
+/// An account database held in memory: two ordinary accounts, root, and
+/// another uid 0 account.
+pub struct MemAccounts;
+
+pub const MEM_ACCOUNTS: [(&str, u32); 5] = [
+    ("alice", 1000),
+    ("carol", 1001),
+    ("daemon", 1),
+    ("root", 0),
+    ("toor", 0),
+];
+
+impl Accounts for MemAccounts {
+    fn lookup(&self, name: &str) -> Result<Option<Account>, String> {
+        Ok(MEM_ACCOUNTS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, uid)| Account { uid }))
+    }
+}
+
+fn uid_of(name: &str) -> Option<u32> {
+    MEM_ACCOUNTS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, u)| u)
+}
+
+/// The grant-file parser and validator never panic; when they accept a file,
+/// every line the key lookup would print re-parses as a plain key of an
+/// accepted guest of a sharing owner, and every such key is printed once.
+pub fn check_grants(src: &str) {
+    let lines_in_file = src.lines().count() + 1;
+    let grants = match grants::parse(src) {
+        Ok(g) => g,
+        Err(errors) => {
+            assert!(!errors.is_empty(), "invalid without a reason");
+            for d in &errors {
+                assert!(d.line <= lines_in_file, "error past the end: {d:?}");
+                assert!(!d.message.is_empty());
+            }
+            return;
+        }
+    };
+    for owner in &grants.owners {
+        grants::check_owner_name(&owner.name).expect("accepted owner name is valid");
+        for guest in &owner.guests {
+            grants::check_guest_name(&guest.name).expect("accepted guest name is valid");
+        }
+    }
+    let policy = match policy::compile(&grants, src, &MemAccounts) {
+        Ok(p) => p,
+        Err(errors) => {
+            // With this account database the only possible error is root.
+            assert!(
+                grants.owners.iter().any(|o| uid_of(&o.name) == Some(0)),
+                "compile failed without a uid 0 owner: {errors:?}"
+            );
+            return;
+        }
+    };
+    for owner in &grants.owners {
+        match uid_of(&owner.name) {
+            Some(0) => panic!("uid 0 owner `{}` compiled", owner.name),
+            Some(uid) => assert_eq!(policy.owners.get(&owner.name).map(|a| a.uid), Some(uid)),
+            None => assert!(!policy.owners.contains_key(&owner.name)),
+        }
+    }
+    for (name, access) in &policy.owners {
+        let owner = grants.owner(name).expect("compiled owner is in the file");
+        let text = access.authorized_keys();
+        let mut printed = Vec::new();
+        for line in text.lines() {
+            let key = grants::parse_key(line)
+                .unwrap_or_else(|e| panic!("printed line {line:?} is not a plain key: {e}"));
+            assert_eq!(line.split(' ').count(), 3, "{line:?}");
+            let guest_name = key
+                .comment
+                .strip_prefix(GUEST_TAG)
+                .unwrap_or_else(|| panic!("line {line:?} is not tagged"));
+            let guest = owner
+                .guest(guest_name)
+                .unwrap_or_else(|| panic!("line {line:?} names no guest of `{name}`"));
+            assert!(owner.sharing, "owner `{name}` does not share: {line:?}");
+            assert_eq!(guest.status, Status::Accepted, "{line:?}");
+            assert!(
+                guest
+                    .keys
+                    .iter()
+                    .any(|k| k.algorithm == key.algorithm && k.blob == key.blob),
+                "{line:?} is not a key of guest `{guest_name}`"
+            );
+            printed.push(key.blob);
+        }
+        let expected: usize = owner
+            .guests
+            .iter()
+            .filter(|g| g.has_access(owner.sharing))
+            .map(|g| g.keys.len())
+            .sum();
+        assert_eq!(printed.len(), expected, "owner `{name}`: {text:?}");
+        printed.sort();
+        printed.dedup();
+        assert_eq!(printed.len(), expected, "a key printed twice for `{name}`");
+    }
+}
+
+/// A grant file, config and run dir on disk that pass the strict checks, for
+/// the key lookup. Owner `daemon` shares one key with guest `bob`.
+pub struct LookupFixture {
+    pub config: PathBuf,
+    pub grants: PathBuf,
+    pub snapshot: PathBuf,
+    pub version: FileVersion,
+    pub sha256: String,
+    /// The snapshot format this build writes.
+    pub format: u32,
+    /// What the lookup prints for `daemon`.
+    pub daemon_lines: String,
+}
+
+impl LookupFixture {
+    /// Builds the fixture: grant file and config in `dir`, which must be
+    /// root-owned and not writable by group or others, like every directory
+    /// above it; the snapshot in `run_dir` (which needs no such checks).
+    /// `snapshot`: whether to write a current snapshot of the grant file.
+    pub fn new(dir: &Path, run_dir: &Path, snapshot: bool) -> LookupFixture {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let grants = dir.join("grants.toml");
+        let config = dir.join("vmshare.toml");
+        fs::create_dir_all(run_dir).expect("run dir");
+        fs::write(
+            &grants,
+            format!(
+                "[owners.daemon]\nsharing = true\n[owners.daemon.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{}\"]\n[owners.nobody]\n[owners.nobody.guests.carol]\nstatus = \"accepted\"\nkeys = [\"{}\"]\n",
+                KEYS[0], KEYS[1]
+            ),
+        )
+        .expect("grants");
+        fs::write(
+            &config,
+            format!(
+                "grants = {:?}\nrun_dir = {:?}\n",
+                grants.display().to_string(),
+                run_dir.display().to_string()
+            ),
+        )
+        .expect("config");
+        for f in [&grants, &config] {
+            fs::set_permissions(f, fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+        let loaded = source::load(&grants, &policy::SystemAccounts);
+        let policy = loaded.policy().expect("fixture grant file is valid");
+        let daemon_lines = policy.owners["daemon"].authorized_keys();
+        assert_eq!(daemon_lines.lines().count(), 1);
+        let version = loaded.version.expect("fixture grant file exists");
+        let snapshot_path = run_dir.join("snapshot");
+        // Written well after the grant file's last change: not racy.
+        let written = version.mtime_ns.max(version.ctime_ns) + 10_000_000_000;
+        snapshot::write(&snapshot_path, &loaded, written).expect("snapshot");
+        let format = snapshot::read_header(&snapshot_path)
+            .expect("snapshot header")
+            .format;
+        if !snapshot {
+            fs::remove_file(&snapshot_path).expect("remove snapshot");
+        }
+        LookupFixture {
+            config,
+            grants,
+            snapshot: snapshot_path,
+            version,
+            sha256: loaded.sha256.clone(),
+            format,
+            daemon_lines,
+        }
+    }
+
+    /// What the key lookup printed (bytes: nothing checks that the snapshot
+    /// body is UTF-8, and sshd does not need it), and whether it succeeded.
+    fn lookup(&self, args: Vec<OsString>) -> (Vec<u8>, bool) {
+        let mut argv = vec![OsString::from("vmshare-keys")];
+        argv.extend(args);
+        argv.push("--config".into());
+        argv.push(self.config.clone().into_os_string());
+        let mut out = Vec::new();
+        let code = vmshare::keys_command::run(argv, &mut out);
+        let ok = code == std::process::ExitCode::SUCCESS;
+        (out, ok)
+    }
+}
+
+/// Splits fuzz bytes into arguments at NUL bytes (an argument cannot hold
+/// one); they need not be UTF-8.
+pub fn split_args(data: &[u8]) -> Vec<OsString> {
+    if data.is_empty() {
+        return Vec::new();
+    }
+    data.split(|&b| b == 0)
+        .map(|a| OsString::from_vec(a.to_vec()))
+        .collect()
+}
+
+/// The key lookup with any arguments (besides its own `--config`) prints the
+/// owner's lines when called as `USER [FP TYPE KEY]` for a sharing owner,
+/// and nothing otherwise.
+pub fn check_lookup_args(fixture: &LookupFixture, args: Vec<OsString>) {
+    let args: Vec<OsString> = args.into_iter().filter(|a| a != "--config").collect();
+    let want = if (1..=4).contains(&args.len()) && args[0] == "daemon" {
+        fixture.daemon_lines.as_str()
+    } else {
+        ""
+    };
+    let (out, ok) = fixture.lookup(args.clone());
+    assert_eq!(String::from_utf8_lossy(&out), want, "args {args:?}");
+    if !out.is_empty() {
+        assert!(ok, "printed keys but failed: {args:?}");
+    }
+}
+
+/// Makes fuzz bytes describe a snapshot of the fixture's grant file where
+/// they ask to: `"$FORMAT"`, `"$GRANTS"`, `"$VERSION"` and `$SHA256` become
+/// the snapshot format, the grant file's path, version and hash; a header
+/// with `"digests":"$AUTO"` gets the digests of the body ranges it names.
+pub fn fill_snapshot(fixture: &LookupFixture, data: &[u8]) -> Vec<u8> {
+    let grants = serde_json::to_string(&fixture.grants).expect("path json");
+    let version = serde_json::to_string(&fixture.version).expect("version json");
+    let data = replace(data, b"\"$FORMAT\"", fixture.format.to_string().as_bytes());
+    let data = replace(&data, b"\"$GRANTS\"", grants.as_bytes());
+    let data = replace(&data, b"\"$VERSION\"", version.as_bytes());
+    let data = replace(&data, b"$SHA256", fixture.sha256.as_bytes());
+    let Some(end) = data.iter().position(|&b| b == b'\n') else {
+        return data;
+    };
+    let (line, body) = (&data[..end], &data[end + 1..]);
+    let Ok(serde_json::Value::Object(mut header)) = serde_json::from_slice(line) else {
+        return data;
+    };
+    if header.get("digests").and_then(|d| d.as_str()) != Some("$AUTO") {
+        return data;
+    }
+    let mut digests = serde_json::Map::new();
+    for (owner, range) in header
+        .get("owners")
+        .and_then(|o| o.as_object())
+        .into_iter()
+        .flatten()
+    {
+        let at = |i| range.get(i).and_then(serde_json::Value::as_u64);
+        let (Some(offset), Some(len)) = (at(0), at(1)) else {
+            continue;
+        };
+        let bytes = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(len).ok())
+            .and_then(|(o, l)| body.get(o..o.checked_add(l)?));
+        if let Some(bytes) = bytes {
+            digests.insert(owner.clone(), snapshot::body_digest(bytes).into());
+        }
+    }
+    header.insert("digests".into(), digests.into());
+    let mut out = serde_json::to_vec(&header).expect("header json");
+    out.push(b'\n');
+    out.extend_from_slice(body);
+    out
+}
+
+fn replace(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        if data[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(data[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Whether `lines` is empty, or whole lines of `body` starting at `offset`.
+fn is_whole_lines_at(body: &[u8], offset: u64, lines: &[u8]) -> bool {
+    if lines.is_empty() {
+        return true;
+    }
+    let Ok(start) = usize::try_from(offset) else {
+        return false;
+    };
+    start
+        .checked_add(lines.len())
+        .and_then(|end| body.get(start..end))
+        == Some(lines)
+        && (start == 0 || body[start - 1] == b'\n')
+        && lines.ends_with(b"\n")
+}
+
+/// The snapshot reader, on any snapshot bytes, returns a current answer only
+/// for the grant file's current version, and then only whole lines of the
+/// snapshot body; the key lookup reading that snapshot prints nothing, or
+/// such lines, or (from a stale snapshot) what the grant file itself says.
+pub fn check_snapshot(fixture: &LookupFixture, data: &[u8]) {
+    let data = fill_snapshot(fixture, data);
+    fs::write(&fixture.snapshot, &data).expect("write snapshot");
+    let body = data
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(&[][..], |i| &data[i + 1..]);
+    for current in [Some(&fixture.version), None] {
+        for owner in ["daemon", "nobody", ""] {
+            let got = snapshot::read_owner(&fixture.snapshot, &fixture.grants, current, owner);
+            if let Ok(Lookup::Fresh { header, lines }) = got {
+                assert_eq!(header.grants_path, fixture.grants);
+                assert_eq!(header.version.as_ref(), current);
+                let at = header.owners.get(owner).map_or(0, |r| r.0);
+                assert!(
+                    is_whole_lines_at(body, at, lines.as_bytes()),
+                    "{lines:?} is not whole lines of the body at {at}"
+                );
+            }
+        }
+    }
+    let (out, _) = fixture.lookup(vec!["daemon".into()]);
+    if out.is_empty() || out == fixture.daemon_lines.as_bytes() {
+        return;
+    }
+    let header = snapshot::read_header(&fixture.snapshot).expect("printed from a header");
+    assert!(header.valid, "printed keys from an invalid snapshot");
+    assert_eq!(header.version, Some(fixture.version), "stale snapshot used");
+    assert_eq!(
+        header.grants_path, fixture.grants,
+        "another file's snapshot"
+    );
+    if header.is_racy() {
+        assert_eq!(header.sha256, fixture.sha256, "racy snapshot not hashed");
+    }
+    let at = header.owners.get("daemon").map_or(0, |r| r.0);
+    assert!(
+        is_whole_lines_at(body, at, &out),
+        "printed {:?}, not whole lines of the snapshot body",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+/// A frame's length prefix is accepted exactly up to the limit; a request
+/// is decoded only from an object holding `op` alone, and round-trips.
+pub fn check_frame(data: &[u8]) {
+    let mut prefix = [0u8; 4];
+    for (p, b) in prefix.iter_mut().zip(data) {
+        *p = *b;
+    }
+    let value = u32::from_be_bytes(prefix) as usize;
+    match control::frame_len(prefix) {
+        Ok(n) => assert!(n == value && n <= control::MAX_FRAME),
+        Err(_) => assert!(value > control::MAX_FRAME),
+    }
+    let body = data.get(4..).unwrap_or_default();
+    for body in [data, body] {
+        let Ok(request) = control::decode_request(body) else {
+            continue;
+        };
+        let value: serde_json::Value = serde_json::from_slice(body).expect("decoded from JSON");
+        let fields = value.as_object().expect("a request is an object");
+        assert_eq!(fields.len(), 1, "{value}");
+        let op = fields["op"].as_str().expect("op is a string");
+        assert!(["whoami", "leave", "reload"].contains(&op), "{op}");
+        let frame = control::encode(&request).expect("encode");
+        let len = control::frame_len(frame[..4].try_into().expect("prefix")).expect("len");
+        assert_eq!(len, frame.len() - 4);
+        assert_eq!(control::decode_request(&frame[4..]).ok(), Some(request));
+        let _: Request = control::decode(&frame[4..]).expect("plain decode");
+    }
+    let _ = control::decode::<control::Response>(data);
+}
+
+/// Splits fuzz bytes into the hook's inputs: a flags byte (whether the grant
+/// file is trusted; which keys count as the owner's own), `SSH_AUTH_INFO_0`,
+/// and the owner's current vmshare lines, separated by the first NUL.
+pub fn auth_inputs(data: &[u8]) -> (u8, String, String) {
+    let (flags, rest) = data.split_first().map_or((0, &[][..]), |(f, r)| (*f, r));
+    let text = String::from_utf8_lossy(rest);
+    let (info, lines) = text.split_once('\0').unwrap_or((&text, ""));
+    (flags, info.to_string(), lines.to_string())
+}
+
+/// `SSH_AUTH_INFO_0` yields only sane keys that sshd listed as `publickey`;
+/// the decision admits a guest only for a key granted in the current lines
+/// and not the owner's own, denies any other foreign key, and lets the
+/// owner's own keys through whatever state the grant file is in.
+pub fn check_auth_info(flags: u8, info: &str, lines: &str) {
+    let keys = pam_hook::parse_auth_info(info);
+    let listed: Vec<Vec<&str>> = info
+        .lines()
+        .map(|l| l.split_ascii_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.first() == Some(&"publickey"))
+        .collect();
+    assert!(keys.len() <= listed.len());
+    let sane = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 16 * 1024
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=@.-_".contains(&b))
+    };
+    for k in &keys {
+        assert!(sane(&k.algorithm) && sane(&k.blob), "{k:?}");
+        assert!(
+            listed
+                .iter()
+                .any(|w| w.get(1) == Some(&k.algorithm.as_str())
+                    && w.get(2) == Some(&k.blob.as_str())),
+            "{k:?} is not in {info:?}"
+        );
+    }
+    let divisor = usize::from(flags >> 1) % 3 + 2;
+    let own = move |k: &AuthKey| k.blob.len().is_multiple_of(divisor);
+    let lines: Result<String, String> = if flags & 1 == 0 {
+        Ok(lines.to_string())
+    } else {
+        Err("grant file is invalid".to_string())
+    };
+    let decision = pam_hook::decide(&keys, &lines, &own);
+    let foreign = keys.iter().find(|k| !k.is_certificate() && !own(k));
+    match (&decision, foreign) {
+        (Decision::Owner(_), None) => {}
+        (Decision::Owner(why), Some(k)) => panic!("foreign key {k:?} passed as owner's: {why}"),
+        (_, None) => panic!("owner's own login refused or taken for a guest: {decision:?}"),
+        (Decision::Guest { guest, key }, Some(k)) => {
+            assert_eq!(key, k);
+            let text = lines.as_ref().expect("a guest only from trusted lines");
+            let line = policy::key_line(&key.algorithm, &key.blob, guest);
+            assert!(
+                text.lines().any(|l| format!("{l}\n") == line),
+                "guest {guest} not granted in {text:?}"
+            );
+        }
+        (Decision::Deny(_), Some(k)) => {
+            if let Ok(text) = &lines {
+                assert_eq!(
+                    policy::guest_in_lines(text, &k.algorithm, &k.blob),
+                    None,
+                    "granted key {k:?} denied"
+                );
+            }
+        }
+    }
+}
+
+/// A fresh directory for a fuzz target's fixture: `name` next to the fuzz
+/// binary (whose ancestors pass the strict checks), and its run dir of the
+/// same name on tmpfs, where rewriting the snapshot is cheap.
+#[allow(dead_code)] // for the fuzz targets only
+pub fn fuzz_fixture_dirs(name: &str) -> (PathBuf, PathBuf) {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.with_file_name(format!("fixture-{name}"));
+    let run_dir = Path::new("/dev/shm").join(format!("vmshare-fuzz-{name}"));
+    for d in [&dir, &run_dir] {
+        let _ = fs::remove_dir_all(d);
+        fs::create_dir(d).expect("fixture dir");
+    }
+    vmshare::fsutil::check_trusted_dirs(&dir.join("x")).expect("fixture dir is trusted");
+    (dir, run_dir)
+}
