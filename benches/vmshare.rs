@@ -345,6 +345,13 @@ fn bench_footprint() -> Vec<Row> {
         proc_status(pid, "voluntary_ctxt_switches:")
             + proc_status(pid, "nonvoluntary_ctxt_switches:")
     };
+    // Baseline in the same run: what one re-read costs (SIGHUP forces one).
+    let before_pass = switches();
+    let _ = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status();
+    std::thread::sleep(Duration::from_secs(3));
+    let per_pass = (switches() - before_pass).max(1);
     let before = switches();
     let idle = Duration::from_secs(60);
     std::thread::sleep(idle);
@@ -352,9 +359,10 @@ fn bench_footprint() -> Vec<Row> {
     let _ = daemon.kill();
     let _ = daemon.wait();
     cleanup(&dir);
-    // The backstop re-read runs every 30 s: two in 60 s, each a few
-    // context switches (the pass, the runtime's timer).
-    let allowed = (idle.as_secs() / vmshare::daemon::BACKSTOP.as_secs() + 1) * 4;
+    // The backstop re-read runs every 30 s: two passes in 60 s. Anything
+    // beyond those two would be a faster periodic wakeup.
+    let passes = idle.as_secs() / vmshare::daemon::BACKSTOP.as_secs();
+    let ratio = wakeups as f64 / (passes * per_pass) as f64;
     vec![
         Row {
             figure: "daemon RSS, 10,000 guests × 2 keys".into(),
@@ -369,11 +377,13 @@ fn bench_footprint() -> Vec<Row> {
         Row {
             figure: "daemon wakeups over 60 s idle".into(),
             measured: format!(
-                "{wakeups} context switches (backstop every {:?})",
+                "{wakeups} context switches = {ratio:.2}× the {passes} backstop passes ({per_pass} each, measured by SIGHUP)"
+            ),
+            goal: format!(
+                "no wakeups faster than the backstop ({:?})",
                 vmshare::daemon::BACKSTOP
             ),
-            goal: format!("none faster than the backstop (≤ {allowed})"),
-            met: wakeups <= allowed,
+            met: ratio <= 1.25,
         },
     ]
 }

@@ -62,69 +62,189 @@ pub fn prepare_run_dir(config: &Config) -> std::io::Result<()> {
     sessions::ensure_dir(&config.sessions_dir())
 }
 
-/// Reads the grant file, writes the snapshot, ends revoked sessions.
-pub fn apply(config: &Config, reason: &str) -> Pass {
-    let started = Instant::now();
+/// What compiling the grant file gave, as the compiling process reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Compiled {
+    /// `valid`, `invalid` or `missing`.
+    pub state: String,
+    pub sha256: String,
+    /// The snapshot was written (and so can answer for sessions).
+    pub snapshot_written: bool,
+    pub racy: bool,
+    /// Errors (for an invalid file) or notes, rendered `file:line:col: …`.
+    pub findings: Vec<String>,
+}
+
+/// Reads the grant file and writes the snapshot. The daemon runs this in a
+/// short-lived child process (`vmshared --compile`), so the memory a large
+/// grant file needs is returned to the system when the child exits.
+pub fn compile(config: &Config) -> (Compiled, Loaded) {
     let loaded = source::load(&config.grants, &SystemAccounts);
+    let (state, findings) = match &loaded.outcome {
+        Outcome::Missing => ("missing", Vec::new()),
+        Outcome::Invalid(errors) => (
+            "invalid",
+            errors
+                .errors
+                .iter()
+                .map(|e| e.in_file(&errors.file).to_string())
+                .collect(),
+        ),
+        Outcome::Valid { .. } => (
+            "valid",
+            loaded
+                .notes()
+                .iter()
+                .map(|n| n.in_file(&config.grants).to_string())
+                .collect(),
+        ),
+    };
+    let _ = prepare_run_dir(config);
+    let written_ns = now_ns();
+    let written = snapshot::write(&config.snapshot_path(), &loaded, written_ns);
+    let compiled = Compiled {
+        state: state.to_string(),
+        sha256: loaded.sha256.clone(),
+        snapshot_written: written.is_ok(),
+        racy: written.is_ok()
+            && loaded.version.is_some_and(|v| {
+                v.mtime_ns.max(v.ctime_ns) + snapshot::RACY_WINDOW_NS >= written_ns
+            }),
+        findings,
+    };
+    if let Err(e) = written {
+        error!(path = %config.snapshot_path().display(), "cannot write snapshot: {e}");
+    }
+    (compiled, loaded)
+}
+
+/// Who may stay, by the compiled grants.
+enum Judge {
+    /// The snapshot the child wrote.
+    Snapshot(snapshot::Header),
+    /// Compiled in this process (the child could not run or write).
+    InProcess(Box<Loaded>),
+}
+
+impl Judge {
+    fn allows(&self, config: &Config, record: &SessionRecord) -> bool {
+        match self {
+            Judge::InProcess(loaded) => still_allowed(loaded, record),
+            Judge::Snapshot(header) => {
+                if !header.valid {
+                    return false;
+                }
+                let lines = snapshot::read_owner(
+                    &config.snapshot_path(),
+                    &header.grants_path,
+                    header.version.as_ref(),
+                    &record.owner,
+                );
+                match lines {
+                    Ok(snapshot::Lookup::Fresh { header: h, lines })
+                        if h.sha256 == header.sha256 =>
+                    {
+                        crate::policy::guest_in_lines(
+                            &lines,
+                            &record.key_algorithm,
+                            &record.key_blob,
+                        ) == Some(record.guest.as_str())
+                    }
+                    // Damaged since it was written: fail closed.
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+/// Runs [`compile`] in a child process; `None` if that fails.
+fn compile_in_child(config_path: Option<&Path>) -> Option<Compiled> {
+    let exe = std::env::current_exe().ok()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--compile");
+    if let Some(path) = config_path {
+        cmd.arg("--config").arg(path);
+    }
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| warn!("cannot run the compiling child: {e}; compiling in process"))
+        .ok()?;
+    if !out.status.success() {
+        warn!(
+            "compiling child failed ({}); compiling in process",
+            out.status
+        );
+        return None;
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| warn!("compiling child's answer unreadable: {e}; compiling in process"))
+        .ok()
+}
+
+/// Reads the grant file, writes the snapshot, ends revoked sessions.
+/// `config_path` is what the daemon was started with, for the child.
+pub fn apply(config: &Config, config_path: Option<&Path>, reason: &str) -> Pass {
+    let started = Instant::now();
+    let previous = snapshot::read_header(&config.snapshot_path()).ok();
+    let from_child = compile_in_child(config_path).and_then(|compiled| {
+        let header = snapshot::read_header(&config.snapshot_path()).ok()?;
+        (compiled.snapshot_written && header.sha256 == compiled.sha256)
+            .then_some((compiled, Judge::Snapshot(header)))
+    });
+    let (compiled, judge) = match from_child {
+        Some(found) => found,
+        None => {
+            let (compiled, loaded) = compile(config);
+            (compiled, Judge::InProcess(Box::new(loaded)))
+        }
+    };
     let mut pass = Pass {
-        valid: matches!(loaded.outcome, Outcome::Valid { .. }),
+        valid: compiled.state == "valid",
+        racy: compiled.racy,
         ..Pass::default()
     };
-    match &loaded.outcome {
-        Outcome::Missing => warn!(
+    match compiled.state.as_str() {
+        "missing" => warn!(
             grants = %config.grants.display(), reason,
             "grant file missing: nothing is shared"
         ),
-        Outcome::Invalid(errors) => {
-            for e in &errors.errors {
-                error!(
-                    reason,
-                    "grant file invalid, no guest gets in: {}",
-                    e.in_file(&errors.file)
-                );
+        "invalid" => {
+            for e in &compiled.findings {
+                error!(reason, "grant file invalid, no guest gets in: {e}");
             }
         }
-        Outcome::Valid { .. } => {
-            for note in loaded.notes() {
-                warn!("{}", note.in_file(&config.grants));
+        _ => {
+            for note in &compiled.findings {
+                warn!("{note}");
             }
         }
     }
-    if let Err(e) = prepare_run_dir(config) {
-        error!(run_dir = %config.run_dir.display(), "cannot prepare run dir: {e}");
-    }
-    let previous = snapshot::read_header(&config.snapshot_path()).ok();
-    let written_ns = now_ns();
-    match snapshot::write(&config.snapshot_path(), &loaded, written_ns) {
-        Ok(()) => {
-            pass.racy = loaded.version.is_some_and(|v| {
-                v.mtime_ns.max(v.ctime_ns) + snapshot::RACY_WINDOW_NS >= written_ns
-            });
-        }
-        // Lookups then read the grant file themselves: slower, still right.
-        Err(e) => error!(path = %config.snapshot_path().display(), "cannot write snapshot: {e}"),
-    }
-    if previous.is_none_or(|p| p.sha256 != loaded.sha256 || p.valid != pass.valid) {
-        let state = match &loaded.outcome {
-            Outcome::Missing => "grant file applied: missing, nothing is shared",
-            Outcome::Invalid(_) => "grant file applied: INVALID, no guest gets in",
-            Outcome::Valid { .. } => "grant file applied",
+    if previous
+        .is_none_or(|p| p.sha256 != compiled.sha256 || p.valid != (compiled.state != "invalid"))
+    {
+        let state = match compiled.state.as_str() {
+            "missing" => "grant file applied: missing, nothing is shared",
+            "invalid" => "grant file applied: INVALID, no guest gets in",
+            _ => "grant file applied",
         };
         audit::record(
             "vmshared",
             Level::Notice,
             &audit::Event {
                 kind: Some(audit::Kind::GrantChange),
-                message: &format!("{state} (sha256 {}, {reason})", loaded.sha256),
+                message: &format!("{state} (sha256 {}, {reason})", compiled.sha256),
                 ..audit::Event::default()
             },
         );
     }
-    enforce_sessions(config, &loaded, &mut pass);
+    enforce_sessions(config, &judge, &mut pass);
     info!(
         reason,
         valid = pass.valid,
-        sha256 = %loaded.sha256,
+        sha256 = %compiled.sha256,
         killed = pass.killed.len(),
         elapsed_us = started.elapsed().as_micros() as u64,
         "grant file applied"
@@ -132,7 +252,7 @@ pub fn apply(config: &Config, reason: &str) -> Pass {
     pass
 }
 
-fn enforce_sessions(config: &Config, loaded: &Loaded, pass: &mut Pass) {
+fn enforce_sessions(config: &Config, judge: &Judge, pass: &mut Pass) {
     let dir = config.sessions_dir();
     let (records, bad) = sessions::list(&dir);
     for (path, e) in bad {
@@ -158,7 +278,7 @@ fn enforce_sessions(config: &Config, loaded: &Loaded, pass: &mut Pass) {
             pass.forgotten.push(record.id.clone());
             continue;
         }
-        if still_allowed(loaded, &record) {
+        if judge.allows(config, &record) {
             continue;
         }
         if let Some(group) = &record.cgroup {

@@ -5,7 +5,7 @@ mod enforcer;
 mod server;
 mod watch;
 
-pub use enforcer::{apply, now_ns, still_allowed, Pass};
+pub use enforcer::{apply, compile, now_ns, still_allowed, Compiled, Pass};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +31,10 @@ struct Args {
     /// Agent configuration file.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Internal: compile the grant file, write the snapshot, print a JSON
+    /// summary and exit (the daemon runs each pass's compile this way).
+    #[arg(long, hide = true)]
+    compile: bool,
 }
 
 /// Entry point of `vmshared`; the single place errors become an exit code.
@@ -45,6 +49,16 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.compile {
+        let (compiled, _) = compile(&config);
+        return match serde_json::to_writer(std::io::stdout().lock(), &compiled) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("cannot report the compile: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -55,7 +69,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, args.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -85,10 +99,10 @@ enum Wake {
     Request(server::Pending),
 }
 
-async fn run(config: Config) -> Result<(), String> {
+async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String> {
     enforcer::prepare_run_dir(&config)
         .map_err(|e| format!("cannot create run dir {}: {e}", config.run_dir.display()))?;
-    let first = apply(&config, "start");
+    let first = apply(&config, config_path.as_deref(), "start");
     let mut watcher = watch::Watcher::new(&config.grants)
         .map_err(|e| format!("cannot watch {}: {e}", config.grants.display()))?;
     let (req_tx, mut req_rx) = mpsc::channel(64);
@@ -145,7 +159,7 @@ async fn run(config: Config) -> Result<(), String> {
         match wake {
             Wake::Changed(reason) => {
                 settle_at = None;
-                let pass = apply(&config, reason);
+                let pass = apply(&config, config_path.as_deref(), reason);
                 racy_at = pass.racy.then(racy_deadline);
             }
             Wake::Unsettled => {
@@ -153,7 +167,7 @@ async fn run(config: Config) -> Result<(), String> {
             }
             Wake::Request(pending) => {
                 if let Some(reason) = server::handle(&config, pending).await {
-                    let pass = apply(&config, reason);
+                    let pass = apply(&config, config_path.as_deref(), reason);
                     racy_at = pass.racy.then(racy_deadline);
                 }
             }
