@@ -258,11 +258,21 @@ fn bench_reload() -> Row {
 // ---------------------------------------------------------------- stale
 
 fn start_daemon(config: &Path) -> Child {
+    spawn_daemon(config, Stdio::null(), "warn")
+}
+
+/// The daemon with its log (info level) in `log`.
+fn start_daemon_logging(config: &Path, log: &Path) -> Child {
+    let file = fs::File::create(log).expect("log file");
+    spawn_daemon(config, Stdio::from(file), "info")
+}
+
+fn spawn_daemon(config: &Path, stderr: Stdio, level: &str) -> Child {
     let child = Command::new(DAEMON)
         .args(["--config", &config.display().to_string()])
-        .env("VMSHARE_LOG", "warn")
+        .env("VMSHARE_LOG", level)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("vmshared");
     assert!(wait_until(Duration::from_secs(10), || config
@@ -335,7 +345,8 @@ fn proc_status(pid: u32, field: &str) -> u64 {
 /// RSS with 10,000 guests loaded, and wakeups over 60 s of idling.
 fn bench_footprint() -> Vec<Row> {
     let (dir, config) = setup("footprint", &grant_text(OWNER, 10_000, true));
-    let mut daemon = start_daemon(&config);
+    let log_path = dir.join("vmshared.log");
+    let mut daemon = start_daemon_logging(&config, &log_path);
     let pid = daemon.id();
     // Let the start-up pass and the racy-snapshot refresh finish.
     std::thread::sleep(Duration::from_secs(4));
@@ -345,24 +356,31 @@ fn bench_footprint() -> Vec<Row> {
         proc_status(pid, "voluntary_ctxt_switches:")
             + proc_status(pid, "nonvoluntary_ctxt_switches:")
     };
-    // Baseline in the same run: what one re-read costs (SIGHUP forces one).
-    let before_pass = switches();
-    let _ = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status();
-    std::thread::sleep(Duration::from_secs(3));
-    let per_pass = (switches() - before_pass).max(1);
+    // Baseline in the same run: what one re-read costs (SIGHUP forces one);
+    // the most of three, since a pass's switches vary with the pipe reads.
+    let mut per_pass = 1;
+    for _ in 0..3 {
+        let before_pass = switches();
+        let _ = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status();
+        std::thread::sleep(Duration::from_secs(2));
+        per_pass = per_pass.max(switches() - before_pass);
+    }
     let before = switches();
     let idle = Duration::from_secs(60);
     std::thread::sleep(idle);
     let wakeups = switches() - before;
     let _ = daemon.kill();
     let _ = daemon.wait();
+    let log = fs::read_to_string(&log_path).unwrap_or_default();
+    let periodic = log.matches("periodic re-read").count();
     cleanup(&dir);
     // The backstop re-read runs every 30 s: two passes in 60 s. Anything
     // beyond those two would be a faster periodic wakeup.
     let passes = idle.as_secs() / vmshare::daemon::BACKSTOP.as_secs();
     let ratio = wakeups as f64 / (passes * per_pass) as f64;
+
     vec![
         Row {
             figure: "daemon RSS, 10,000 guests × 2 keys".into(),
@@ -377,13 +395,13 @@ fn bench_footprint() -> Vec<Row> {
         Row {
             figure: "daemon wakeups over 60 s idle".into(),
             measured: format!(
-                "{wakeups} context switches = {ratio:.2}× the {passes} backstop passes ({per_pass} each, measured by SIGHUP)"
+                "{periodic} passes, all backstop; {wakeups} context switches = {ratio:.2}× {passes} passes of at most {per_pass} (measured by SIGHUP)"
             ),
             goal: format!(
                 "no wakeups faster than the backstop ({:?})",
                 vmshare::daemon::BACKSTOP
             ),
-            met: ratio <= 1.25,
+            met: ratio <= 1.0 && periodic as u64 <= passes,
         },
     ]
 }

@@ -1,6 +1,7 @@
 //! `vmshared`: watches the grant file, keeps the snapshot current, ends
 //! revoked sessions, and answers the control socket.
 
+mod backstop;
 mod enforcer;
 mod server;
 mod watch;
@@ -113,7 +114,8 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut backstop = tokio::time::interval_at(tokio::time::Instant::now() + BACKSTOP, BACKSTOP);
+    let mut backstop = backstop::Backstop::new(BACKSTOP)
+        .map_err(|e| format!("cannot create the backstop timer: {e}"))?;
     let watchdog = sdnotify::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     // A racy snapshot (grant file changed within a timestamp tick of it)
@@ -144,7 +146,13 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
                     Wake::Changed("watch re-established")
                 }
             },
-            _ = backstop.tick() => Wake::Changed("periodic re-read"),
+            tick = backstop.tick() => match tick {
+                Ok(()) => Wake::Changed("periodic re-read"),
+                Err(e) => {
+                    warn!("backstop timer: {e}");
+                    Wake::Changed("periodic re-read")
+                }
+            },
             _ = sleep_until(settle_at) => Wake::Changed("grant file settled"),
             _ = sleep_until(racy_at) => Wake::Changed("snapshot refresh"),
             _ = hup.recv() => Wake::Changed("SIGHUP"),
