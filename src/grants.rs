@@ -441,6 +441,15 @@ pub fn parse_key(line: &str) -> Result<GuestKey, String> {
     if !is_canonical_base64(&blob) {
         return Err("key's base64 is not in canonical form".into());
     }
+    // The bytes too: ssh-key reads some encodings sshd refuses (an ed25519
+    // key whose inner length field is wrong), which would also be a second
+    // spelling of a key. Encoded without allocating; the canonical line is
+    // never longer than the line it came from.
+    let mut buf = vec![0u8; line.len() + 64];
+    let canonical = key.encode_openssh(&mut buf).ok();
+    if canonical.and_then(|c| c.split(' ').nth(1)) != Some(blob.as_str()) {
+        return Err("key data is not in canonical form; sshd would not read this key".into());
+    }
     Ok(GuestKey {
         algorithm,
         blob,
@@ -659,6 +668,19 @@ pub(crate) mod tests {
         let rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDRD8a2xAEbUSXu7gYI3EQ9LBwWAnxRXDyeqHW5Y2ALdOQWj7iGK6Gg6eTlVpD5KvbxEV3BvUx1yWxaEP3fJ7P7TxHAxtaq0m4aGMtdOUGwT5lqjqY3xv+M+z3iyWXmfDRBGlg6SNGXo8xn4tFJjnCjT9LMZN/1WNQzrDubGDXI7w==";
         parse_key(rsa).unwrap();
         assert!(parse_key(&rsa.replace("7w==", "7x==")).is_err());
+    }
+
+    #[test]
+    fn non_canonical_key_data_is_refused() {
+        // KEY_A with its inner length field 0x20 changed to 0x720: canonical
+        // base64, and ssh-key reads it, but sshd does not.
+        let e = parse_key(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAHIGg3Nt1a6dCd8L2F3A0nbpXK1jMo0d3nT3tJ8NQd3uBs a@x",
+        )
+        .unwrap_err();
+        assert!(e.contains("not in canonical form"), "{e}");
+        parse_key(KEY_A).unwrap();
+        parse_key(&KEY_A.replace(" a@x", " a@x  and  more")).unwrap();
     }
 
     #[test]
