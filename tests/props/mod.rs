@@ -102,6 +102,17 @@ pub fn check_grants(src: &str) {
             let key = grants::parse_key(line)
                 .unwrap_or_else(|e| panic!("printed line {line:?} is not a plain key: {e}"));
             assert_eq!(line.split(' ').count(), 3, "{line:?}");
+            // The blob is compared as text (one key, one guest; the PAM
+            // hook): it must be the key's one canonical spelling, as sshd
+            // writes it in SSH_AUTH_INFO_0.
+            let canonical = ssh_key::PublicKey::from_openssh(line)
+                .and_then(|k| k.to_openssh())
+                .expect("printed key re-encodes");
+            assert_eq!(
+                canonical.split(' ').nth(1),
+                Some(key.blob.as_str()),
+                "{line:?} is not canonical"
+            );
             let guest_name = key
                 .comment
                 .strip_prefix(GUEST_TAG)
