@@ -240,6 +240,10 @@ fn finish(env: &Env, decision: Decision) -> ExitCode {
     }
 }
 
+/// Most of an owner's key file the hook reads (sshd has no limit; a key
+/// file this large is a mistake or an attack).
+const OWNER_KEYS_LIMIT: u64 = 16 << 20;
+
 fn owners_own_checker(config: &Config, user: &str) -> impl Fn(&AuthKey) -> bool {
     let files = match nix::unistd::User::from_name(user) {
         Ok(Some(u)) => owner_key_files(
@@ -249,9 +253,11 @@ fn owners_own_checker(config: &Config, user: &str) -> impl Fn(&AuthKey) -> bool 
         ),
         _ => Vec::new(),
     };
+    // The owner (and so any guest) controls these files: read them as
+    // untrusted, never blocking, never unbounded.
     let texts: Vec<String> = files
         .iter()
-        .filter_map(|f| fs::read_to_string(f).ok())
+        .filter_map(|f| crate::fsutil::read_user_file(f, OWNER_KEYS_LIMIT))
         .collect();
     move |key: &AuthKey| texts.iter().any(|t| authorized_keys_contains(t, key))
 }
