@@ -13,6 +13,8 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
+mod scratch;
+
 const BIN: &str = env!("CARGO_BIN_EXE_vmshare");
 /// Local accounts that exist on any Debian host.
 const OWNER: &str = "daemon";
@@ -32,12 +34,8 @@ fn env() -> Env {
 }
 
 fn env_with(extra_config: &str) -> Env {
-    let dir = tempfile::Builder::new()
-        .prefix("cli")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("scratch dir");
+    let dir = scratch::trusted_tempdir("cli");
     let root = dir.path().to_path_buf();
-    fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod");
     let etc = root.join("etc");
     let run_dir = root.join("run");
     fs::create_dir(&etc).expect("etc");

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod scratch;
+
 use vmshare::config::Config;
 use vmshare::grants::MAX_GRANT_FILE_BYTES;
 use vmshare::pam_hook::{self, Decision};
@@ -65,19 +67,8 @@ struct Run {
 }
 
 fn env() -> Env {
-    let build = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    fs::create_dir_all(&build).expect("target tmpdir");
-    let base = if vmshare::fsutil::check_trusted_dirs(&build.join("x")).is_ok() {
-        build
-    } else {
-        PathBuf::from("/run")
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("hostile")
-        .tempdir_in(base)
-        .expect("scratch dir");
+    let dir = scratch::trusted_tempdir("hostile");
     let root = dir.path().to_path_buf();
-    fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod");
     let etc = root.join("etc");
     let run_dir = root.join("run");
     fs::create_dir(&etc).expect("etc");
