@@ -222,21 +222,7 @@ mod tests {
     fn sessions_end_the_way_they_were_placed() {
         let mut config = Config::default();
         config.enforcement.backend = Backend::Logind;
-        let mut record = SessionRecord {
-            id: "s1-2".into(),
-            owner: "alice".into(),
-            guest: "bob".into(),
-            fingerprint: "SHA256:x".into(),
-            key_algorithm: "ssh-ed25519".into(),
-            key_blob: "AAAA".into(),
-            remote: "192.0.2.1".into(),
-            since: 1,
-            monitor_pid: 1,
-            monitor_start: 2,
-            uid: 1000,
-            cgroup: None,
-            logind_session: None,
-        };
+        let mut record = crate::sessions::tests::sample("s1-2");
         assert_eq!(method(&config, &record), Method::Signal);
         record.logind_session = Some("9".into());
         assert_eq!(method(&config, &record), Method::Logind("9".into()));

@@ -684,6 +684,15 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn shipped_example_is_valid() {
+        let g = parse(include_str!("../config/grants.example.toml")).unwrap();
+        let alice = g.owner("alice").unwrap();
+        assert!(alice.sharing);
+        assert_eq!(alice.guest("bob").unwrap().status, Status::Accepted);
+        assert_eq!(alice.guest("carol").unwrap().status, Status::Invited);
+    }
+
+    #[test]
     fn huge_file_is_refused() {
         let big = "#".repeat(MAX_GRANT_FILE_BYTES + 1);
         assert!(errs(&big)[0].contains("limit"));

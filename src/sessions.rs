@@ -110,7 +110,7 @@ pub fn list(dir: &Path) -> (Vec<SessionRecord>, Vec<(PathBuf, io::Error)>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub fn sample(id: &str) -> SessionRecord {

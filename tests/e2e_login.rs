@@ -263,3 +263,24 @@ fn guest_key_opens_only_the_owner_that_accepted_it() {
     host.assert_logs_in_as("alice", &bob, "alice");
     host.assert_refused("carl", &bob);
 }
+
+#[test]
+fn a_fifo_as_the_owners_key_file_does_not_hang_guest_logins() {
+    let host = Host::start();
+    owner(&host, "alice");
+    let bob = host.keypair("bob");
+    host.write_grants(&alice_shares_with_bob(&bob));
+    host.assert_logs_in_as("alice", &bob, "alice");
+
+    // Anyone with alice's account — a guest too — can put a FIFO where the
+    // PAM hook reads alice's own keys: the hook must neither block on it
+    // nor treat it as holding bob's key.
+    let (uid, gid, home) = host.passwd_entry("alice");
+    let file = format!("{home}/.ssh/authorized_keys");
+    host.run_ok(&["rm", "-f", &file]);
+    host.run_ok(&["mkfifo", "-m", "0600", &file]);
+    host.run_ok(&["chown", &format!("{uid}:{gid}"), &file]);
+
+    // A hook blocked on the FIFO would hold the login until ssh's timeout.
+    host.assert_logs_in_as("alice", &bob, "alice");
+}
