@@ -1,7 +1,8 @@
 //! Scratch directories the strict checks accept. The grant file, the agent
 //! config and every directory above them must be root-owned and not group
 //! or world writable, so /tmp is out: the build tree is used when it
-//! qualifies (a checkout under /tmp does not), else /run.
+//! qualifies (a checkout under /tmp does not), else /var/lib/vmshare-tests
+//! (not /run: some tests mount a private tmpfs over /run).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -15,7 +16,10 @@ pub fn trusted_tempdir(prefix: &str) -> tempfile::TempDir {
     let base = if vmshare::fsutil::check_trusted_dirs(&build.join("x")).is_ok() {
         build
     } else {
-        PathBuf::from("/run")
+        let fallback = PathBuf::from("/var/lib/vmshare-tests");
+        fs::create_dir_all(&fallback).expect("fallback scratch base");
+        fs::set_permissions(&fallback, fs::Permissions::from_mode(0o755)).expect("chmod");
+        fallback
     };
     let dir = tempfile::Builder::new()
         .prefix(prefix)
