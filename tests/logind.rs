@@ -10,6 +10,8 @@
 //! Needs root (the daemon trusts only a root-owned grant file) and
 //! `dbus-daemon` (package dbus); fails, never skips, without them.
 
+mod scratch;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -348,12 +350,7 @@ fn revoke_ends_the_session_through_logind_on_the_system_bus() {
         matches!(root, Ok(true)),
         "this test needs root: the daemon trusts only a root-owned grant file"
     );
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    fs::create_dir_all(&base).unwrap();
-    let dir = tempfile::Builder::new()
-        .prefix("vmshare-logind-")
-        .tempdir_in(&base)
-        .unwrap();
+    let dir = scratch::trusted_tempdir("vmshare-logind-");
     let dir = dir.path();
     let run = dir.join("run");
     let grants_path = dir.join("grants.toml");
