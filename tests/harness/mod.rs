@@ -710,8 +710,20 @@ fn unescape_mountinfo(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Where hosts keep their overlay layers. The namespace hides /tmp, /run,
+/// /home and /var/log behind private mounts, and layers mounted after that
+/// (the package test's /var) must still be reachable, so a build tree under
+/// one of those (a checkout in /tmp) keeps its layers in /srv instead.
 fn base_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vmshare-e2e")
+    let build = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let hidden = ["/tmp", "/run", "/home", "/var/log"]
+        .iter()
+        .any(|p| build.starts_with(p));
+    if hidden {
+        PathBuf::from("/srv/vmshare-e2e")
+    } else {
+        build.join("vmshare-e2e")
+    }
 }
 
 /// The current test's name, made safe for file and cgroup names.
