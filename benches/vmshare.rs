@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::{wait_until, Host, Key, LiveSession};
-use vmshare::policy::SystemAccounts;
+use vmshare::sys::accounts::SystemAccounts;
 
 const KEYS: &str = env!("CARGO_BIN_EXE_vmshare-keys");
 const DAEMON: &str = env!("CARGO_BIN_EXE_vmshared");
@@ -73,7 +73,7 @@ fn main() {
 /// A scratch directory the strict checks accept (not under /tmp).
 fn scratch(name: &str) -> PathBuf {
     let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let base = if vmshare::fsutil::check_trusted_dirs(&base.join("x")).is_ok() {
+    let base = if vmshare::sys::fsutil::check_trusted_dirs(&base.join("x")).is_ok() {
         base.to_path_buf()
     } else {
         PathBuf::from("/run")
@@ -141,7 +141,7 @@ fn cleanup(dir: &Path) {
 }
 
 fn write_atomically(path: &Path, text: &str) {
-    vmshare::fsutil::atomic_write(path, text.as_bytes(), 0o644, None).expect("write grants");
+    vmshare::sys::fsutil::atomic_write(path, text.as_bytes(), 0o644, None).expect("write grants");
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -177,14 +177,15 @@ fn bench_lookup() -> Vec<Row> {
     let mut rows = Vec::new();
     for guests in [10u32, 1_000, 10_000] {
         let (dir, config) = setup(&format!("lookup{guests}"), &grant_text(OWNER, guests, true));
-        let cfg = vmshare::config::Config::load(Some(&config)).expect("config");
-        let loaded = vmshare::source::load(&cfg.grants, &SystemAccounts);
+        let cfg = vmshare::store::config::Config::load(Some(&config)).expect("config");
+        let loaded = vmshare::store::source::load(&cfg.grants, &SystemAccounts);
         // Stamped well after the grant file changed, as the daemon's refresh
         // does, so the snapshot is not racy.
-        let version = vmshare::source::FileVersion::of(&fs::metadata(&cfg.grants).expect("stat"));
+        let version =
+            vmshare::store::source::FileVersion::of(&fs::metadata(&cfg.grants).expect("stat"));
         let written =
-            version.mtime_ns.max(version.ctime_ns) + vmshare::snapshot::RACY_WINDOW_NS + 1;
-        vmshare::snapshot::write(&cfg.snapshot_path(), &loaded, written).expect("snapshot");
+            version.mtime_ns.max(version.ctime_ns) + vmshare::store::snapshot::RACY_WINDOW_NS + 1;
+        vmshare::store::snapshot::write(&cfg.snapshot_path(), &loaded, written).expect("snapshot");
         let expected = Command::new(KEYS)
             .args(["--config", &config.display().to_string(), OWNER])
             .output()
@@ -226,20 +227,20 @@ fn bench_lookup() -> Vec<Row> {
 /// Parse + compile + snapshot swap of 10,000 guests × 2 keys, in process.
 fn bench_reload() -> Row {
     let (dir, config) = setup("reload", &grant_text(OWNER, 10_000, true));
-    let cfg = vmshare::config::Config::load(Some(&config)).expect("config");
+    let cfg = vmshare::store::config::Config::load(Some(&config)).expect("config");
     let mut times = Vec::new();
     let mut read_only = Vec::new();
     for _ in 0..15 {
         let started = Instant::now();
-        let loaded = vmshare::source::load(&cfg.grants, &SystemAccounts);
+        let loaded = vmshare::store::source::load(&cfg.grants, &SystemAccounts);
         assert!(loaded.policy().is_some(), "generated file is valid");
-        vmshare::snapshot::write(&cfg.snapshot_path(), &loaded, vmshare::daemon::now_ns())
+        vmshare::store::snapshot::write(&cfg.snapshot_path(), &loaded, vmshare::daemon::now_ns())
             .expect("snapshot");
         times.push(started.elapsed());
         // Baseline in the same run: just reading and hashing the file.
         let started = Instant::now();
         let bytes = fs::read(&cfg.grants).expect("read");
-        let _ = vmshare::source::sha256_hex(&bytes);
+        let _ = vmshare::store::source::sha256_hex(&bytes);
         read_only.push(started.elapsed());
     }
     let (t, b) = (median(times), median(read_only));

@@ -8,10 +8,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::Config;
-use crate::lookup::{write_owner_lines, Via};
-use crate::policy::SystemAccounts;
-use crate::syslog::{log, Level};
+use crate::store::config::Config;
+use crate::store::lookup::{write_owner_lines, Via};
+use crate::sys::accounts::SystemAccounts;
+use crate::sys::log::syslog::{log, Level};
 
 const IDENT: &str = "vmshare-keys";
 
@@ -88,15 +88,15 @@ pub fn run<W: Write>(args: Vec<OsString>, out: &mut W) -> ExitCode {
         }
         Err(e) => {
             let fp = args.fingerprint.unwrap_or_default();
-            crate::audit::emit(
+            crate::sys::log::audit::emit(
                 IDENT,
                 Level::Error,
-                &crate::audit::Event {
-                    kind: Some(crate::audit::Kind::Refusal),
+                &crate::sys::log::audit::Event {
+                    kind: Some(crate::sys::log::audit::Kind::Refusal),
                     owner: &user,
                     fingerprint: &fp,
                     message: &format!("no guest keys: {e}"),
-                    ..crate::audit::Event::default()
+                    ..crate::sys::log::audit::Event::default()
                 },
             );
             ExitCode::FAILURE

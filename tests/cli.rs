@@ -493,8 +493,8 @@ fn status_and_sessions_json() {
 
     // The snapshot says when the file was last applied, and whether it is
     // the current version.
-    let loaded = vmshare::source::load(&e.grants, &vmshare::policy::SystemAccounts);
-    vmshare::snapshot::write(
+    let loaded = vmshare::store::source::load(&e.grants, &vmshare::sys::accounts::SystemAccounts);
+    vmshare::store::snapshot::write(
         &e.run_dir.join("snapshot"),
         &loaded,
         1_700_000_000_000_000_000,

@@ -15,7 +15,7 @@ use props::{LookupFixture, KEYS};
 fn scratch() -> tempfile::TempDir {
     let build = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(&build).expect("target tmpdir");
-    let base = if vmshare::fsutil::check_trusted_dirs(&build.join("x")).is_ok() {
+    let base = if vmshare::sys::fsutil::check_trusted_dirs(&build.join("x")).is_ok() {
         build
     } else {
         PathBuf::from("/run")

@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 mod scratch;
 
-use vmshare::config::Config;
-use vmshare::grants::MAX_GRANT_FILE_BYTES;
-use vmshare::pam_hook::{self, Decision};
-use vmshare::policy::{self, Account, Accounts, SystemAccounts};
+use vmshare::grant::model::MAX_GRANT_FILE_BYTES;
+use vmshare::grant::policy::{Account, Accounts};
+use vmshare::session::hook::{self, Decision};
+use vmshare::store::config::Config;
+use vmshare::sys::accounts::SystemAccounts;
 
 const KEYS_BIN: &str = env!("CARGO_BIN_EXE_vmshare-keys");
 const CLI_BIN: &str = env!("CARGO_BIN_EXE_vmshare");
@@ -162,7 +163,7 @@ impl Env {
     /// What the lookup prints for `owner` now, or why it refuses.
     fn owner_lines(&self) -> Result<String, String> {
         let config = Config::load(Some(&self.config)).map_err(|e| e.to_string())?;
-        vmshare::lookup::owner_lines(&config, OWNER, &SystemAccounts).map(|a| a.lines)
+        vmshare::store::lookup::owner_lines(&config, OWNER, &SystemAccounts).map(|a| a.lines)
     }
 
     /// No guest gets in anywhere and the failure is reported; the owner's
@@ -187,16 +188,16 @@ impl Env {
     /// file's state; a guest key is not.
     fn assert_owner_unaffected(&self) {
         let lines = self.owner_lines();
-        let own = pam_hook::parse_auth_info(&format!("publickey ssh-ed25519 {}", blob(OWN)));
-        let guest = pam_hook::parse_auth_info(&format!("publickey ssh-ed25519 {}", blob(BOB)));
-        let is_own = |k: &pam_hook::AuthKey| k.blob == blob(OWN);
+        let own = hook::parse_auth_info(&format!("publickey ssh-ed25519 {}", blob(OWN)));
+        let guest = hook::parse_auth_info(&format!("publickey ssh-ed25519 {}", blob(BOB)));
+        let is_own = |k: &hook::AuthKey| k.blob == blob(OWN);
         assert!(
-            matches!(pam_hook::decide(&own, &lines, &is_own), Decision::Owner(_)),
+            matches!(hook::classify(&own, &lines, &is_own), Decision::Owner(_)),
             "the owner's own key was refused"
         );
         if lines.as_ref().map_or(true, |l| l.is_empty()) {
             assert!(
-                matches!(pam_hook::decide(&guest, &lines, &is_own), Decision::Deny(_)),
+                matches!(hook::classify(&guest, &lines, &is_own), Decision::Deny(_)),
                 "a guest got in"
             );
         }
@@ -320,12 +321,12 @@ fn a_deleted_file_ends_access_even_with_a_snapshot_of_it() {
     let e = env();
     e.write_grants(valid());
     let config = Config::load(Some(&e.config)).expect("config");
-    let loaded = vmshare::source::load(&e.grants, &SystemAccounts);
+    let loaded = vmshare::store::source::load(&e.grants, &SystemAccounts);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_nanos() as i64;
-    vmshare::snapshot::write(&config.snapshot_path(), &loaded, now).expect("snapshot");
+    vmshare::store::snapshot::write(&config.snapshot_path(), &loaded, now).expect("snapshot");
     assert!(e.lookup(OWNER).stdout.contains("vmshare:bob"));
 
     fs::remove_file(&e.grants).expect("delete");
@@ -629,8 +630,9 @@ fn any_uid_0_account_as_owner_is_an_error() {
         "{}\n[owners.toor]\nsharing = true\n[owners.toor.guests.eve]\nstatus = \"accepted\"\nkeys = [\"{EVE}\"]\n",
         valid()
     );
-    let grants = vmshare::grants::parse(&text).expect("well-formed");
-    let errors = policy::compile(&grants, &text, &WithToor).expect_err("uid 0 owner");
+    let grants = vmshare::grant::parse::parse(&text).expect("well-formed");
+    let errors =
+        vmshare::grant::policy::compile(&grants, &text, &WithToor).expect_err("uid 0 owner");
     let (line, column) = position(&text, "toor]");
     assert_eq!(errors.len(), 1);
     assert_eq!((errors[0].line, errors[0].column), (line, column));

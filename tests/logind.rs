@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vmshare::sessions::{self, SessionRecord};
+use vmshare::store::records::{self, SessionRecord};
 
 const BOB_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIng3rZ/fRgGDUSELdR9h9s6oqEqOzk3b9O2Y1SpO8p1 bob@fake";
@@ -229,7 +229,7 @@ impl Process {
     fn spawn() -> Process {
         let mut child = Command::new("sleep").arg("1000").spawn().unwrap();
         let pid = child.id() as i32;
-        let start = vmshare::procfs::stat(pid).unwrap().start;
+        let start = vmshare::sys::procfs::stat(pid).unwrap().start;
         let exited = Arc::new(Mutex::new(false));
         let flag = exited.clone();
         thread::spawn(move || {
@@ -388,8 +388,8 @@ fn revoke_ends_the_session_through_logind_on_the_system_bus() {
         .unwrap()
         .insert("c7".into(), vec![carol.pid]);
     let sessions_dir = run.join("sessions");
-    sessions::write(&sessions_dir, &record("s-bob", "bob", BOB_KEY, "c8", &bob)).unwrap();
-    sessions::write(
+    records::write(&sessions_dir, &record("s-bob", "bob", BOB_KEY, "c8", &bob)).unwrap();
+    records::write(
         &sessions_dir,
         &record("s-carol", "carol", CAROL_KEY, "c7", &carol),
     )

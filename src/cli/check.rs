@@ -3,10 +3,10 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::Config;
-use crate::grants::Status;
-use crate::policy::SystemAccounts;
-use crate::source::{self, Outcome};
+use crate::grant::model::Status;
+use crate::store::config::Config;
+use crate::store::source::{self, Outcome};
+use crate::sys::accounts::SystemAccounts;
 
 pub fn run(config: &Config, path: Option<&Path>) -> ExitCode {
     let path = path.unwrap_or(&config.grants);

@@ -11,11 +11,12 @@ use std::process::{Command, ExitCode};
 
 use clap::Args;
 
-use crate::cgroup;
-use crate::config::{Backend, Config};
-use crate::fsutil;
-use crate::policy::{Accounts, SystemAccounts};
-use crate::source::{self, Outcome};
+use crate::grant::policy::Accounts;
+use crate::session::backend::cgroup;
+use crate::store::config::{Backend, Config};
+use crate::store::source::{self, Outcome};
+use crate::sys::accounts::SystemAccounts;
+use crate::sys::fsutil;
 
 /// What sshd must run as its AuthorizedKeysCommand.
 pub const KEYS_COMMAND: &str = "/usr/libexec/vmshare/vmshare-keys %u %f %t %k";

@@ -5,8 +5,8 @@
 
 use std::process::ExitCode;
 
-use crate::config::Config;
 use crate::control::{self, Request, Response};
+use crate::store::config::Config;
 
 fn ask(config: &Config, request: &Request) -> Result<Response, ExitCode> {
     let socket = config.socket_path();
@@ -43,7 +43,7 @@ pub fn whoami(config: &Config, json: bool) -> ExitCode {
                 s.session,
                 s.fingerprint,
                 s.remote,
-                super::timefmt::utc(s.since)
+                super::output::utc(s.since)
             );
             ExitCode::SUCCESS
         }

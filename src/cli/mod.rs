@@ -10,18 +10,18 @@
 mod check;
 mod docs;
 mod doctor;
-mod edit;
 mod guest;
+mod output;
 mod sessions;
+mod share;
 mod status;
-mod timefmt;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::Config;
+use crate::store::config::Config;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -190,19 +190,19 @@ pub fn main() -> ExitCode {
         Command::Check { path } => check::run(&config, path.as_deref()),
         Command::Status { json } => status::run(&config, json),
         Command::Sessions { json } => sessions::run(&config, json),
-        Command::Sharing { owner, state } => edit::sharing(&config, owner, state == OnOff::On),
+        Command::Sharing { owner, state } => share::sharing(&config, owner, state == OnOff::On),
         Command::Invite {
             who,
             keys,
             key_files,
-        } => edit::invite(&config, who, keys, &key_files),
-        Command::Accept { who } => edit::accept(&config, who),
-        Command::Reject { who } => edit::reject(&config, who),
-        Command::Revoke { who } => edit::revoke(&config, who),
+        } => share::invite(&config, who, keys, &key_files),
+        Command::Accept { who } => share::accept(&config, who),
+        Command::Reject { who } => share::reject(&config, who),
+        Command::Revoke { who } => share::revoke(&config, who),
         Command::Leave {
             owner: Some(owner),
             guest: Some(guest),
-        } => edit::leave(&config, OwnerGuest { owner, guest }),
+        } => share::leave(&config, OwnerGuest { owner, guest }),
         Command::Leave { .. } => guest::leave(&config),
         Command::Whoami { json } => guest::whoami(&config, json),
         Command::Doctor(args) => doctor::run(&config, &args),

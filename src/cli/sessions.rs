@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::timefmt;
-use crate::config::Config;
-use crate::procfs;
-use crate::sessions::{self, SessionRecord};
+use super::output;
+use crate::store::config::Config;
+use crate::store::records::{self, SessionRecord};
+use crate::sys::procfs;
 
 /// Version of the JSON printed by `sessions --json` and `status --json`.
 pub const JSON_FORMAT: u32 = 1;
@@ -59,7 +59,7 @@ impl SessionJson {
 
 /// The session records, for `sessions` and `status`.
 pub fn load(config: &Config) -> (Vec<SessionJson>, Vec<UnreadableJson>) {
-    let (records, bad) = sessions::list(&config.sessions_dir());
+    let (records, bad) = records::list(&config.sessions_dir());
     let unreadable = bad
         .into_iter()
         .map(|(path, e)| UnreadableJson {
@@ -105,7 +105,7 @@ pub fn run(config: &Config, json: bool) -> ExitCode {
             s.owner.clone(),
             s.guest.clone(),
             s.from.clone(),
-            timefmt::utc(s.since),
+            output::utc(s.since),
             s.fingerprint.clone(),
             id,
         ]);

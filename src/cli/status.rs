@@ -6,14 +6,15 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
+use super::output;
 use super::sessions::{self as sessions_cmd, SessionJson, UnreadableJson, JSON_FORMAT};
-use super::timefmt;
-use crate::config::Config;
-use crate::diag::Diagnostic;
-use crate::grants::{self, Grants};
-use crate::policy::{Accounts, SystemAccounts};
-use crate::snapshot;
-use crate::source::{self, FileVersion, Outcome};
+use crate::grant::diag::Diagnostic;
+use crate::grant::model::Grants;
+use crate::grant::policy::Accounts;
+use crate::store::config::Config;
+use crate::store::snapshot;
+use crate::store::source::{self, FileVersion, Outcome};
+use crate::sys::accounts::SystemAccounts;
 
 /// How many errors of an invalid grant file the text output shows.
 const SHOWN_ERRORS: usize = 5;
@@ -69,7 +70,7 @@ struct OwnerJson {
 #[derive(Debug, Serialize)]
 struct GuestJson {
     name: String,
-    status: grants::Status,
+    status: crate::grant::model::Status,
     /// Whether the guest may log in now.
     access: bool,
     keys: Vec<KeyJson>,
@@ -119,7 +120,7 @@ fn gather(config: &Config) -> StatusJson {
     let parsed: Option<Grants> = loaded
         .grants()
         .cloned()
-        .or_else(|| grants::parse(&loaded.source).ok());
+        .or_else(|| crate::grant::parse::parse(&loaded.source).ok());
 
     let current = std::fs::metadata(&config.grants)
         .ok()
@@ -283,7 +284,7 @@ fn render(s: &StatusJson) -> String {
             out.push_str(&format!("applied: unknown (snapshot unreadable: {e})\n"))
         }
         (true, Some(ns), None) => {
-            let when = timefmt::utc(ns.div_euclid(1_000_000_000));
+            let when = output::utc(ns.div_euclid(1_000_000_000));
             if snap.current {
                 out.push_str(&format!("applied: {when} (matches the grant file)\n"));
             } else {
@@ -326,7 +327,7 @@ fn render(s: &StatusJson) -> String {
                     "    session {} from {} since {}\n",
                     session.id,
                     session.from,
-                    timefmt::utc(session.since)
+                    output::utc(session.since)
                 ));
             }
         }
@@ -340,7 +341,7 @@ fn render(s: &StatusJson) -> String {
                 session.guest,
                 session.owner,
                 session.from,
-                timefmt::utc(session.since)
+                output::utc(session.since)
             ));
         }
     }

@@ -2,11 +2,11 @@
 //! revoked sessions, and answers the control socket.
 
 mod backstop;
-mod enforcer;
+mod pass;
 mod server;
 mod watch;
 
-pub use enforcer::{apply, compile, now_ns, still_allowed, Compiled, Pass};
+pub use pass::{apply, compile, now_ns, still_allowed, Compiled, Pass};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,8 +16,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
-use crate::sdnotify;
+use crate::store::config::Config;
+use crate::sys::log::sdnotify;
 
 /// Re-read the grant file at least this often, whatever inotify says.
 pub const BACKSTOP: Duration = Duration::from_secs(30);
@@ -101,7 +101,7 @@ enum Wake {
 }
 
 async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String> {
-    enforcer::prepare_run_dir(&config)
+    pass::prepare_run_dir(&config)
         .map_err(|e| format!("cannot create run dir {}: {e}", config.run_dir.display()))?;
     let first = apply(&config, config_path.as_deref(), "start");
     let mut watcher = watch::Watcher::new(&config.grants)
@@ -188,7 +188,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
 
 fn racy_deadline() -> tokio::time::Instant {
     tokio::time::Instant::now()
-        + Duration::from_nanos(crate::snapshot::RACY_WINDOW_NS as u64)
+        + Duration::from_nanos(crate::store::snapshot::RACY_WINDOW_NS as u64)
         + Duration::from_millis(100)
 }
 

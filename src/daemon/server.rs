@@ -11,11 +11,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::cgroup;
-use crate::config::Config;
 use crate::control::{self, Request, Response, SessionInfo, TIMEOUT};
-use crate::procfs;
-use crate::sessions::{self, SessionRecord};
+use crate::session::backend::cgroup;
+use crate::store::config::Config;
+use crate::store::records::{self, SessionRecord};
+use crate::sys::procfs;
 
 /// A request read from a peer, waiting for the main loop.
 pub struct Pending {
@@ -143,20 +143,20 @@ pub async fn handle(config: &Config, pending: Pending) -> Option<&'static str> {
                 },
                 None,
             ),
-            Some(r) => match crate::edit::edit_file(
+            Some(r) => match crate::store::edit::edit_file(
                 &config.grants,
-                &crate::edit::Change::Leave {
+                &crate::grant::lifecycle::Change::Leave {
                     owner: r.owner.clone(),
                     guest: r.guest.clone(),
                 },
-                &crate::policy::SystemAccounts,
+                &crate::sys::accounts::SystemAccounts,
             ) {
                 Ok(_) => {
-                    crate::audit::record(
+                    crate::sys::log::audit::record(
                         "vmshared",
-                        crate::syslog::Level::Notice,
-                        &crate::audit::Event {
-                            kind: Some(crate::audit::Kind::Leave),
+                        crate::sys::log::syslog::Level::Notice,
+                        &crate::sys::log::audit::Event {
+                            kind: Some(crate::sys::log::audit::Kind::Leave),
                             owner: &r.owner,
                             guest: &r.guest,
                             fingerprint: &r.fingerprint,
@@ -210,7 +210,7 @@ fn info_of(r: &SessionRecord) -> SessionInfo {
 /// or logind's scope), or by descent from the session's sshd monitor. Nothing the caller can set
 /// (environment, arguments) plays a part.
 fn session_of(config: &Config, pid: i32, uid: u32) -> Option<SessionRecord> {
-    let (records, _) = sessions::list(&config.sessions_dir());
+    let (records, _) = records::list(&config.sessions_dir());
     let group: Option<PathBuf> = procfs::cgroup_of(pid).ok().and_then(|rel| {
         let mount = cgroup::cgroup2_mount()?;
         Some(mount.join(rel.strip_prefix("/").unwrap_or(&rel)))
@@ -222,7 +222,7 @@ fn session_of(config: &Config, pid: i32, uid: u32) -> Option<SessionRecord> {
             // A logind session: the caller is in its scope.
             (None, Some(mine)) => r.logind_session.as_deref().is_some_and(|id| {
                 mine.ancestors()
-                    .any(|g| crate::logind::session_of_cgroup(g) == Some(id))
+                    .any(|g| crate::session::backend::logind::session_of_cgroup(g) == Some(id))
             }),
             _ => false,
         };

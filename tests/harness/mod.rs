@@ -1172,10 +1172,10 @@ impl Host {
     /// from the grant file exactly as it is now (same version and same
     /// bytes); `None` if it is missing, unreadable or stale.
     pub fn snapshot_lines(&self, owner: &str) -> Option<Vec<String>> {
-        use vmshare::snapshot::{read_owner, Lookup};
+        use vmshare::store::snapshot::{read_owner, Lookup};
         let grants = self.path(GRANTS);
         let bytes = fs::read(&grants).ok()?;
-        let version = vmshare::source::FileVersion::of(&fs::metadata(&grants).ok()?);
+        let version = vmshare::store::source::FileVersion::of(&fs::metadata(&grants).ok()?);
         match read_owner(
             &self.path(SNAPSHOT),
             Path::new(GRANTS),
@@ -1183,7 +1183,7 @@ impl Host {
             owner,
         ) {
             Ok(Lookup::Fresh { header, lines })
-                if header.sha256 == vmshare::source::sha256_hex(&bytes) =>
+                if header.sha256 == vmshare::store::source::sha256_hex(&bytes) =>
             {
                 Some(sorted_lines(&lines))
             }
@@ -1192,8 +1192,8 @@ impl Host {
     }
 
     /// The session records in the run dir (unreadable ones are skipped).
-    pub fn session_records(&self) -> Vec<vmshare::sessions::SessionRecord> {
-        vmshare::sessions::list(&self.path(SESSIONS_DIR)).0
+    pub fn session_records(&self) -> Vec<vmshare::store::records::SessionRecord> {
+        vmshare::store::records::list(&self.path(SESSIONS_DIR)).0
     }
 
     /// Replaces the grant file by rename, without the fsyncs of

@@ -10,11 +10,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use vmshare::control::{self, Request};
-use vmshare::grants::{self, Status};
-use vmshare::pam_hook::{self, AuthKey, Decision};
-use vmshare::policy::{self, Account, Accounts, GUEST_TAG};
-use vmshare::snapshot::{self, Lookup};
-use vmshare::source::{self, FileVersion};
+use vmshare::grant::model::Status;
+use vmshare::grant::policy::{Account, Accounts, GUEST_TAG};
+use vmshare::session::hook::{self, AuthKey, Decision};
+use vmshare::store::snapshot::{self, Lookup};
+use vmshare::store::source::{self, FileVersion};
 
 /// Real public keys of the types sshd accepts (and one it no longer does).
 pub const KEYS: [&str; 6] = [
@@ -59,7 +59,7 @@ fn uid_of(name: &str) -> Option<u32> {
 /// accepted guest of a sharing owner, and every such key is printed once.
 pub fn check_grants(src: &str) {
     let lines_in_file = src.lines().count() + 1;
-    let grants = match grants::parse(src) {
+    let grants = match vmshare::grant::parse::parse(src) {
         Ok(g) => g,
         Err(errors) => {
             assert!(!errors.is_empty(), "invalid without a reason");
@@ -71,12 +71,13 @@ pub fn check_grants(src: &str) {
         }
     };
     for owner in &grants.owners {
-        grants::check_owner_name(&owner.name).expect("accepted owner name is valid");
+        vmshare::grant::parse::check_owner_name(&owner.name).expect("accepted owner name is valid");
         for guest in &owner.guests {
-            grants::check_guest_name(&guest.name).expect("accepted guest name is valid");
+            vmshare::grant::parse::check_guest_name(&guest.name)
+                .expect("accepted guest name is valid");
         }
     }
-    let policy = match policy::compile(&grants, src, &MemAccounts) {
+    let policy = match vmshare::grant::policy::compile(&grants, src, &MemAccounts) {
         Ok(p) => p,
         Err(errors) => {
             // With this account database the only possible error is root.
@@ -99,7 +100,7 @@ pub fn check_grants(src: &str) {
         let text = access.authorized_keys();
         let mut printed = Vec::new();
         for line in text.lines() {
-            let key = grants::parse_key(line)
+            let key = vmshare::grant::key::parse_key(line)
                 .unwrap_or_else(|e| panic!("printed line {line:?} is not a plain key: {e}"));
             assert_eq!(line.split(' ').count(), 3, "{line:?}");
             // The blob is compared as text (one key, one guest; the PAM
@@ -188,7 +189,7 @@ impl LookupFixture {
         for f in [&grants, &config] {
             fs::set_permissions(f, fs::Permissions::from_mode(0o644)).expect("chmod");
         }
-        let loaded = source::load(&grants, &policy::SystemAccounts);
+        let loaded = source::load(&grants, &vmshare::sys::accounts::SystemAccounts);
         let policy = loaded.policy().expect("fixture grant file is valid");
         let daemon_lines = policy.owners["daemon"].authorized_keys();
         assert_eq!(daemon_lines.lines().count(), 1);
@@ -427,7 +428,7 @@ pub fn auth_inputs(data: &[u8]) -> (u8, String, String) {
 /// and not the owner's own, denies any other foreign key, and lets the
 /// owner's own keys through whatever state the grant file is in.
 pub fn check_auth_info(flags: u8, info: &str, lines: &str) {
-    let keys = pam_hook::parse_auth_info(info);
+    let keys = hook::parse_auth_info(info);
     let listed: Vec<Vec<&str>> = info
         .lines()
         .map(|l| l.split_ascii_whitespace().collect::<Vec<_>>())
@@ -457,7 +458,7 @@ pub fn check_auth_info(flags: u8, info: &str, lines: &str) {
     } else {
         Err("grant file is invalid".to_string())
     };
-    let decision = pam_hook::decide(&keys, &lines, &own);
+    let decision = hook::classify(&keys, &lines, &own);
     let foreign = keys.iter().find(|k| !k.is_certificate() && !own(k));
     match (&decision, foreign) {
         (Decision::Owner(_), None) => {}
@@ -466,7 +467,7 @@ pub fn check_auth_info(flags: u8, info: &str, lines: &str) {
         (Decision::Guest { guest, key }, Some(k)) => {
             assert_eq!(key, k);
             let text = lines.as_ref().expect("a guest only from trusted lines");
-            let line = policy::key_line(&key.algorithm, &key.blob, guest);
+            let line = vmshare::grant::policy::key_line(&key.algorithm, &key.blob, guest);
             assert!(
                 text.lines().any(|l| format!("{l}\n") == line),
                 "guest {guest} not granted in {text:?}"
@@ -475,7 +476,7 @@ pub fn check_auth_info(flags: u8, info: &str, lines: &str) {
         (Decision::Deny(_), Some(k)) => {
             if let Ok(text) = &lines {
                 assert_eq!(
-                    policy::guest_in_lines(text, &k.algorithm, &k.blob),
+                    vmshare::grant::policy::guest_in_lines(text, &k.algorithm, &k.blob),
                     None,
                     "granted key {k:?} denied"
                 );
@@ -496,6 +497,6 @@ pub fn fuzz_fixture_dirs(name: &str) -> (PathBuf, PathBuf) {
         let _ = fs::remove_dir_all(d);
         fs::create_dir(d).expect("fixture dir");
     }
-    vmshare::fsutil::check_trusted_dirs(&dir.join("x")).expect("fixture dir is trusted");
+    vmshare::sys::fsutil::check_trusted_dirs(&dir.join("x")).expect("fixture dir is trusted");
     (dir, run_dir)
 }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 pub fn trusted_tempdir(prefix: &str) -> tempfile::TempDir {
     let build = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     fs::create_dir_all(&build).expect("target tmpdir");
-    let base = if vmshare::fsutil::check_trusted_dirs(&build.join("x")).is_ok() {
+    let base = if vmshare::sys::fsutil::check_trusted_dirs(&build.join("x")).is_ok() {
         build
     } else {
         let fallback = PathBuf::from("/var/lib/vmshare-tests");

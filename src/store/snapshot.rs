@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil;
-use crate::source::{FileVersion, Loaded, Outcome};
+use crate::store::source::{FileVersion, Loaded, Outcome};
+use crate::sys::fsutil;
 
 // 3: per-owner CRC-32 checksums of the body.
 const FORMAT: u32 = 3;
@@ -321,15 +321,15 @@ pub fn read_header(path: &Path) -> io::Result<Header> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grants::tests::KEY_A;
-    use crate::policy::tests::FakeAccounts;
+    use crate::grant::parse::tests::KEY_A;
+    use crate::grant::policy::tests::FakeAccounts;
 
     /// Bodies over [`READ_ONCE`] take the chunked path: checked whole,
     /// then streamed; damage anywhere is caught before anything is written.
     #[test]
     fn large_bodies_are_checked_then_streamed() {
-        use crate::policy::tests::FakeAccounts;
-        let d = crate::fsutil::tests::scratch();
+        use crate::grant::policy::tests::FakeAccounts;
+        let d = crate::sys::fsutil::tests::scratch();
         let grants = d.path().join("grants.toml");
         let path = d.path().join("snapshot");
         let mut text = String::from("[owners.alice]\nsharing = true\n");
@@ -346,7 +346,7 @@ mod tests {
             n += 1;
         }
         let loaded =
-            crate::source::load_text(&grants, text, &FakeAccounts::with(&[("alice", 1000)]));
+            crate::store::source::load_text(&grants, text, &FakeAccounts::with(&[("alice", 1000)]));
         let expected = loaded.policy().unwrap().owners["alice"].authorized_keys();
         assert!(expected.len() as u64 > READ_ONCE);
         write(&path, &loaded, 0).unwrap();
@@ -374,14 +374,14 @@ mod tests {
 
     #[test]
     fn a_body_damaged_in_place_is_not_served() {
-        let d = crate::fsutil::tests::scratch();
+        let d = crate::sys::fsutil::tests::scratch();
         let grants = d.path().join("grants.toml");
         let text = format!(
             "[owners.alice]\nsharing = true\n[owners.alice.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{KEY_A}\"]\n"
         );
         std::fs::write(&grants, &text).unwrap();
         let loaded =
-            crate::source::load_text(&grants, text, &FakeAccounts::with(&[("alice", 1000)]));
+            crate::store::source::load_text(&grants, text, &FakeAccounts::with(&[("alice", 1000)]));
         let path = d.path().join("snapshot");
         write(&path, &loaded, 0).unwrap();
         let Lookup::Fresh { lines, .. } = read_owner(&path, &grants, None, "alice").unwrap() else {
@@ -400,7 +400,7 @@ mod tests {
 
     #[test]
     fn a_range_that_is_not_whole_lines_is_refused() {
-        let d = crate::fsutil::tests::scratch();
+        let d = crate::sys::fsutil::tests::scratch();
         let grants = d.path().join("grants.toml");
         let path = d.path().join("snapshot");
         let body = "ssh-ed25519 AAAA vmshare:bob\nssh-ed25519 BBBB vmshare:eve\n";

@@ -10,14 +10,15 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::audit;
-use crate::config::Config;
-use crate::enforce::{self, Placement};
-use crate::lookup::owner_lines;
-use crate::policy::{guest_in_lines, SystemAccounts};
-use crate::procfs;
-use crate::sessions::{self, SessionRecord};
-use crate::syslog::Level;
+use crate::grant::policy::guest_in_lines;
+use crate::session::backend::{self, Placement};
+use crate::store::config::Config;
+use crate::store::lookup::owner_lines;
+use crate::store::records::{self, SessionRecord};
+use crate::sys::accounts::SystemAccounts;
+use crate::sys::log::audit;
+use crate::sys::log::syslog::Level;
+use crate::sys::procfs;
 
 const IDENT: &str = "vmshare-pam";
 
@@ -85,7 +86,7 @@ pub enum Decision {
 /// Decides from the authenticating keys, the owner's current vmshare lines
 /// (`Err` if the grant file cannot be trusted), and whether a key is in the
 /// owner's own key files.
-pub fn decide(
+pub fn classify(
     keys: &[AuthKey],
     lines: &Result<String, String>,
     is_owners_own: &dyn Fn(&AuthKey) -> bool,
@@ -196,13 +197,13 @@ fn open_session(config_path: Option<PathBuf>, env: &Env) -> ExitCode {
             let owners = owners_own_checker(&Config::default(), &env.user);
             return finish(
                 env,
-                decide(&keys, &Err(format!("bad configuration: {e}")), &owners),
+                classify(&keys, &Err(format!("bad configuration: {e}")), &owners),
             );
         }
     };
     let owners = owners_own_checker(&config, &env.user);
     let lines = owner_lines(&config, &env.user, &SystemAccounts).map(|a| a.lines);
-    match decide(&keys, &lines, &owners) {
+    match classify(&keys, &lines, &owners) {
         Decision::Guest { guest, key } => match admit_guest(&config, env, &guest, &key) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => finish(env, Decision::Deny(e)),
@@ -219,7 +220,9 @@ fn finish(env: &Env, decision: Decision) -> ExitCode {
             let fingerprint = parse_auth_info(&env.auth_info)
                 .iter()
                 .find(|k| !k.is_certificate())
-                .and_then(|k| crate::grants::parse_key(&format!("{} {}", k.algorithm, k.blob)).ok())
+                .and_then(|k| {
+                    crate::grant::key::parse_key(&format!("{} {}", k.algorithm, k.blob)).ok()
+                })
                 .map(|k| k.fingerprint)
                 .unwrap_or_default();
             audit::emit(
@@ -257,7 +260,7 @@ fn owners_own_checker(config: &Config, user: &str) -> impl Fn(&AuthKey) -> bool 
     // untrusted, never blocking, never unbounded.
     let texts: Vec<String> = files
         .iter()
-        .filter_map(|f| crate::fsutil::read_user_file(f, OWNER_KEYS_LIMIT))
+        .filter_map(|f| crate::sys::fsutil::read_user_file(f, OWNER_KEYS_LIMIT))
         .collect();
     move |key: &AuthKey| texts.iter().any(|t| authorized_keys_contains(t, key))
 }
@@ -299,7 +302,7 @@ fn admit_guest(
     config: &Config,
     env: &Env,
     guest: &str,
-    key: &crate::pam_hook::AuthKey,
+    key: &crate::session::hook::AuthKey,
 ) -> Result<(), String> {
     let monitor = monitor()?;
     let id = session_id(&monitor);
@@ -307,13 +310,13 @@ fn admit_guest(
         .ok()
         .flatten()
         .map_or(u32::MAX, |u| u.uid.as_raw());
-    let fingerprint = crate::grants::parse_key(&format!("{} {}", key.algorithm, key.blob))
+    let fingerprint = crate::grant::key::parse_key(&format!("{} {}", key.algorithm, key.blob))
         .map(|k| k.fingerprint)
         .unwrap_or_default();
     let logind_session = std::env::var("XDG_SESSION_ID")
         .ok()
         .filter(|s| !s.is_empty());
-    let placement = enforce::placement(config, logind_session.as_deref())?;
+    let placement = backend::placement(config, logind_session.as_deref())?;
     if let Placement::Logind { session } = &placement {
         check_logind_session(session, &monitor)?;
     }
@@ -325,7 +328,7 @@ fn admit_guest(
                 .filter(|&p| p != me)
                 .collect();
             Some(
-                crate::cgroup::confine(&root, &id, &pids)
+                crate::session::backend::cgroup::confine(&root, &id, &pids)
                     .map_err(|e| format!("cannot confine session in {}: {e}", root.display()))?,
             )
         }
@@ -350,7 +353,7 @@ fn admit_guest(
         logind_session,
     };
     let dir = config.sessions_dir();
-    sessions::write(&dir, &record)
+    records::write(&dir, &record)
         .map_err(|e| format!("cannot record session in {}: {e}", dir.display()))?;
     // The re-check: the record exists now, so a revoke from here on is the
     // daemon's to enforce; one that already happened is seen here.
@@ -374,7 +377,7 @@ fn admit_guest(
             Ok(())
         }
         other => {
-            let _ = sessions::remove(&dir, &id);
+            let _ = records::remove(&dir, &id);
             Err(match other {
                 Err(e) => e,
                 _ => format!("guest {guest}'s access was revoked during login"),
@@ -393,12 +396,12 @@ fn check_logind_session(id: &str, monitor: &procfs::Stat) -> Result<(), String> 
             monitor.pid
         )
     })?;
-    if !crate::logind::valid_session_id(id)
-        || crate::logind::session_in_proc_cgroup(&text) != Some(id)
+    if !crate::session::backend::logind::valid_session_id(id)
+        || crate::session::backend::logind::session_in_proc_cgroup(&text) != Some(id)
     {
         return Err(format!(
             "XDG_SESSION_ID is {id:?}, but the login is not in {}: {}",
-            crate::logind::scope_name(id),
+            crate::session::backend::logind::scope_name(id),
             text.trim()
         ));
     }
@@ -414,7 +417,7 @@ fn close_session(config_path: Option<PathBuf>) {
     };
     let id = session_id(&monitor);
     let dir = config.sessions_dir();
-    let Ok(record) = sessions::read(&dir.join(SessionRecord::file_name(&id))) else {
+    let Ok(record) = records::read(&dir.join(SessionRecord::file_name(&id))) else {
         return;
     };
     let me = std::process::id() as i32;
@@ -422,20 +425,20 @@ fn close_session(config_path: Option<PathBuf>) {
     let group = match (&record.cgroup, &record.logind_session) {
         (Some(group), _) => Some(group.clone()),
         (None, Some(_)) => procfs::cgroup_of(me).ok().and_then(|rel| {
-            let mount = crate::cgroup::cgroup2_mount()?;
+            let mount = crate::session::backend::cgroup::cgroup2_mount()?;
             Some(mount.join(rel.strip_prefix("/").unwrap_or(&rel)))
         }),
         (None, None) => None,
     };
     let lingering = group.is_some_and(|group| {
-        crate::cgroup::pids(&group)
+        crate::session::backend::cgroup::pids(&group)
             .map(|pids| pids.iter().any(|&p| p != me && p != monitor.pid))
             .unwrap_or(false)
     });
     let message = if lingering {
         "guest logged out; processes remain and stay confined"
     } else {
-        let _ = sessions::remove(&dir, &id);
+        let _ = records::remove(&dir, &id);
         "guest logged out"
     };
     audit::emit(
@@ -475,14 +478,14 @@ mod tests {
     #[test]
     fn owners_own_key_passes_even_if_grant_file_is_broken() {
         let own = |_: &AuthKey| true;
-        let d = decide(&[key("A")], &Err("invalid".into()), &own);
+        let d = classify(&[key("A")], &Err("invalid".into()), &own);
         assert!(matches!(d, Decision::Owner(_)));
     }
 
     #[test]
     fn granted_guest_key_is_a_guest() {
         let lines = Ok("ssh-ed25519 A vmshare:bob\n".to_string());
-        let d = decide(&[key("A")], &lines, &|_| false);
+        let d = classify(&[key("A")], &lines, &|_| false);
         assert_eq!(
             d,
             Decision::Guest {
@@ -498,11 +501,11 @@ mod tests {
         // owner's, not granted now.
         let lines = Ok("ssh-ed25519 B vmshare:carol\n".to_string());
         assert!(matches!(
-            decide(&[key("A")], &lines, &|_| false),
+            classify(&[key("A")], &lines, &|_| false),
             Decision::Deny(_)
         ));
         assert!(matches!(
-            decide(&[key("A")], &Err("bad".into()), &|_| false),
+            classify(&[key("A")], &Err("bad".into()), &|_| false),
             Decision::Deny(_)
         ));
     }
@@ -510,7 +513,7 @@ mod tests {
     #[test]
     fn no_key_or_certificate_is_not_ours() {
         assert!(matches!(
-            decide(&[], &Err("x".into()), &|_| false),
+            classify(&[], &Err("x".into()), &|_| false),
             Decision::Owner(_)
         ));
         let cert = AuthKey {
@@ -518,7 +521,7 @@ mod tests {
             blob: "A".into(),
         };
         assert!(matches!(
-            decide(&[cert], &Err("x".into()), &|_| false),
+            classify(&[cert], &Err("x".into()), &|_| false),
             Decision::Owner(_)
         ));
     }

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::diag::{Diagnostic, FileErrors};
-use crate::fsutil;
+use crate::grant::diag::{Diagnostic, FileErrors};
+use crate::sys::fsutil;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vmshare/vmshare.toml";
 
@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn shipped_config_is_the_defaults() {
-        let text = include_str!("../config/vmshare.toml");
+        let text = include_str!("../../config/vmshare.toml");
         assert_eq!(Config::parse(text).unwrap(), Config::default());
     }
 

@@ -7,7 +7,7 @@
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 
-use crate::syslog::Level;
+use crate::sys::log::syslog::Level;
 
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 const SYSLOG_SOCKET: &str = "/dev/log";

@@ -8,15 +8,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{error, info, warn};
 
-use crate::audit;
-use crate::cgroup;
-use crate::config::Config;
-use crate::enforce;
-use crate::policy::SystemAccounts;
-use crate::sessions::{self, SessionRecord};
-use crate::snapshot;
-use crate::source::{self, Loaded, Outcome};
-use crate::syslog::Level;
+use crate::session::backend;
+use crate::session::backend::cgroup;
+use crate::store::config::Config;
+use crate::store::records::{self, SessionRecord};
+use crate::store::snapshot;
+use crate::store::source::{self, Loaded, Outcome};
+use crate::sys::accounts::SystemAccounts;
+use crate::sys::log::audit;
+use crate::sys::log::syslog::Level;
 
 /// How long a session group may exist without a record.
 const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -59,7 +59,7 @@ pub fn prepare_run_dir(config: &Config) -> std::io::Result<()> {
         .mode(0o755)
         .create(&config.run_dir)?;
     fs::set_permissions(&config.run_dir, fs::Permissions::from_mode(0o755))?;
-    sessions::ensure_dir(&config.sessions_dir())
+    records::ensure_dir(&config.sessions_dir())
 }
 
 /// What compiling the grant file gave, as the compiling process reports it.
@@ -144,7 +144,7 @@ impl Judge {
                     Ok(snapshot::Lookup::Fresh { header: h, lines })
                         if h.sha256 == header.sha256 =>
                     {
-                        crate::policy::guest_in_lines(
+                        crate::grant::policy::guest_in_lines(
                             &lines,
                             &record.key_algorithm,
                             &record.key_blob,
@@ -254,7 +254,7 @@ pub fn apply(config: &Config, config_path: Option<&Path>, reason: &str) -> Pass 
 
 fn enforce_sessions(config: &Config, judge: &Judge, pass: &mut Pass) {
     let dir = config.sessions_dir();
-    let (records, bad) = sessions::list(&dir);
+    let (records, bad) = records::list(&dir);
     for (path, e) in bad {
         // A record we cannot read is a session we cannot judge: end it.
         error!(record = %path.display(), "unreadable session record: {e}; ending that session");
@@ -263,7 +263,7 @@ fn enforce_sessions(config: &Config, judge: &Judge, pass: &mut Pass) {
             cgroup::session_root(config),
         ) {
             let group = root.join(stem);
-            if let Err(e) = cgroup::kill(&group, enforce::KILL_TIMEOUT) {
+            if let Err(e) = cgroup::kill(&group, backend::KILL_TIMEOUT) {
                 error!(group = %group.display(), "{e}");
             }
         }
@@ -273,7 +273,7 @@ fn enforce_sessions(config: &Config, judge: &Judge, pass: &mut Pass) {
     // delay the others.
     let mut ending = Vec::new();
     for record in records {
-        if !enforce::is_live(&record) {
+        if !backend::is_live(&record) {
             forget(&dir, &record);
             pass.forgotten.push(record.id.clone());
             continue;
@@ -288,7 +288,7 @@ fn enforce_sessions(config: &Config, judge: &Judge, pass: &mut Pass) {
     }
     for record in ending {
         let started = Instant::now();
-        match enforce::terminate(config, &record) {
+        match backend::terminate(config, &record) {
             Ok(method) => {
                 audit::record(
                     "vmshared",
@@ -314,11 +314,11 @@ fn enforce_sessions(config: &Config, judge: &Judge, pass: &mut Pass) {
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "guest session ended: grant revoked"
                 );
-                let _ = sessions::remove(&dir, &record.id);
+                let _ = records::remove(&dir, &record.id);
                 pass.killed.push(record.id.clone());
             }
             Err(e) => error!(
-                method = %enforce::method(config, &record),
+                method = %backend::method(config, &record),
                 owner = %record.owner, guest = %record.guest, session = %record.id,
                 "could not end revoked session: {e}"
             ),
@@ -331,7 +331,7 @@ fn forget(dir: &Path, record: &SessionRecord) {
     if let Some(group) = &record.cgroup {
         let _ = cgroup::remove(group);
     }
-    let _ = sessions::remove(dir, &record.id);
+    let _ = records::remove(dir, &record.id);
     info!(owner = %record.owner, guest = %record.guest, session = %record.id, "session over, record forgotten");
 }
 
@@ -365,7 +365,7 @@ fn sweep_empty_groups(config: &Config, dir: &Path) {
             .and_then(|t| t.elapsed().ok());
         if age.is_some_and(|a| a > ORPHAN_GRACE) {
             warn!(group = %path.display(), "ending unrecorded session group");
-            if let Err(e) = cgroup::kill(&path, enforce::KILL_TIMEOUT) {
+            if let Err(e) = cgroup::kill(&path, backend::KILL_TIMEOUT) {
                 error!(group = %path.display(), "{e}");
             }
         }

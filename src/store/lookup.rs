@@ -5,12 +5,13 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use crate::config::Config;
-use crate::fsutil;
-use crate::grants::{is_account_name, MAX_GRANT_FILE_BYTES};
-use crate::policy::Accounts;
-use crate::snapshot::{self, Open};
-use crate::source::{self, sha256_hex, FileVersion, Outcome};
+use crate::grant::model::MAX_GRANT_FILE_BYTES;
+use crate::grant::parse::is_account_name;
+use crate::grant::policy::Accounts;
+use crate::store::config::Config;
+use crate::store::snapshot::{self, Open};
+use crate::store::source::{self, sha256_hex, FileVersion, Outcome};
+use crate::sys::fsutil;
 
 /// Where an answer came from, for logs and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::diag::{Diagnostic, FileErrors};
-use crate::fsutil;
-use crate::grants::{self, Grants, MAX_GRANT_FILE_BYTES};
-use crate::policy::{self, Accounts, Policy};
+use crate::grant::diag::{Diagnostic, FileErrors};
+use crate::grant::model::{Grants, MAX_GRANT_FILE_BYTES};
+use crate::grant::policy::{Accounts, Policy};
+use crate::sys::fsutil;
 
 /// Which version of the grant file something was compiled from. Any write,
 /// rename, chmod or chown changes at least one field.
@@ -162,11 +162,11 @@ fn compile_source(
     accounts: &dyn Accounts,
     invalid: impl Fn(Option<FileVersion>, String, String, Vec<Diagnostic>) -> Loaded,
 ) -> Loaded {
-    let grants = match grants::parse(&source) {
+    let grants = match crate::grant::parse::parse(&source) {
         Ok(g) => g,
         Err(errors) => return invalid(version, sha256, source, errors),
     };
-    match policy::compile(&grants, &source, accounts) {
+    match crate::grant::policy::compile(&grants, &source, accounts) {
         Ok(policy) => Loaded {
             path: path.to_path_buf(),
             version,

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::diag::Diagnostic;
-use crate::grants::Grants;
+use crate::grant::diag::Diagnostic;
+use crate::grant::model::Grants;
 
 /// The part of a local account the policy needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,20 +17,6 @@ pub trait Accounts {
     /// `Ok(None)` when no such account exists; `Err` when the database could
     /// not answer (the caller must then fail closed).
     fn lookup(&self, name: &str) -> Result<Option<Account>, String>;
-}
-
-/// Accounts from the system's NSS, through `getpwnam_r`.
-pub struct SystemAccounts;
-
-impl Accounts for SystemAccounts {
-    fn lookup(&self, name: &str) -> Result<Option<Account>, String> {
-        match nix::unistd::User::from_name(name) {
-            Ok(user) => Ok(user.map(|u| Account {
-                uid: u.uid.as_raw(),
-            })),
-            Err(e) => Err(format!("looking up account {name:?}: {e}")),
-        }
-    }
 }
 
 /// One key that may log in as an owner, and whose it is.
@@ -158,8 +144,9 @@ pub fn compile(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::grants::tests::{KEY_A, KEY_B};
-    use crate::grants::{parse, Status};
+    use crate::grant::model::Status;
+    use crate::grant::parse::parse;
+    use crate::grant::parse::tests::{KEY_A, KEY_B};
     use proptest::prelude::*;
     use std::collections::HashMap;
 

@@ -1,5 +1,5 @@
 //! `sharing`, `invite`, `accept`, `reject`, `revoke`, `leave`: one change to
-//! the grant file each, through [`crate::edit::edit_file`].
+//! the grant file each, through [`crate::store::crate::store::edit::edit_file`].
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::OwnerGuest;
-use crate::config::Config;
-use crate::edit::{self, Change};
-use crate::policy::SystemAccounts;
+use crate::grant::lifecycle::Change;
+use crate::store::config::Config;
+use crate::sys::accounts::SystemAccounts;
 
 /// Key files larger than this are refused.
 const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
@@ -94,7 +94,7 @@ pub fn leave(config: &Config, who: OwnerGuest) -> ExitCode {
 }
 
 fn run(config: &Config, change: Change) -> ExitCode {
-    match edit::edit_file(&config.grants, &change, &SystemAccounts) {
+    match crate::store::edit::edit_file(&config.grants, &change, &SystemAccounts) {
         Ok(done) => {
             println!("{}", done.summary);
             for note in &done.notes {
@@ -113,7 +113,7 @@ fn run(config: &Config, change: Change) -> ExitCode {
 /// An invitation or acceptance does nothing while the owner's switch is
 /// off; say so.
 fn hint_if_sharing_off(config: &Config, owner: &str) {
-    let loaded = crate::source::load(&config.grants, &SystemAccounts);
+    let loaded = crate::store::source::load(&config.grants, &SystemAccounts);
     if let Some(o) = loaded.grants().and_then(|g| g.owner(owner)) {
         if !o.sharing {
             eprintln!(

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil;
+use crate::sys::fsutil;
 
 /// One live guest session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::store::config::Config;
 
 /// The cgroup2 mount point, from mountinfo text (`None` if there is none).
 /// Never assume /sys/fs/cgroup: hybrid hosts mount it elsewhere.

@@ -3,17 +3,18 @@
 //! group of their own (hosts without systemd), or signals to the session's
 //! process tree as the last resort.
 
+pub mod cgroup;
+pub mod logind;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::cgroup;
-use crate::config::{Backend, Config};
-use crate::logind;
-use crate::procfs;
-use crate::sessions::SessionRecord;
+use crate::store::config::{Backend, Config};
+use crate::store::records::SessionRecord;
+use crate::sys::procfs;
 
 /// How long ending one session may take before it is reported as failed.
 pub const KILL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -222,7 +223,7 @@ mod tests {
     fn sessions_end_the_way_they_were_placed() {
         let mut config = Config::default();
         config.enforcement.backend = Backend::Logind;
-        let mut record = crate::sessions::tests::sample("s1-2");
+        let mut record = crate::store::records::tests::sample("s1-2");
         assert_eq!(method(&config, &record), Method::Signal);
         record.logind_session = Some("9".into());
         assert_eq!(method(&config, &record), Method::Logind("9".into()));

@@ -1,0 +1,5 @@
+//! Guest sessions: the PAM session hook's core, and the backends that place
+//! a new session so that it can be ended as a whole, and end it.
+
+pub mod backend;
+pub mod hook;

@@ -1,0 +1,7 @@
+//! Thin wrappers over the system: strict file reads and atomic writes,
+//! /proc, the account database, and logging.
+
+pub mod accounts;
+pub mod fsutil;
+pub mod log;
+pub mod procfs;
