@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use vmshare::session::backend::Placement;
 use vmshare::store::records::{self, SessionRecord};
 
 const BOB_KEY: &str =
@@ -269,8 +270,9 @@ fn record(id: &str, guest: &str, key: &str, logind: &str, process: &Process) -> 
         monitor_pid: process.pid,
         monitor_start: process.start,
         uid: 1,
-        cgroup: None,
-        logind_session: Some(logind.into()),
+        placement: Placement::Logind {
+            session: logind.into(),
+        },
     }
 }
 

@@ -9,7 +9,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tracing::{error, info, warn};
 
 use crate::session::backend;
-use crate::session::backend::cgroup;
 use crate::store::config::Config;
 use crate::store::records::{self, SessionRecord};
 use crate::store::snapshot;
@@ -258,13 +257,9 @@ fn enforce_sessions(config: &Config, judge: &Judge, pass: &mut Pass) {
     for (path, e) in bad {
         // A record we cannot read is a session we cannot judge: end it.
         error!(record = %path.display(), "unreadable session record: {e}; ending that session");
-        if let (Some(stem), Some(root)) = (
-            path.file_stem().and_then(|s| s.to_str()),
-            cgroup::session_root(config),
-        ) {
-            let group = root.join(stem);
-            if let Err(e) = cgroup::kill(&group, backend::KILL_TIMEOUT) {
-                error!(group = %group.display(), "{e}");
+        if let Some(id) = path.file_stem().and_then(|s| s.to_str()) {
+            if let Err(e) = backend::end_unrecorded(config, id) {
+                error!(session = id, "{e}");
             }
         }
         let _ = fs::remove_file(&path);
@@ -281,15 +276,14 @@ fn enforce_sessions(config: &Config, judge: &Judge, pass: &mut Pass) {
         if judge.allows(config, &record) {
             continue;
         }
-        if let Some(group) = &record.cgroup {
-            let _ = fs::write(group.join("cgroup.kill"), "1");
-        }
+        record.placement.backend().start_end(&record);
         ending.push(record);
     }
     for record in ending {
         let started = Instant::now();
-        match backend::terminate(config, &record) {
-            Ok(method) => {
+        let method = record.placement.name();
+        match backend::end(&record) {
+            Ok(()) => {
                 audit::record(
                     "vmshared",
                     Level::Notice,
@@ -318,7 +312,7 @@ fn enforce_sessions(config: &Config, judge: &Judge, pass: &mut Pass) {
                 pass.killed.push(record.id.clone());
             }
             Err(e) => error!(
-                method = %backend::method(config, &record),
+                method = %method,
                 owner = %record.owner, guest = %record.guest, session = %record.id,
                 "could not end revoked session: {e}"
             ),
@@ -328,46 +322,20 @@ fn enforce_sessions(config: &Config, judge: &Judge, pass: &mut Pass) {
 }
 
 fn forget(dir: &Path, record: &SessionRecord) {
-    if let Some(group) = &record.cgroup {
-        let _ = cgroup::remove(group);
-    }
+    record.placement.backend().release(record);
     let _ = records::remove(dir, &record.id);
     info!(owner = %record.owner, guest = %record.guest, session = %record.id, "session over, record forgotten");
 }
 
-/// Removes session groups that have neither processes nor a record.
+/// Ends what was placed for sessions that have no record (their hook died
+/// between placing and recording) once they are older than any hook could
+/// take, and removes what is empty.
 fn sweep_empty_groups(config: &Config, dir: &Path) {
-    let Some(root) = cgroup::session_root(config) else {
-        return;
-    };
-    let Ok(entries) = fs::read_dir(&root) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        if !path.is_dir() || dir.join(SessionRecord::file_name(name)).exists() {
-            continue;
-        }
-        if !cgroup::is_populated(&path).unwrap_or(true) {
-            let _ = cgroup::remove(&path);
-            continue;
-        }
-        // A group with processes but no record: its hook died between
-        // confining and recording. Nobody vouches for it; end it once it is
-        // older than any hook could take.
-        let age = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok());
-        if age.is_some_and(|a| a > ORPHAN_GRACE) {
-            warn!(group = %path.display(), "ending unrecorded session group");
-            if let Err(e) = cgroup::kill(&path, backend::KILL_TIMEOUT) {
-                error!(group = %path.display(), "{e}");
-            }
+    let has_record = |id: &str| dir.join(SessionRecord::file_name(id)).exists();
+    for (group, ended) in backend::sweep_unrecorded(config, &has_record, ORPHAN_GRACE) {
+        match ended {
+            Ok(()) => warn!(group = %group.display(), "ended unrecorded session group"),
+            Err(e) => error!(group = %group.display(), "{e}"),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -211,21 +211,12 @@ fn info_of(r: &SessionRecord) -> SessionInfo {
 /// (environment, arguments) plays a part.
 fn session_of(config: &Config, pid: i32, uid: u32) -> Option<SessionRecord> {
     let (records, _) = records::list(&config.sessions_dir());
-    let group: Option<PathBuf> = procfs::cgroup_of(pid).ok().and_then(|rel| {
-        let mount = cgroup::cgroup2_mount()?;
-        Some(mount.join(rel.strip_prefix("/").unwrap_or(&rel)))
-    });
+    let group = cgroup::group_of(pid);
     let ancestors = procfs::ancestors(pid);
     records.into_iter().find(|r| {
-        let by_group = match (&r.cgroup, &group) {
-            (Some(session), Some(mine)) => mine.starts_with(session),
-            // A logind session: the caller is in its scope.
-            (None, Some(mine)) => r.logind_session.as_deref().is_some_and(|id| {
-                mine.ancestors()
-                    .any(|g| crate::session::backend::logind::session_of_cgroup(g) == Some(id))
-            }),
-            _ => false,
-        };
+        let by_group = group
+            .as_deref()
+            .is_some_and(|g| r.placement.backend().holds(r, g));
         let by_descent = ancestors
             .iter()
             .any(|a| a.pid == r.monitor_pid && a.start == r.monitor_start);

@@ -6,12 +6,11 @@
 //! before that check (the login is refused) or after the record exists (the
 //! daemon kills it). On `close_session` it forgets the record.
 
-use std::fs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::grant::policy::guest_in_lines;
-use crate::session::backend::{self, Placement};
+use crate::session::backend::{self, Login};
 use crate::store::config::Config;
 use crate::store::lookup::owner_lines;
 use crate::store::records::{self, SessionRecord};
@@ -316,25 +315,12 @@ fn admit_guest(
     let logind_session = std::env::var("XDG_SESSION_ID")
         .ok()
         .filter(|s| !s.is_empty());
-    let placement = backend::placement(config, logind_session.as_deref())?;
-    if let Placement::Logind { session } = &placement {
-        check_logind_session(session, &monitor)?;
-    }
-    let cgroup = match placement {
-        Placement::Cgroup { root } => {
-            let me = std::process::id() as i32;
-            let pids: Vec<i32> = procfs::tree(monitor.pid)
-                .into_iter()
-                .filter(|&p| p != me)
-                .collect();
-            Some(
-                crate::session::backend::cgroup::confine(&root, &id, &pids)
-                    .map_err(|e| format!("cannot confine session in {}: {e}", root.display()))?,
-            )
-        }
-        // Never moved out of systemd's tree: logind's scope holds it.
-        Placement::Logind { .. } | Placement::Signal => None,
-    };
+    let backend = backend::for_login(config, logind_session.as_deref())?;
+    let placement = backend.place(&Login {
+        id: &id,
+        monitor: &monitor,
+        hook: std::process::id() as i32,
+    })?;
     let record = SessionRecord {
         id: id.clone(),
         owner: env.user.clone(),
@@ -349,8 +335,7 @@ fn admit_guest(
         monitor_pid: monitor.pid,
         monitor_start: monitor.start,
         uid,
-        cgroup,
-        logind_session,
+        placement,
     };
     let dir = config.sessions_dir();
     records::write(&dir, &record)
@@ -386,28 +371,6 @@ fn admit_guest(
     }
 }
 
-/// The logind session id from the PAM environment must be the one whose
-/// scope holds this login: revoke ends that session, so a wrong id would end
-/// someone else's.
-fn check_logind_session(id: &str, monitor: &procfs::Stat) -> Result<(), String> {
-    let text = fs::read_to_string(format!("/proc/{}/cgroup", monitor.pid)).map_err(|e| {
-        format!(
-            "cannot read the cgroup of sshd process {}: {e}",
-            monitor.pid
-        )
-    })?;
-    if !crate::session::backend::logind::valid_session_id(id)
-        || crate::session::backend::logind::session_in_proc_cgroup(&text) != Some(id)
-    {
-        return Err(format!(
-            "XDG_SESSION_ID is {id:?}, but the login is not in {}: {}",
-            crate::session::backend::logind::scope_name(id),
-            text.trim()
-        ));
-    }
-    Ok(())
-}
-
 /// Forgets the session's record, unless processes of it outlive the login
 /// (`setsid nohup …`): then the record stays, so a revoke still ends them,
 /// and the daemon forgets it once the group is empty.
@@ -420,21 +383,12 @@ fn close_session(config_path: Option<PathBuf>) {
     let Ok(record) = records::read(&dir.join(SessionRecord::file_name(&id))) else {
         return;
     };
-    let me = std::process::id() as i32;
-    // A logind session's group is its scope, where this hook runs too.
-    let group = match (&record.cgroup, &record.logind_session) {
-        (Some(group), _) => Some(group.clone()),
-        (None, Some(_)) => procfs::cgroup_of(me).ok().and_then(|rel| {
-            let mount = crate::session::backend::cgroup::cgroup2_mount()?;
-            Some(mount.join(rel.strip_prefix("/").unwrap_or(&rel)))
-        }),
-        (None, None) => None,
+    let login = Login {
+        id: &id,
+        monitor: &monitor,
+        hook: std::process::id() as i32,
     };
-    let lingering = group.is_some_and(|group| {
-        crate::session::backend::cgroup::pids(&group)
-            .map(|pids| pids.iter().any(|&p| p != me && p != monitor.pid))
-            .unwrap_or(false)
-    });
+    let lingering = record.placement.backend().outlives_login(&record, &login);
     let message = if lingering {
         "guest logged out; processes remain and stay confined"
     } else {

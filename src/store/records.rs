@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::session::backend::Placement;
 use crate::sys::fsutil;
 
 /// One live guest session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredRecord")]
 pub struct SessionRecord {
     /// Unique id: also the record's file name and the cgroup's name.
     pub id: String,
@@ -33,10 +35,57 @@ pub struct SessionRecord {
     /// pid is never mistaken for the session.
     pub monitor_start: u64,
     pub uid: u32,
-    /// The session's own cgroup, when the cgroup backend confines it.
-    pub cgroup: Option<PathBuf>,
-    /// The logind session id, when pam_systemd made one.
-    pub logind_session: Option<String>,
+    /// Where the session was placed, and so how it is ended.
+    pub placement: Placement,
+}
+
+/// A record as stored. Records written before placements had a name carry
+/// `cgroup` / `logind_session` instead; they are read the same way.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredRecord {
+    id: String,
+    owner: String,
+    guest: String,
+    fingerprint: String,
+    key_algorithm: String,
+    key_blob: String,
+    remote: String,
+    since: i64,
+    monitor_pid: i32,
+    monitor_start: u64,
+    uid: u32,
+    #[serde(default)]
+    placement: Option<Placement>,
+    #[serde(default)]
+    cgroup: Option<PathBuf>,
+    #[serde(default)]
+    logind_session: Option<String>,
+}
+
+impl From<StoredRecord> for SessionRecord {
+    fn from(s: StoredRecord) -> Self {
+        let placement = match (s.placement, s.cgroup, s.logind_session) {
+            (Some(p), _, _) => p,
+            (None, Some(group), _) => Placement::Cgroup { group },
+            (None, None, Some(session)) => Placement::Logind { session },
+            (None, None, None) => Placement::Signal,
+        };
+        SessionRecord {
+            id: s.id,
+            owner: s.owner,
+            guest: s.guest,
+            fingerprint: s.fingerprint,
+            key_algorithm: s.key_algorithm,
+            key_blob: s.key_blob,
+            remote: s.remote,
+            since: s.since,
+            monitor_pid: s.monitor_pid,
+            monitor_start: s.monitor_start,
+            uid: s.uid,
+            placement,
+        }
+    }
 }
 
 impl SessionRecord {
@@ -126,8 +175,7 @@ pub(crate) mod tests {
             monitor_pid: 42,
             monitor_start: 7,
             uid: 1000,
-            cgroup: None,
-            logind_session: None,
+            placement: Placement::Signal,
         }
     }
 
@@ -147,5 +195,36 @@ pub(crate) mod tests {
         remove(&dir, "a").unwrap();
         remove(&dir, "a").unwrap();
         assert_eq!(list(&dir).0.len(), 1);
+    }
+
+    #[test]
+    fn records_name_their_placement_and_old_records_still_read() {
+        let mut record = sample("s1-2");
+        record.placement = Placement::Cgroup {
+            group: PathBuf::from("/cg/vmshare/s1-2"),
+        };
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["placement"]["backend"], "cgroup");
+        assert_eq!(json["placement"]["group"], "/cg/vmshare/s1-2");
+        let back: SessionRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back, record);
+
+        let mut old = serde_json::to_value(sample("s1-2")).unwrap();
+        let fields = old.as_object_mut().unwrap();
+        fields.remove("placement");
+        fields.insert("cgroup".into(), serde_json::Value::Null);
+        fields.insert("logind_session".into(), "7".into());
+        let read: SessionRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            read.placement,
+            Placement::Logind {
+                session: "7".into()
+            }
+        );
+        let mut typo = serde_json::to_value(sample("s1-2")).unwrap();
+        typo.as_object_mut()
+            .unwrap()
+            .insert("placment".into(), 1.into());
+        assert!(serde_json::from_value::<SessionRecord>(typo).is_err());
     }
 }

@@ -8,7 +8,82 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::{Backend, Login, Placement, KILL_TIMEOUT};
 use crate::store::config::Config;
+use crate::store::records::SessionRecord;
+use crate::sys::procfs;
+
+/// Sessions in groups of their own under `root`.
+pub struct CgroupBackend {
+    root: PathBuf,
+}
+
+impl CgroupBackend {
+    pub fn new(root: PathBuf) -> Self {
+        CgroupBackend { root }
+    }
+}
+
+/// The group a session was placed in (empty for another backend's record,
+/// which no group matches).
+fn group_in(record: &SessionRecord) -> &Path {
+    match &record.placement {
+        Placement::Cgroup { group } => group,
+        _ => Path::new(""),
+    }
+}
+
+impl Backend for CgroupBackend {
+    /// Moves the sshd process and everything under it (but the hook) into
+    /// `root/<session id>`.
+    fn place(&self, login: &Login) -> Result<Placement, String> {
+        let pids: Vec<i32> = procfs::tree(login.monitor.pid)
+            .into_iter()
+            .filter(|&p| p != login.hook)
+            .collect();
+        let group = confine(&self.root, login.id, &pids)
+            .map_err(|e| format!("cannot confine session in {}: {e}", self.root.display()))?;
+        Ok(Placement::Cgroup { group })
+    }
+
+    fn end(&self, record: &SessionRecord) -> Result<(), String> {
+        let group = group_in(record);
+        kill(group, KILL_TIMEOUT).map_err(|e| format!("killing cgroup {}: {e}", group.display()))
+    }
+
+    fn start_end(&self, record: &SessionRecord) {
+        let _ = fs::write(group_in(record).join("cgroup.kill"), "1");
+    }
+
+    fn is_live(&self, record: &SessionRecord) -> bool {
+        is_populated(group_in(record)).unwrap_or(false)
+    }
+
+    fn holds(&self, record: &SessionRecord, group: &Path) -> bool {
+        let mine = group_in(record);
+        !mine.as_os_str().is_empty() && group.starts_with(mine)
+    }
+
+    fn outlives_login(&self, record: &SessionRecord, login: &Login) -> bool {
+        pids(group_in(record))
+            .map(|pids| {
+                pids.iter()
+                    .any(|&p| p != login.hook && p != login.monitor.pid)
+            })
+            .unwrap_or(false)
+    }
+
+    fn release(&self, record: &SessionRecord) {
+        let _ = remove(group_in(record));
+    }
+}
+
+/// The cgroup v2 group process `pid` is in, as a path under the mount.
+pub fn group_of(pid: i32) -> Option<PathBuf> {
+    let rel = procfs::cgroup_of(pid).ok()?;
+    let mount = cgroup2_mount()?;
+    Some(mount.join(rel.strip_prefix("/").unwrap_or(&rel)))
+}
 
 /// The cgroup2 mount point, from mountinfo text (`None` if there is none).
 /// Never assume /sys/fs/cgroup: hybrid hosts mount it elsewhere.
@@ -146,6 +221,42 @@ pub fn remove(group: &Path) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Groups under `root` without a record: empty ones are removed; ones with
+/// processes older than `grace` are killed (nobody vouches for them).
+pub fn sweep(
+    root: &Path,
+    has_record: &dyn Fn(&str) -> bool,
+    grace: Duration,
+) -> Vec<(PathBuf, Result<(), String>)> {
+    let mut ended = Vec::new();
+    let Ok(entries) = fs::read_dir(root) else {
+        return ended;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !path.is_dir() || has_record(name) {
+            continue;
+        }
+        if !is_populated(&path).unwrap_or(true) {
+            let _ = remove(&path);
+            continue;
+        }
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|a| a > grace) {
+            let result = kill(&path, KILL_TIMEOUT).map_err(|e| e.to_string());
+            ended.push((path, result));
+        }
+    }
+    ended
 }
 
 #[cfg(test)]

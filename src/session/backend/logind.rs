@@ -9,7 +9,11 @@
 //! runtime), so each call runs on a thread and runtime of its own.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use super::{signal, Backend, Login, Placement, KILL_TIMEOUT};
+use crate::store::records::SessionRecord;
+use crate::sys::procfs;
 
 const DESTINATION: &str = "org.freedesktop.login1";
 const PATH: &str = "/org/freedesktop/login1";
@@ -19,6 +23,85 @@ const NO_SUCH_SESSION: &str = "org.freedesktop.login1.NoSuchSession";
 
 /// How long connecting and both calls may take together.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sessions in logind's scope. `session` is the login's logind session
+/// when placing; ending reads it from the record.
+pub struct LogindBackend {
+    session: String,
+}
+
+impl LogindBackend {
+    pub fn for_session(session: String) -> Self {
+        LogindBackend { session }
+    }
+}
+
+impl Backend for LogindBackend {
+    /// Leaves the session in its scope, after checking that the logind id
+    /// from the PAM environment is the one whose scope holds this login:
+    /// revoke ends that session, so a wrong id would end someone else's.
+    fn place(&self, login: &Login) -> Result<Placement, String> {
+        let id = &self.session;
+        let pid = login.monitor.pid;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map_err(|e| format!("cannot read the cgroup of sshd process {pid}: {e}"))?;
+        if !valid_session_id(id) || session_in_proc_cgroup(&text) != Some(id) {
+            return Err(format!(
+                "XDG_SESSION_ID is {id:?}, but the login is not in {}: {}",
+                scope_name(id),
+                text.trim()
+            ));
+        }
+        Ok(Placement::Logind {
+            session: id.clone(),
+        })
+    }
+
+    fn end(&self, record: &SessionRecord) -> Result<(), String> {
+        if let Err(e) = terminate(&self.session) {
+            // The bus or logind is down: still end what can be reached.
+            signal::signal_tree(record);
+            return Err(format!("{e}; signalled the session's process tree instead"));
+        }
+        // logind stops the scope asynchronously.
+        let deadline = Instant::now() + KILL_TIMEOUT;
+        while procfs::is_alive(record.monitor_pid, record.monitor_start) {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "sshd process {} still runs {KILL_TIMEOUT:?} after logind ended the session",
+                    record.monitor_pid
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    /// A logind session outlives its sshd process while processes it left
+    /// behind run.
+    fn is_live(&self, record: &SessionRecord) -> bool {
+        procfs::is_alive(record.monitor_pid, record.monitor_start) || session_listed(&self.session)
+    }
+
+    fn holds(&self, _record: &SessionRecord, group: &Path) -> bool {
+        group
+            .ancestors()
+            .any(|g| session_of_cgroup(g) == Some(self.session.as_str()))
+    }
+
+    /// The session's group is its scope, where the hook runs too.
+    fn outlives_login(&self, _record: &SessionRecord, login: &Login) -> bool {
+        let Some(scope) = super::cgroup::group_of(login.hook) else {
+            return false;
+        };
+        super::cgroup::pids(&scope)
+            .map(|pids| {
+                pids.iter()
+                    .any(|&p| p != login.hook && p != login.monitor.pid)
+            })
+            .unwrap_or(false)
+    }
+}
 
 /// Whether systemd is the service manager (`sd_booted()`): the directory
 /// systemd creates at boot as PID 1.

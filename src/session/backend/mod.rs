@@ -1,44 +1,119 @@
-//! How sessions are confined when they open and ended when their grant goes:
-//! logind's own session scope (hosts with systemd as PID 1), a cgroup v2
-//! group of their own (hosts without systemd), or signals to the session's
-//! process tree as the last resort.
+//! How a guest session is placed when it opens, so that it can be ended as
+//! a whole, and how it is ended when its grant goes. One trait, three
+//! mechanisms: logind's own session scope (hosts with systemd as PID 1), a
+//! cgroup v2 group of the agent's own (hosts without systemd), or signals to
+//! the session's process tree as the last resort. The hook and the daemon
+//! call the trait; only this folder knows a mechanism's details.
 
 pub mod cgroup;
 pub mod logind;
+pub mod signal;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 
-use crate::store::config::{Backend, Config};
+use crate::store::config::{Backend as Configured, Config};
 use crate::store::records::SessionRecord;
 use crate::sys::procfs;
 
 /// How long ending one session may take before it is reported as failed.
 pub const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where a new session is put.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a session was put; its record stores this, so the session is ended
+/// the way it was placed, by whichever process reads the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Placement {
-    /// Left in logind's scope for the session; ended through logind.
+    /// In the agent's own cgroup v2 group.
+    Cgroup { group: PathBuf },
+    /// Left in logind's scope for the session.
     Logind { session: String },
-    /// In `root/<session id>`.
-    Cgroup { root: PathBuf },
-    /// Left where it is; ended by signalling its process tree.
+    /// Left where it is; its process tree is signalled.
     Signal,
 }
 
-/// Chooses the placement for a new session from the configured backend and
-/// the logind session pam_systemd made for it, if any.
-pub fn placement(config: &Config, logind_session: Option<&str>) -> Result<Placement, String> {
-    choose(
-        config.enforcement.backend,
-        logind::systemd_booted(),
-        logind_session,
-        || cgroup::session_root(config),
+/// A login being admitted: its id and the connection's sshd process.
+pub struct Login<'a> {
+    pub id: &'a str,
+    pub monitor: &'a procfs::Stat,
+    /// The hook's own pid, never moved or killed with the session.
+    pub hook: i32,
+}
+
+/// A way to hold a session so that it can be ended as a whole.
+pub trait Backend {
+    /// Places the new session (the monitor and everything under it).
+    fn place(&self, login: &Login) -> Result<Placement, String>;
+    /// Ends a placed session; `Ok` once no process of it is left.
+    fn end(&self, record: &SessionRecord) -> Result<(), String>;
+    /// Whether any process of the session still runs.
+    fn is_live(&self, record: &SessionRecord) -> bool;
+    /// Whether a process in cgroup `group` (an absolute path under the
+    /// cgroup v2 mount) belongs to the session.
+    fn holds(&self, record: &SessionRecord, group: &Path) -> bool;
+    /// At logout: whether processes of the session other than the hook and
+    /// the sshd process still run (`setsid nohup …`).
+    fn outlives_login(&self, record: &SessionRecord, login: &Login) -> bool;
+    /// Starts ending the session without waiting, so that a pass can start
+    /// every kill before it waits on any.
+    fn start_end(&self, _record: &SessionRecord) {}
+    /// Lets go of what placing made, once the session is over.
+    fn release(&self, _record: &SessionRecord) {}
+}
+
+impl Placement {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Placement::Cgroup { .. } => "cgroup",
+            Placement::Logind { .. } => "logind",
+            Placement::Signal => "signal",
+        }
+    }
+
+    /// The backend that placed a session this way, and so ends it.
+    pub fn backend(&self) -> Box<dyn Backend> {
+        match self {
+            Placement::Cgroup { group } => Box::new(cgroup::CgroupBackend::new(
+                group.parent().map_or_else(PathBuf::new, Path::to_path_buf),
+            )),
+            Placement::Logind { session } => {
+                Box::new(logind::LogindBackend::for_session(session.clone()))
+            }
+            Placement::Signal => Box::new(signal::SignalBackend),
+        }
+    }
+}
+
+/// The backend for a new login, from the configured choice and the logind
+/// session pam_systemd made for it, if any.
+pub fn for_login(
+    config: &Config,
+    logind_session: Option<&str>,
+) -> Result<Box<dyn Backend>, String> {
+    Ok(
+        match choose(
+            config.enforcement.backend,
+            logind::systemd_booted(),
+            logind_session,
+            || cgroup::session_root(config),
+        )? {
+            Choice::Cgroup(root) => Box::new(cgroup::CgroupBackend::new(root)),
+            Choice::Logind(session) => Box::new(logind::LogindBackend::for_session(session)),
+            Choice::Signal => Box::new(signal::SignalBackend),
+        },
     )
+}
+
+/// Which backend a new login gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    /// Groups are made under this directory.
+    Cgroup(PathBuf),
+    /// This logind session's scope.
+    Logind(String),
+    Signal,
 }
 
 /// The choice itself. `auto`: logind where systemd is PID 1 and the session
@@ -46,129 +121,61 @@ pub fn placement(config: &Config, logind_session: Option<&str>) -> Result<Placem
 /// processes out of systemd's tree breaks its bookkeeping; elsewhere cgroup
 /// v2 where mounted, else signals.
 pub fn choose(
-    backend: Backend,
+    backend: Configured,
     systemd_booted: bool,
     logind_session: Option<&str>,
     cgroup_root: impl FnOnce() -> Option<PathBuf>,
-) -> Result<Placement, String> {
-    let logind = logind_session.map(|id| Placement::Logind {
-        session: id.to_string(),
-    });
+) -> Result<Choice, String> {
+    let logind = logind_session.map(|id| Choice::Logind(id.to_string()));
     match backend {
-        Backend::Signal => Ok(Placement::Signal),
-        Backend::Cgroup => cgroup_root()
-            .map(|root| Placement::Cgroup { root })
+        Configured::Signal => Ok(Choice::Signal),
+        Configured::Cgroup => cgroup_root()
+            .map(Choice::Cgroup)
             .ok_or_else(|| "backend is cgroup but no cgroup v2 hierarchy is mounted".to_string()),
-        Backend::Logind => logind.ok_or_else(|| {
+        Configured::Logind => logind.ok_or_else(|| {
             "backend is logind but this login has no logind session \
              (is pam_systemd in the session stack before vmshare?)"
                 .to_string()
         }),
-        Backend::Auto if systemd_booted => Ok(logind.unwrap_or(Placement::Signal)),
-        Backend::Auto => Ok(match cgroup_root() {
-            Some(root) => Placement::Cgroup { root },
-            None => Placement::Signal,
+        Configured::Auto if systemd_booted => Ok(logind.unwrap_or(Choice::Signal)),
+        Configured::Auto => Ok(match cgroup_root() {
+            Some(root) => Choice::Cgroup(root),
+            None => Choice::Signal,
         }),
     }
 }
 
-/// How a recorded session is ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Method {
-    Cgroup(PathBuf),
-    Logind(String),
-    Signal,
+/// Ends a session the way it was placed.
+pub fn end(record: &SessionRecord) -> Result<(), String> {
+    record.placement.backend().end(record)
 }
 
-impl std::fmt::Display for Method {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Method::Cgroup(_) => "cgroup",
-            Method::Logind(_) => "logind",
-            Method::Signal => "signal",
-        })
-    }
-}
-
-/// The way to end `record`: the same backend that placed it.
-pub fn method(config: &Config, record: &SessionRecord) -> Method {
-    if let Some(group) = &record.cgroup {
-        return Method::Cgroup(group.clone());
-    }
-    let logind = match config.enforcement.backend {
-        Backend::Logind => true,
-        Backend::Auto => logind::systemd_booted(),
-        Backend::Cgroup | Backend::Signal => false,
-    };
-    match &record.logind_session {
-        Some(id) if logind => Method::Logind(id.clone()),
-        _ => Method::Signal,
-    }
-}
-
-/// Ends a session, whatever confined it. `Ok` (with how) once no process
-/// of it is left.
-pub fn terminate(config: &Config, record: &SessionRecord) -> Result<Method, String> {
-    let method = method(config, record);
-    match &method {
-        Method::Cgroup(group) => cgroup::kill(group, KILL_TIMEOUT)
-            .map_err(|e| format!("killing cgroup {}: {e}", group.display()))?,
-        Method::Logind(id) => {
-            if let Err(e) = logind::terminate(id) {
-                // The bus or logind is down: still end what can be reached.
-                signal_tree(record)?;
-                return Err(format!("{e}; signalled the session's process tree instead"));
-            }
-            wait_monitor_gone(record)?;
-        }
-        Method::Signal => signal_tree(record)?,
-    }
-    Ok(method)
-}
-
-/// Waits until the session's sshd monitor has exited (logind kills the
-/// scope asynchronously).
-fn wait_monitor_gone(record: &SessionRecord) -> Result<(), String> {
-    let deadline = std::time::Instant::now() + KILL_TIMEOUT;
-    while procfs::is_alive(record.monitor_pid, record.monitor_start) {
-        if std::time::Instant::now() > deadline {
-            return Err(format!(
-                "sshd process {} still runs {KILL_TIMEOUT:?} after logind ended the session",
-                record.monitor_pid
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Ok(())
-}
-
-/// SIGKILLs the monitor and its descendants, if the monitor is still the
-/// process the record names. Processes that left the tree (double fork) are
-/// out of reach: that is why the cgroup backend exists.
-fn signal_tree(record: &SessionRecord) -> Result<(), String> {
-    if !procfs::is_alive(record.monitor_pid, record.monitor_start) {
-        return Ok(());
-    }
-    let tree = procfs::tree(record.monitor_pid);
-    // Stop the parent first so it cannot fork replacements.
-    for pid in &tree {
-        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-    }
-    Ok(())
-}
-
-/// Whether any process of the session is still alive. A logind session
-/// outlives its sshd process while processes it left behind run.
+/// Whether any process of the session still runs.
 pub fn is_live(record: &SessionRecord) -> bool {
-    match &record.cgroup {
-        Some(group) => cgroup::is_populated(group).unwrap_or(false),
-        None => {
-            procfs::is_alive(record.monitor_pid, record.monitor_start)
-                || record
-                    .logind_session
-                    .as_deref()
-                    .is_some_and(logind::session_listed)
-        }
+    record.placement.backend().is_live(record)
+}
+
+/// Ends what the agent placed for session `id` when its record cannot be
+/// read: only a cgroup can be found by the session's id alone.
+pub fn end_unrecorded(config: &Config, id: &str) -> Result<(), String> {
+    let Some(root) = cgroup::session_root(config) else {
+        return Ok(());
+    };
+    let group = root.join(id);
+    cgroup::kill(&group, KILL_TIMEOUT)
+        .map_err(|e| format!("killing cgroup {}: {e}", group.display()))
+}
+
+/// Session groups without a record: empty ones are removed; ones with
+/// processes, older than `grace`, are ended. Returns what was ended.
+pub fn sweep_unrecorded(
+    config: &Config,
+    has_record: &dyn Fn(&str) -> bool,
+    grace: Duration,
+) -> Vec<(PathBuf, Result<(), String>)> {
+    match cgroup::session_root(config) {
+        Some(root) => cgroup::sweep(&root, has_record, grace),
+        None => Vec::new(),
     }
 }
 
@@ -182,57 +189,36 @@ mod tests {
 
     #[test]
     fn auto_uses_logind_only_on_systemd_hosts_with_a_session() {
-        let logind = Placement::Logind {
-            session: "4".into(),
-        };
-        let cgroup = Placement::Cgroup {
-            root: PathBuf::from("/sys/fs/cgroup/vmshare"),
-        };
-        assert_eq!(choose(Backend::Auto, true, Some("4"), root), Ok(logind));
+        let logind = Choice::Logind("4".into());
+        let cgroup = Choice::Cgroup(PathBuf::from("/sys/fs/cgroup/vmshare"));
+        assert_eq!(choose(Configured::Auto, true, Some("4"), root), Ok(logind));
         // Never out of systemd's tree, even without a logind session.
         assert_eq!(
-            choose(Backend::Auto, true, None, root),
-            Ok(Placement::Signal)
+            choose(Configured::Auto, true, None, root),
+            Ok(Choice::Signal)
         );
-        assert_eq!(choose(Backend::Auto, false, Some("4"), root), Ok(cgroup));
+        assert_eq!(choose(Configured::Auto, false, Some("4"), root), Ok(cgroup));
         assert_eq!(
-            choose(Backend::Auto, false, None, || None),
-            Ok(Placement::Signal)
+            choose(Configured::Auto, false, None, || None),
+            Ok(Choice::Signal)
         );
     }
 
     #[test]
     fn explicit_backends_are_obeyed_or_refuse() {
         assert!(matches!(
-            choose(Backend::Logind, false, Some("c2"), root),
-            Ok(Placement::Logind { .. })
+            choose(Configured::Logind, false, Some("c2"), root),
+            Ok(Choice::Logind(_))
         ));
-        assert!(choose(Backend::Logind, true, None, root).is_err());
+        assert!(choose(Configured::Logind, true, None, root).is_err());
         assert!(matches!(
-            choose(Backend::Cgroup, true, Some("4"), root),
-            Ok(Placement::Cgroup { .. })
+            choose(Configured::Cgroup, true, Some("4"), root),
+            Ok(Choice::Cgroup(_))
         ));
-        assert!(choose(Backend::Cgroup, false, None, || None).is_err());
+        assert!(choose(Configured::Cgroup, false, None, || None).is_err());
         assert_eq!(
-            choose(Backend::Signal, true, Some("4"), root),
-            Ok(Placement::Signal)
-        );
-    }
-
-    #[test]
-    fn sessions_end_the_way_they_were_placed() {
-        let mut config = Config::default();
-        config.enforcement.backend = Backend::Logind;
-        let mut record = crate::store::records::tests::sample("s1-2");
-        assert_eq!(method(&config, &record), Method::Signal);
-        record.logind_session = Some("9".into());
-        assert_eq!(method(&config, &record), Method::Logind("9".into()));
-        config.enforcement.backend = Backend::Signal;
-        assert_eq!(method(&config, &record), Method::Signal);
-        record.cgroup = Some(PathBuf::from("/cg/s1-2"));
-        assert_eq!(
-            method(&config, &record),
-            Method::Cgroup(PathBuf::from("/cg/s1-2"))
+            choose(Configured::Signal, true, Some("4"), root),
+            Ok(Choice::Signal)
         );
     }
 }
