@@ -3,6 +3,8 @@
 //!
 //! Run: `scripts/bench` (all), or `scripts/bench lookup login revoke stale
 //! reload footprint` (a subset). Needs root (namespaces, sshd, cgroups).
+// A benchmark is test code: a failed setup step stops it with a message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/harness/mod.rs"]
 mod harness;

@@ -4,6 +4,8 @@
 //!
 //! Scratch directories are under the build tree: the strict checks refuse a
 //! grant file with a group- or world-writable directory above it, as /tmp is.
+// Test code: a failed step stops the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -10,6 +10,8 @@
 //!   2 s of the revoking rename that ends its grant (see `LONG_REVOKE`);
 //! - no login is refused that ran entirely while the file said "granted";
 //! - afterwards no session process and no session record is left.
+// Test code: a failed step stops the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
 

@@ -2,6 +2,8 @@
 //! that escaped with `setsid nohup` — end when the grant goes, however the
 //! grant file is saved; nobody else's session is touched; a restarted or
 //! stopped daemon loses nothing.
+// Test code: a failed step stops the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
 

@@ -2,6 +2,8 @@
 //! docs/fuzzing.md), so every test run exercises them: the grant-file
 //! parser and validator, the key lookup's arguments, the snapshot reader,
 //! the control socket's frames and `SSH_AUTH_INFO_0`.
+// Test code: a failed step stops the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod props;
 

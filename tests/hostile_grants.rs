@@ -7,6 +7,8 @@
 //! accounts to the host. Scratch directories are under the build tree (or
 //! /run), since the strict checks refuse a grant file or config with a
 //! group- or world-writable directory above it, as /tmp is.
+// Test code: a failed step stops the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
 use std::io::Read;

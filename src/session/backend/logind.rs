@@ -5,7 +5,7 @@
 //! stops the whole scope (processes that escaped with `setsid` included).
 //!
 //! zbus honours `DBUS_SYSTEM_BUS_ADDRESS`, so tests point this at a private
-//! bus. Callers are synchronous (the enforcer runs inside the daemon's
+//! bus. Callers are synchronous (the daemon's pass runs inside its
 //! runtime), so each call runs on a thread and runtime of its own.
 
 use std::path::Path;
