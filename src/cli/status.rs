@@ -1,13 +1,13 @@
 //! `vmshare status [--json]`: owners, switches, guests and their keys, live
 //! sessions, the grant file's health and when the daemon last applied it.
 
-use std::io::{self, Write};
+use std::io;
 use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::output;
-use super::sessions::{self as sessions_cmd, SessionJson, UnreadableJson, JSON_FORMAT};
+use super::output::{self, JSON_FORMAT};
+use super::session_list::{load_sessions, SessionJson, UnreadableJson};
 use crate::grant::diag::Diagnostic;
 use crate::grant::model::Grants;
 use crate::grant::policy::Accounts;
@@ -92,21 +92,6 @@ fn diag(d: &Diagnostic) -> DiagJson {
     }
 }
 
-pub fn print_json<T: Serialize>(value: &T) -> ExitCode {
-    let mut stdout = io::stdout().lock();
-    let written = serde_json::to_writer_pretty(&mut stdout, value)
-        .map_err(io::Error::other)
-        .and_then(|()| writeln!(stdout))
-        .and_then(|()| stdout.flush());
-    match written {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vmshare: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 fn gather(config: &Config) -> StatusJson {
     let loaded = source::load(&config.grants, &SystemAccounts);
     let (state, errors) = match &loaded.outcome {
@@ -146,7 +131,7 @@ fn gather(config: &Config) -> StatusJson {
         },
     };
 
-    let (sessions, unreadable_sessions) = sessions_cmd::load(config);
+    let (sessions, unreadable_sessions) = load_sessions(config);
     let mut placed = vec![false; sessions.len()];
     let mut owners = Vec::new();
     for owner in parsed.iter().flat_map(|g| &g.owners) {
@@ -217,7 +202,7 @@ pub fn run(config: &Config, json: bool) -> ExitCode {
         ExitCode::SUCCESS
     };
     if json {
-        let printed = print_json(&status);
+        let printed = output::print_json(&status);
         return if printed == ExitCode::SUCCESS {
             code
         } else {
