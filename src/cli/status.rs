@@ -13,7 +13,7 @@ use crate::grant::model::Grants;
 use crate::grant::policy::Accounts;
 use crate::store::config::Config;
 use crate::store::snapshot;
-use crate::store::source::{self, FileVersion, Outcome};
+use crate::store::source::{self, FileVersion, GrantFileState, Outcome};
 use crate::sys::accounts::SystemAccounts;
 
 /// How many errors of an invalid grant file the text output shows.
@@ -33,8 +33,7 @@ struct StatusJson {
 #[derive(Debug, Serialize)]
 struct GrantsJson {
     path: String,
-    /// `valid`, `invalid` or `missing`.
-    state: &'static str,
+    state: GrantFileState,
     errors: Vec<DiagJson>,
     notes: Vec<DiagJson>,
 }
@@ -94,12 +93,12 @@ fn diag(d: &Diagnostic) -> DiagJson {
 
 fn gather(config: &Config) -> StatusJson {
     let loaded = source::load(&config.grants, &SystemAccounts);
-    let (state, errors) = match &loaded.outcome {
-        Outcome::Missing => ("missing", Vec::new()),
-        Outcome::Invalid(e) => ("invalid", e.errors.iter().map(diag).collect()),
-        Outcome::Valid { .. } => ("valid", Vec::new()),
+    let state = loaded.outcome.state();
+    let errors = match &loaded.outcome {
+        Outcome::Invalid(e) => e.errors.iter().map(diag).collect(),
+        Outcome::Missing | Outcome::Valid { .. } => Vec::new(),
     };
-    let valid = state == "valid";
+    let valid = state == GrantFileState::Valid;
     // An invalid file may still parse (an error found only against the
     // account database): show what it says, with no access.
     let parsed: Option<Grants> = loaded
@@ -196,7 +195,7 @@ fn gather(config: &Config) -> StatusJson {
 /// Exit 0 when the grant file is valid or missing, 1 when it is invalid.
 pub fn run(config: &Config, json: bool) -> ExitCode {
     let status = gather(config);
-    let code = if status.grants.state == "invalid" {
+    let code = if status.grants.state == GrantFileState::Invalid {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -225,11 +224,11 @@ fn render(s: &StatusJson) -> String {
     let mut out = String::new();
     let g = &s.grants;
     match g.state {
-        "missing" => out.push_str(&format!(
+        GrantFileState::Missing => out.push_str(&format!(
             "grant file {}: missing (nothing is shared)\n",
             g.path
         )),
-        "invalid" => {
+        GrantFileState::Invalid => {
             out.push_str(&format!(
                 "grant file {}: INVALID: no guest gets in anywhere until it is fixed\n",
                 g.path
@@ -244,7 +243,7 @@ fn render(s: &StatusJson) -> String {
                 ));
             }
         }
-        _ => {
+        GrantFileState::Valid => {
             let guests: usize = s.owners.iter().map(|o| o.guests.len()).sum();
             let access = s
                 .owners
