@@ -129,9 +129,9 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     loop {
         let wake = tokio::select! {
             ev = watcher.next() => match ev {
-                Ok(watch::Change::Complete) => Wake::Changed("grant file changed"),
-                Ok(watch::Change::Partial) => Wake::Unsettled,
-                Ok(watch::Change::Overflow) => {
+                Ok(watch::WatchEvent::Complete) => Wake::Changed("grant file changed"),
+                Ok(watch::WatchEvent::Partial) => Wake::Unsettled,
+                Ok(watch::WatchEvent::Overflow) => {
                     // Events were lost or the directory was replaced: watch
                     // afresh, then re-read.
                     if let Ok(fresh) = watch::Watcher::new(&config.grants) {
@@ -139,7 +139,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
                     }
                     Wake::Changed("inotify overflow or directory replaced")
                 }
-                Ok(watch::Change::Irrelevant) => continue,
+                Ok(watch::WatchEvent::Irrelevant) => continue,
                 Err(e) => {
                     warn!("watch error: {e}; re-watching");
                     watcher = watch::Watcher::new(&config.grants).map_err(|e| format!("cannot re-watch: {e}"))?;
