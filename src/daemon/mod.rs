@@ -6,7 +6,7 @@ mod pass;
 mod server;
 mod watch;
 
-pub use pass::{apply, compile, now_ns, still_allowed, Compiled, Pass};
+pub use pass::{apply, compile_grant_file, now_ns, still_allowed, Compiled, Pass};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,7 +51,7 @@ pub fn main() -> ExitCode {
         }
     };
     if args.compile {
-        let (compiled, _) = compile(&config);
+        let (compiled, _) = compile_grant_file(&config);
         return match serde_json::to_writer(std::io::stdout().lock(), &compiled) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

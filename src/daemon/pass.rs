@@ -77,7 +77,7 @@ pub struct Compiled {
 /// Reads the grant file and writes the snapshot. The daemon runs this in a
 /// short-lived child process (`vmshared --compile`), so the memory a large
 /// grant file needs is returned to the system when the child exits.
-pub fn compile(config: &Config) -> (Compiled, Loaded) {
+pub fn compile_grant_file(config: &Config) -> (Compiled, Loaded) {
     let loaded = source::load(&config.grants, &SystemAccounts);
     let findings = match &loaded.outcome {
         Outcome::Missing => Vec::new(),
@@ -151,7 +151,7 @@ impl Judge {
     }
 }
 
-/// Runs [`compile`] in a child process; `None` if that fails.
+/// Runs [`compile_grant_file`] in a child process; `None` if that fails.
 fn compile_in_child(config_path: Option<&Path>) -> Option<Compiled> {
     let exe = std::env::current_exe().ok()?;
     let mut cmd = std::process::Command::new(exe);
@@ -190,7 +190,7 @@ pub fn apply(config: &Config, config_path: Option<&Path>, reason: &str) -> Pass 
     let (compiled, judge) = match from_child {
         Some(found) => found,
         None => {
-            let (compiled, loaded) = compile(config);
+            let (compiled, loaded) = compile_grant_file(config);
             (compiled, Judge::InProcess(Box::new(loaded)))
         }
     };
