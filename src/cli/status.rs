@@ -212,7 +212,7 @@ pub fn run(config: &Config, json: bool) -> ExitCode {
     code
 }
 
-fn at(path: &str, d: &DiagJson) -> String {
+fn with_path(path: &str, d: &DiagJson) -> String {
     if d.line == 0 {
         format!("{path}: {}", d.message)
     } else {
@@ -234,7 +234,7 @@ fn render(s: &StatusJson) -> String {
                 g.path
             ));
             for e in g.errors.iter().take(SHOWN_ERRORS) {
-                out.push_str(&format!("  error: {}\n", at(&g.path, e)));
+                out.push_str(&format!("  error: {}\n", with_path(&g.path, e)));
             }
             if g.errors.len() > SHOWN_ERRORS {
                 out.push_str(&format!(
@@ -259,7 +259,7 @@ fn render(s: &StatusJson) -> String {
         }
     }
     for n in &g.notes {
-        out.push_str(&format!("  note: {}\n", at(&g.path, n)));
+        out.push_str(&format!("  note: {}\n", with_path(&g.path, n)));
     }
     let snap = &s.snapshot;
     match (snap.present, snap.written_ns, &snap.error) {
