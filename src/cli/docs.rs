@@ -1,15 +1,16 @@
 //! `vmshare completions SHELL` and `vmshare man`: generated from the same
 //! definition as the parser, so they never drift.
 
-use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
+
+use super::output::print_bytes;
 
 pub fn completions(shell: clap_complete::Shell) -> ExitCode {
     let mut cmd = super::command();
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut cmd, "vmshare", &mut out);
-    emit(&out)
+    print_bytes(&out)
 }
 
 /// Prints the main page or one subcommand's, or writes them all to
@@ -42,16 +43,5 @@ pub fn man(subcommand: Option<&str>, out_dir: Option<&Path>) -> ExitCode {
         eprintln!("vmshare: cannot render the man page: {e}");
         return ExitCode::FAILURE;
     }
-    emit(&out)
-}
-
-fn emit(bytes: &[u8]) -> ExitCode {
-    let mut stdout = io::stdout().lock();
-    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vmshare: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    print_bytes(&out)
 }

@@ -44,8 +44,9 @@ pub struct DoctorArgs {
     pub mountinfo: Option<PathBuf>,
 }
 
+/// How one check came out, worst last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
+pub enum Verdict {
     Ok,
     /// Worth fixing; enforcement still works.
     Warning,
@@ -53,12 +54,12 @@ pub enum Level {
     Problem,
 }
 
-impl fmt::Display for Level {
+impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Level::Ok => "ok",
-            Level::Warning => "warning",
-            Level::Problem => "PROBLEM",
+            Verdict::Ok => "ok",
+            Verdict::Warning => "warning",
+            Verdict::Problem => "PROBLEM",
         })
     }
 }
@@ -67,7 +68,7 @@ impl fmt::Display for Level {
 pub struct Finding {
     /// Which check: `sshd`, `pam`, `programs`, `grants`, `daemon`, `cgroup`.
     pub area: &'static str,
-    pub level: Level,
+    pub verdict: Verdict,
     pub message: String,
     /// How to fix it; empty when all is well.
     pub fix: String,
@@ -76,7 +77,7 @@ pub struct Finding {
 fn ok(area: &'static str, message: impl Into<String>) -> Finding {
     Finding {
         area,
-        level: Level::Ok,
+        verdict: Verdict::Ok,
         message: message.into(),
         fix: String::new(),
     }
@@ -84,13 +85,13 @@ fn ok(area: &'static str, message: impl Into<String>) -> Finding {
 
 fn bad(
     area: &'static str,
-    level: Level,
+    verdict: Verdict,
     message: impl Into<String>,
     fix: impl Into<String>,
 ) -> Finding {
     Finding {
         area,
-        level,
+        verdict,
         message: message.into(),
         fix: fix.into(),
     }
@@ -117,19 +118,19 @@ pub fn check_sshd(
         Some(KEYS_COMMAND) => out.push(ok("sshd", "AuthorizedKeysCommand is the vmshare key lookup")),
         None | Some("none") | Some("") => out.push(bad(
             "sshd",
-            Level::Problem,
+            Verdict::Problem,
             "sshd has no AuthorizedKeysCommand: guests cannot log in",
             format!("install {DROP_IN}, make sure sshd_config has `Include /etc/ssh/sshd_config.d/*.conf`, {reload}"),
         )),
         Some(other) if other.split(' ').next() == KEYS_COMMAND.split(' ').next() => out.push(bad(
             "sshd",
-            Level::Problem,
+            Verdict::Problem,
             format!("AuthorizedKeysCommand runs the vmshare key lookup with other arguments: `{other}`"),
             format!("set `AuthorizedKeysCommand {KEYS_COMMAND}` exactly, {reload}"),
         )),
         Some(other) => out.push(bad(
             "sshd",
-            Level::Warning,
+            Verdict::Warning,
             format!("AuthorizedKeysCommand is another program: `{other}`; vmshare guests get in only if it runs `{KEYS_COMMAND}`"),
             format!("use `AuthorizedKeysCommand {KEYS_COMMAND}`, or have the other agent chain to it"),
         )),
@@ -137,13 +138,13 @@ pub fn check_sshd(
     match sshd_value(sshd_t, "authorizedkeyscommanduser") {
         None | Some("none") | Some("") => out.push(bad(
             "sshd",
-            Level::Problem,
+            Verdict::Problem,
             "sshd has no AuthorizedKeysCommandUser, so it never runs the key lookup",
             format!("set `AuthorizedKeysCommandUser _vmshare` (see {DROP_IN}), {reload}"),
         )),
         Some(user) if !account_exists(user) => out.push(bad(
             "sshd",
-            Level::Problem,
+            Verdict::Problem,
             format!("AuthorizedKeysCommandUser `{user}` is not an account, so sshd cannot run the key lookup"),
             format!("create the account (`useradd --system --no-create-home --shell /usr/sbin/nologin {user}`) or name an existing one"),
         )),
@@ -153,7 +154,7 @@ pub fn check_sshd(
         Some("yes") => out.push(ok("sshd", "UsePAM is on, so the session hook runs")),
         _ => out.push(bad(
             "sshd",
-            Level::Problem,
+            Verdict::Problem,
             "UsePAM is off: guest sessions are not checked, recorded or ended",
             format!("set `UsePAM yes`, {reload}"),
         )),
@@ -162,7 +163,7 @@ pub fn check_sshd(
     if sshd_value(sshd_t, "pubkeyauthentication") == Some("no") {
         out.push(bad(
             "sshd",
-            Level::Problem,
+            Verdict::Problem,
             "PubkeyAuthentication is off: guests cannot log in",
             format!("set `PubkeyAuthentication yes`, {reload}"),
         ));
@@ -190,7 +191,7 @@ fn check_owner_files(sshd_t: &str, owner_files: &[String]) -> Finding {
     }
     bad(
         "sshd",
-        Level::Problem,
+        Verdict::Problem,
         format!(
             "sshd's AuthorizedKeysFile is `{}` but the agent's authorized_keys_files is `{}`: owners logging in with a key only sshd knows are refused, and a key only the agent lists is taken for the owner's own",
             sshd.join(" "),
@@ -259,7 +260,7 @@ pub fn check_pam(pam_dir: &Path, sshd: Option<&str>, vmshare: Option<&str>) -> V
     match sshd {
         None => out.push(bad(
             "pam",
-            Level::Problem,
+            Verdict::Problem,
             format!("{sshd_path} is missing: sshd runs no PAM session stack of its own"),
             "reinstall openssh-server's PAM file, then add `@include vmshare` after `@include common-session`",
         )),
@@ -273,7 +274,7 @@ pub fn check_pam(pam_dir: &Path, sshd: Option<&str>, vmshare: Option<&str>) -> V
             match hook {
                 None => out.push(bad(
                     "pam",
-                    Level::Problem,
+                    Verdict::Problem,
                     format!("{sshd_path} does not include vmshare: guest sessions are not checked, recorded or ended"),
                     "add the line `@include vmshare` after `@include common-session`",
                 )),
@@ -283,7 +284,7 @@ pub fn check_pam(pam_dir: &Path, sshd: Option<&str>, vmshare: Option<&str>) -> V
                         misplaced = true;
                         out.push(bad(
                             "pam",
-                            Level::Problem,
+                            Verdict::Problem,
                             format!("{sshd_path}:{}: vmshare comes before `@include common-session` (line {})", h.number, c.number),
                             "move `@include vmshare` below `@include common-session`",
                         ));
@@ -292,7 +293,7 @@ pub fn check_pam(pam_dir: &Path, sshd: Option<&str>, vmshare: Option<&str>) -> V
                         misplaced = true;
                         out.push(bad(
                             "pam",
-                            Level::Problem,
+                            Verdict::Problem,
                             format!("{sshd_path}:{}: vmshare comes before pam_systemd (line {}), so the session is not yet in its logind scope", h.number, s.number),
                             "move `@include vmshare` below every pam_systemd line",
                         ));
@@ -300,7 +301,7 @@ pub fn check_pam(pam_dir: &Path, sshd: Option<&str>, vmshare: Option<&str>) -> V
                     if common.is_none() {
                         out.push(bad(
                             "pam",
-                            Level::Warning,
+                            Verdict::Warning,
                             format!("{sshd_path} has no `@include common-session`"),
                             "make sure `@include vmshare` comes after the session modules, pam_systemd included",
                         ));
@@ -315,7 +316,7 @@ pub fn check_pam(pam_dir: &Path, sshd: Option<&str>, vmshare: Option<&str>) -> V
     match vmshare {
         None => out.push(bad(
             "pam",
-            Level::Problem,
+            Verdict::Problem,
             format!("{vmshare_path} is missing"),
             format!("install config/pam.d/vmshare as {vmshare_path}"),
         )),
@@ -324,7 +325,7 @@ pub fn check_pam(pam_dir: &Path, sshd: Option<&str>, vmshare: Option<&str>) -> V
             match lines.iter().find(|l| runs_hook(l)) {
                 None => out.push(bad(
                     "pam",
-                    Level::Problem,
+                    Verdict::Problem,
                     format!("{vmshare_path} does not run {PAM_HOOK} through pam_exec.so"),
                     format!("install config/pam.d/vmshare as {vmshare_path}"),
                 )),
@@ -334,7 +335,7 @@ pub fn check_pam(pam_dir: &Path, sshd: Option<&str>, vmshare: Option<&str>) -> V
                     if kind != "session" {
                         out.push(bad(
                             "pam",
-                            Level::Problem,
+                            Verdict::Problem,
                             format!("{vmshare_path}:{}: the hook is a `{kind}` module; it must be `session`", l.number),
                             format!("install config/pam.d/vmshare as {vmshare_path}"),
                         ));
@@ -346,14 +347,14 @@ pub fn check_pam(pam_dir: &Path, sshd: Option<&str>, vmshare: Option<&str>) -> V
                     } else if control.starts_with('[') {
                         out.push(bad(
                             "pam",
-                            Level::Warning,
+                            Verdict::Warning,
                             format!("{vmshare_path}:{}: the hook has control `{control}…`; make sure a failure denies the session", l.number),
                             "use `session required pam_exec.so quiet /usr/libexec/vmshare/vmshare-pam`",
                         ));
                     } else {
                         out.push(bad(
                             "pam",
-                            Level::Problem,
+                            Verdict::Problem,
                             format!("{vmshare_path}:{}: the hook is `{control}`, so a refused guest session still opens", l.number),
                             "use `session required pam_exec.so quiet /usr/libexec/vmshare/vmshare-pam`",
                         ));
@@ -373,14 +374,14 @@ pub fn check_cgroup(mountinfo: &str, backend: Backend) -> Finding {
             format!("cgroup v2 is mounted at {}", mount.display()),
         ),
         None => {
-            let (level, why) = match backend {
-                Backend::Cgroup => (Level::Problem, "the configured cgroup backend cannot confine or end sessions"),
-                Backend::Auto => (Level::Warning, "without logind, sessions are ended by signals, which miss processes that escape with setsid"),
-                Backend::Logind | Backend::Signal => (Level::Warning, "the cgroup backend is unavailable"),
+            let (verdict, why) = match backend {
+                Backend::Cgroup => (Verdict::Problem, "the configured cgroup backend cannot confine or end sessions"),
+                Backend::Auto => (Verdict::Warning, "without logind, sessions are ended by signals, which miss processes that escape with setsid"),
+                Backend::Logind | Backend::Signal => (Verdict::Warning, "the cgroup backend is unavailable"),
             };
             bad(
                 "cgroup",
-                level,
+                verdict,
                 format!("no cgroup v2 mount: {why}"),
                 "mount cgroup2 (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or boot with systemd.unified_cgroup_hierarchy=1",
             )
@@ -401,7 +402,7 @@ fn check_programs(dir: &Path) -> Vec<Finding> {
                 Err(e) => {
                     return bad(
                         "programs",
-                        Level::Problem,
+                        Verdict::Problem,
                         format!("{}: {e}", path.display()),
                         fix,
                     )
@@ -412,7 +413,7 @@ fn check_programs(dir: &Path) -> Vec<Finding> {
             {
                 return bad(
                     "programs",
-                    Level::Problem,
+                    Verdict::Problem,
                     format!("sshd will refuse to run it: {why}"),
                     fix,
                 );
@@ -420,7 +421,7 @@ fn check_programs(dir: &Path) -> Vec<Finding> {
             if meta.mode() & 0o111 == 0 {
                 return bad(
                     "programs",
-                    Level::Problem,
+                    Verdict::Problem,
                     format!("{} is not executable", path.display()),
                     fix,
                 );
@@ -438,7 +439,7 @@ fn check_grants(config: &Config) -> Vec<Finding> {
     match &loaded.outcome {
         Outcome::Missing => out.push(bad(
             "grants",
-            Level::Warning,
+            Verdict::Warning,
             format!("{} is missing: nothing is shared", path.display()),
             "create it with `vmshare invite` / `vmshare sharing`, or install one (root:root, 0644)",
         )),
@@ -454,7 +455,7 @@ fn check_grants(config: &Config) -> Vec<Finding> {
             };
             out.push(bad(
                 "grants",
-                Level::Problem,
+                Verdict::Problem,
                 format!("the grant file is invalid, so no guest gets in: {first}{more}"),
                 "fix the file (`vmshare check` lists every error); it must be root-owned and not group/world writable",
             ));
@@ -467,7 +468,7 @@ fn check_grants(config: &Config) -> Vec<Finding> {
     for note in loaded.notes() {
         out.push(bad(
             "grants",
-            Level::Warning,
+            Verdict::Warning,
             note.in_file(path).to_string(),
             "remove the owner, or create the account",
         ));
@@ -482,7 +483,7 @@ fn check_daemon(config: &Config) -> Finding {
         Ok(_) => ok("daemon", format!("vmshared is listening on {}", socket.display())),
         Err(e) => bad(
             "daemon",
-            Level::Problem,
+            Verdict::Problem,
             format!("vmshared is not reachable at {} ({e}): revoked guests' live sessions would not be ended", socket.display()),
             "start it: `systemctl enable --now vmshared`",
         ),
@@ -527,7 +528,7 @@ pub fn run(config: &Config, args: &DoctorArgs) -> ExitCode {
         }
         Err(why) => findings.push(bad(
             "sshd",
-            Level::Problem,
+            Verdict::Problem,
             why,
             "install openssh-server and fix its configuration (`sshd -t` shows the error)",
         )),
@@ -545,7 +546,7 @@ pub fn run(config: &Config, args: &DoctorArgs) -> ExitCode {
         }
         (Err(why), _) | (_, Err(why)) => findings.push(bad(
             "pam",
-            Level::Problem,
+            Verdict::Problem,
             why,
             "make the PAM files readable",
         )),
@@ -565,13 +566,13 @@ pub fn run(config: &Config, args: &DoctorArgs) -> ExitCode {
         Ok(text) => findings.push(check_cgroup(&text, config.enforcement.backend)),
         Err(e) => findings.push(bad(
             "cgroup",
-            Level::Warning,
+            Verdict::Warning,
             format!("cannot read {}: {e}", mountinfo.display()),
             "run doctor as root on the host",
         )),
     }
     print!("{}", render(&findings));
-    if findings.iter().any(|f| f.level == Level::Problem) {
+    if findings.iter().any(|f| f.verdict == Verdict::Problem) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -583,7 +584,7 @@ fn render(findings: &[Finding]) -> String {
     for f in findings {
         out.push_str(&format!(
             "{:<8} {:<8} {}\n",
-            f.level.to_string(),
+            f.verdict.to_string(),
             f.area,
             f.message
         ));
@@ -593,11 +594,11 @@ fn render(findings: &[Finding]) -> String {
     }
     let problems = findings
         .iter()
-        .filter(|f| f.level == Level::Problem)
+        .filter(|f| f.verdict == Verdict::Problem)
         .count();
     let warnings = findings
         .iter()
-        .filter(|f| f.level == Level::Warning)
+        .filter(|f| f.verdict == Verdict::Warning)
         .count();
     out.push_str(&format!("{problems} problem(s), {warnings} warning(s)\n"));
     out
@@ -613,72 +614,72 @@ mod tests {
         Config::default().authorized_keys_files
     }
 
-    fn levels(findings: &[Finding]) -> Vec<Level> {
-        findings.iter().map(|f| f.level).collect()
+    fn verdicts(findings: &[Finding]) -> Vec<Verdict> {
+        findings.iter().map(|f| f.verdict).collect()
     }
 
     fn problems(findings: &[Finding]) -> Vec<String> {
         findings
             .iter()
-            .filter(|f| f.level != Level::Ok)
-            .map(|f| format!("{}: {}", f.level, f.message))
+            .filter(|f| f.verdict != Verdict::Ok)
+            .map(|f| format!("{}: {}", f.verdict, f.message))
             .collect()
     }
 
     #[test]
     fn sshd_good() {
         let f = check_sshd(GOOD_SSHD_T, &|u| u == "_vmshare", &files());
-        assert!(levels(&f).iter().all(|l| *l == Level::Ok), "{f:?}");
+        assert!(verdicts(&f).iter().all(|l| *l == Verdict::Ok), "{f:?}");
     }
 
     #[test]
     fn sshd_broken_variants() {
-        let cases: [(&str, &str, Level); 8] = [
+        let cases: [(&str, &str, Verdict); 8] = [
             (
                 "authorizedkeysfile .ssh/authorized_keys .ssh/authorized_keys2",
                 "authorizedkeysfile .ssh/authorized_keys",
-                Level::Problem,
+                Verdict::Problem,
             ),
             (
                 "authorizedkeysfile .ssh/authorized_keys .ssh/authorized_keys2",
                 "authorizedkeysfile .ssh/authorized_keys .ssh/authorized_keys2 /etc/ssh/keys/%u",
-                Level::Problem,
+                Verdict::Problem,
             ),
             (
                 "authorizedkeyscommand /usr/libexec/vmshare/vmshare-keys %u %f %t %k",
                 "authorizedkeyscommand none",
-                Level::Problem,
+                Verdict::Problem,
             ),
             (
                 "authorizedkeyscommand /usr/libexec/vmshare/vmshare-keys %u %f %t %k",
                 "authorizedkeyscommand /usr/libexec/vmshare/vmshare-keys %u",
-                Level::Problem,
+                Verdict::Problem,
             ),
             (
                 "authorizedkeyscommand /usr/libexec/vmshare/vmshare-keys %u %f %t %k",
                 "authorizedkeyscommand /usr/bin/other-agent %u",
-                Level::Warning,
+                Verdict::Warning,
             ),
             (
                 "authorizedkeyscommanduser _vmshare",
                 "authorizedkeyscommanduser ghost",
-                Level::Problem,
+                Verdict::Problem,
             ),
-            ("usepam yes", "usepam no", Level::Problem),
+            ("usepam yes", "usepam no", Verdict::Problem),
             (
                 "pubkeyauthentication yes",
                 "pubkeyauthentication no",
-                Level::Problem,
+                Verdict::Problem,
             ),
         ];
-        for (from, to, level) in cases {
+        for (from, to, verdict) in cases {
             let text = GOOD_SSHD_T.replace(from, to);
             let f = check_sshd(&text, &|u| u == "_vmshare", &files());
-            let worst = f.iter().map(|f| f.level).max();
-            assert_eq!(worst, Some(level), "{to}: {f:?}");
+            let worst = f.iter().map(|f| f.verdict).max();
+            assert_eq!(worst, Some(verdict), "{to}: {f:?}");
             assert!(f
                 .iter()
-                .filter(|f| f.level != Level::Ok)
+                .filter(|f| f.verdict != Verdict::Ok)
                 .all(|f| !f.fix.is_empty()));
         }
         let missing = GOOD_SSHD_T.replace("authorizedkeyscommanduser _vmshare\n", "");
@@ -694,7 +695,7 @@ mod tests {
     #[test]
     fn pam_good() {
         let f = check_pam(Path::new("/etc/pam.d"), Some(DEBIAN_SSHD), Some(VMSHARE));
-        assert!(levels(&f).iter().all(|l| *l == Level::Ok), "{f:?}");
+        assert!(verdicts(&f).iter().all(|l| *l == Verdict::Ok), "{f:?}");
     }
 
     #[test]
@@ -751,9 +752,9 @@ mod tests {
     #[test]
     fn cgroup_found_or_not() {
         let hybrid = "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(check_cgroup(hybrid, Backend::Cgroup).level, Level::Ok);
+        assert_eq!(check_cgroup(hybrid, Backend::Cgroup).verdict, Verdict::Ok);
         let v1 = "30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
-        assert_eq!(check_cgroup(v1, Backend::Cgroup).level, Level::Problem);
-        assert_eq!(check_cgroup(v1, Backend::Auto).level, Level::Warning);
+        assert_eq!(check_cgroup(v1, Backend::Cgroup).verdict, Verdict::Problem);
+        assert_eq!(check_cgroup(v1, Backend::Auto).verdict, Verdict::Warning);
     }
 }

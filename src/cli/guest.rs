@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 
+use super::output;
 use crate::control::{self, Request, Response};
 use crate::store::config::Config;
 
@@ -25,14 +26,7 @@ pub fn whoami(config: &Config, json: bool) -> ExitCode {
         Err(code) => return code,
     };
     if json {
-        match serde_json::to_string_pretty(&response) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("vmshare: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-        return ExitCode::SUCCESS;
+        return output::print_json(&response);
     }
     match response {
         Response::Guest(s) => {
@@ -43,7 +37,7 @@ pub fn whoami(config: &Config, json: bool) -> ExitCode {
                 s.session,
                 s.fingerprint,
                 s.remote,
-                super::output::utc(s.since)
+                output::utc(s.since)
             );
             ExitCode::SUCCESS
         }

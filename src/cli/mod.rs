@@ -12,6 +12,7 @@ mod docs;
 mod doctor;
 mod guest;
 mod output;
+mod session_list;
 mod sessions;
 mod share;
 mod status;

@@ -1,5 +1,5 @@
 //! `sharing`, `invite`, `accept`, `reject`, `revoke`, `leave`: one change to
-//! the grant file each, through [`crate::store::crate::store::edit::edit_file`].
+//! the grant file each, through [`crate::store::edit::edit_file`].
 
 use std::fs::File;
 use std::io::{self, Read};

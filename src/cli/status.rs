@@ -1,19 +1,19 @@
 //! `vmshare status [--json]`: owners, switches, guests and their keys, live
 //! sessions, the grant file's health and when the daemon last applied it.
 
-use std::io::{self, Write};
+use std::io;
 use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::output;
-use super::sessions::{self as sessions_cmd, SessionJson, UnreadableJson, JSON_FORMAT};
+use super::output::{self, JSON_FORMAT};
+use super::session_list::{load_sessions, SessionJson, UnreadableJson};
 use crate::grant::diag::Diagnostic;
 use crate::grant::model::Grants;
 use crate::grant::policy::Accounts;
 use crate::store::config::Config;
 use crate::store::snapshot;
-use crate::store::source::{self, FileVersion, Outcome};
+use crate::store::source::{self, FileVersion, GrantFileState, Outcome};
 use crate::sys::accounts::SystemAccounts;
 
 /// How many errors of an invalid grant file the text output shows.
@@ -33,8 +33,7 @@ struct StatusJson {
 #[derive(Debug, Serialize)]
 struct GrantsJson {
     path: String,
-    /// `valid`, `invalid` or `missing`.
-    state: &'static str,
+    state: GrantFileState,
     errors: Vec<DiagJson>,
     notes: Vec<DiagJson>,
 }
@@ -92,29 +91,14 @@ fn diag(d: &Diagnostic) -> DiagJson {
     }
 }
 
-pub fn print_json<T: Serialize>(value: &T) -> ExitCode {
-    let mut stdout = io::stdout().lock();
-    let written = serde_json::to_writer_pretty(&mut stdout, value)
-        .map_err(io::Error::other)
-        .and_then(|()| writeln!(stdout))
-        .and_then(|()| stdout.flush());
-    match written {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vmshare: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 fn gather(config: &Config) -> StatusJson {
     let loaded = source::load(&config.grants, &SystemAccounts);
-    let (state, errors) = match &loaded.outcome {
-        Outcome::Missing => ("missing", Vec::new()),
-        Outcome::Invalid(e) => ("invalid", e.errors.iter().map(diag).collect()),
-        Outcome::Valid { .. } => ("valid", Vec::new()),
+    let state = loaded.outcome.state();
+    let errors = match &loaded.outcome {
+        Outcome::Invalid(e) => e.errors.iter().map(diag).collect(),
+        Outcome::Missing | Outcome::Valid { .. } => Vec::new(),
     };
-    let valid = state == "valid";
+    let valid = state == GrantFileState::Valid;
     // An invalid file may still parse (an error found only against the
     // account database): show what it says, with no access.
     let parsed: Option<Grants> = loaded
@@ -146,7 +130,7 @@ fn gather(config: &Config) -> StatusJson {
         },
     };
 
-    let (sessions, unreadable_sessions) = sessions_cmd::load(config);
+    let (sessions, unreadable_sessions) = load_sessions(config);
     let mut placed = vec![false; sessions.len()];
     let mut owners = Vec::new();
     for owner in parsed.iter().flat_map(|g| &g.owners) {
@@ -211,13 +195,13 @@ fn gather(config: &Config) -> StatusJson {
 /// Exit 0 when the grant file is valid or missing, 1 when it is invalid.
 pub fn run(config: &Config, json: bool) -> ExitCode {
     let status = gather(config);
-    let code = if status.grants.state == "invalid" {
+    let code = if status.grants.state == GrantFileState::Invalid {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     };
     if json {
-        let printed = print_json(&status);
+        let printed = output::print_json(&status);
         return if printed == ExitCode::SUCCESS {
             code
         } else {
@@ -228,7 +212,7 @@ pub fn run(config: &Config, json: bool) -> ExitCode {
     code
 }
 
-fn at(path: &str, d: &DiagJson) -> String {
+fn with_path(path: &str, d: &DiagJson) -> String {
     if d.line == 0 {
         format!("{path}: {}", d.message)
     } else {
@@ -240,17 +224,17 @@ fn render(s: &StatusJson) -> String {
     let mut out = String::new();
     let g = &s.grants;
     match g.state {
-        "missing" => out.push_str(&format!(
+        GrantFileState::Missing => out.push_str(&format!(
             "grant file {}: missing (nothing is shared)\n",
             g.path
         )),
-        "invalid" => {
+        GrantFileState::Invalid => {
             out.push_str(&format!(
                 "grant file {}: INVALID: no guest gets in anywhere until it is fixed\n",
                 g.path
             ));
             for e in g.errors.iter().take(SHOWN_ERRORS) {
-                out.push_str(&format!("  error: {}\n", at(&g.path, e)));
+                out.push_str(&format!("  error: {}\n", with_path(&g.path, e)));
             }
             if g.errors.len() > SHOWN_ERRORS {
                 out.push_str(&format!(
@@ -259,7 +243,7 @@ fn render(s: &StatusJson) -> String {
                 ));
             }
         }
-        _ => {
+        GrantFileState::Valid => {
             let guests: usize = s.owners.iter().map(|o| o.guests.len()).sum();
             let access = s
                 .owners
@@ -275,7 +259,7 @@ fn render(s: &StatusJson) -> String {
         }
     }
     for n in &g.notes {
-        out.push_str(&format!("  note: {}\n", at(&g.path, n)));
+        out.push_str(&format!("  note: {}\n", with_path(&g.path, n)));
     }
     let snap = &s.snapshot;
     match (snap.present, snap.written_ns, &snap.error) {

@@ -6,7 +6,7 @@ mod pass;
 mod server;
 mod watch;
 
-pub use pass::{apply, compile, now_ns, still_allowed, Compiled, Pass};
+pub use pass::{apply, compile_grant_file, now_ns, still_allowed, Compiled, Pass};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,7 +51,7 @@ pub fn main() -> ExitCode {
         }
     };
     if args.compile {
-        let (compiled, _) = compile(&config);
+        let (compiled, _) = compile_grant_file(&config);
         return match serde_json::to_writer(std::io::stdout().lock(), &compiled) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -129,9 +129,9 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     loop {
         let wake = tokio::select! {
             ev = watcher.next() => match ev {
-                Ok(watch::Change::Complete) => Wake::Changed("grant file changed"),
-                Ok(watch::Change::Partial) => Wake::Unsettled,
-                Ok(watch::Change::Overflow) => {
+                Ok(watch::WatchEvent::Complete) => Wake::Changed("grant file changed"),
+                Ok(watch::WatchEvent::Partial) => Wake::Unsettled,
+                Ok(watch::WatchEvent::Overflow) => {
                     // Events were lost or the directory was replaced: watch
                     // afresh, then re-read.
                     if let Ok(fresh) = watch::Watcher::new(&config.grants) {
@@ -139,7 +139,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
                     }
                     Wake::Changed("inotify overflow or directory replaced")
                 }
-                Ok(watch::Change::Irrelevant) => continue,
+                Ok(watch::WatchEvent::Irrelevant) => continue,
                 Err(e) => {
                     warn!("watch error: {e}; re-watching");
                     watcher = watch::Watcher::new(&config.grants).map_err(|e| format!("cannot re-watch: {e}"))?;

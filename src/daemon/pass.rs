@@ -12,7 +12,7 @@ use crate::session::backend;
 use crate::store::config::Config;
 use crate::store::records::{self, SessionRecord};
 use crate::store::snapshot;
-use crate::store::source::{self, Loaded, Outcome};
+use crate::store::source::{self, GrantFileState, Loaded, Outcome};
 use crate::sys::accounts::SystemAccounts;
 use crate::sys::log::audit;
 use crate::sys::log::syslog::Level;
@@ -64,8 +64,7 @@ pub fn prepare_run_dir(config: &Config) -> std::io::Result<()> {
 /// What compiling the grant file gave, as the compiling process reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Compiled {
-    /// `valid`, `invalid` or `missing`.
-    pub state: String,
+    pub state: GrantFileState,
     pub sha256: String,
     /// The snapshot was written (and so can answer for sessions).
     pub snapshot_written: bool,
@@ -77,32 +76,26 @@ pub struct Compiled {
 /// Reads the grant file and writes the snapshot. The daemon runs this in a
 /// short-lived child process (`vmshared --compile`), so the memory a large
 /// grant file needs is returned to the system when the child exits.
-pub fn compile(config: &Config) -> (Compiled, Loaded) {
+pub fn compile_grant_file(config: &Config) -> (Compiled, Loaded) {
     let loaded = source::load(&config.grants, &SystemAccounts);
-    let (state, findings) = match &loaded.outcome {
-        Outcome::Missing => ("missing", Vec::new()),
-        Outcome::Invalid(errors) => (
-            "invalid",
-            errors
-                .errors
-                .iter()
-                .map(|e| e.in_file(&errors.file).to_string())
-                .collect(),
-        ),
-        Outcome::Valid { .. } => (
-            "valid",
-            loaded
-                .notes()
-                .iter()
-                .map(|n| n.in_file(&config.grants).to_string())
-                .collect(),
-        ),
+    let findings = match &loaded.outcome {
+        Outcome::Missing => Vec::new(),
+        Outcome::Invalid(errors) => errors
+            .errors
+            .iter()
+            .map(|e| e.in_file(&errors.file).to_string())
+            .collect(),
+        Outcome::Valid { .. } => loaded
+            .notes()
+            .iter()
+            .map(|n| n.in_file(&config.grants).to_string())
+            .collect(),
     };
     let _ = prepare_run_dir(config);
     let written_ns = now_ns();
     let written = snapshot::write(&config.snapshot_path(), &loaded, written_ns);
     let compiled = Compiled {
-        state: state.to_string(),
+        state: loaded.outcome.state(),
         sha256: loaded.sha256.clone(),
         snapshot_written: written.is_ok(),
         racy: written.is_ok()
@@ -157,7 +150,7 @@ impl Judge {
     }
 }
 
-/// Runs [`compile`] in a child process; `None` if that fails.
+/// Runs [`compile_grant_file`] in a child process; `None` if that fails.
 fn compile_in_child(config_path: Option<&Path>) -> Option<Compiled> {
     let exe = std::env::current_exe().ok()?;
     let mut cmd = std::process::Command::new(exe);
@@ -196,38 +189,38 @@ pub fn apply(config: &Config, config_path: Option<&Path>, reason: &str) -> Pass 
     let (compiled, judge) = match from_child {
         Some(found) => found,
         None => {
-            let (compiled, loaded) = compile(config);
+            let (compiled, loaded) = compile_grant_file(config);
             (compiled, Judge::InProcess(Box::new(loaded)))
         }
     };
     let mut pass = Pass {
-        valid: compiled.state == "valid",
+        valid: compiled.state == GrantFileState::Valid,
         racy: compiled.racy,
         ..Pass::default()
     };
-    match compiled.state.as_str() {
-        "missing" => warn!(
+    match compiled.state {
+        GrantFileState::Missing => warn!(
             grants = %config.grants.display(), reason,
             "grant file missing: nothing is shared"
         ),
-        "invalid" => {
+        GrantFileState::Invalid => {
             for e in &compiled.findings {
                 error!(reason, "grant file invalid, no guest gets in: {e}");
             }
         }
-        _ => {
+        GrantFileState::Valid => {
             for note in &compiled.findings {
                 warn!("{note}");
             }
         }
     }
-    if previous
-        .is_none_or(|p| p.sha256 != compiled.sha256 || p.valid != (compiled.state != "invalid"))
-    {
-        let state = match compiled.state.as_str() {
-            "missing" => "grant file applied: missing, nothing is shared",
-            "invalid" => "grant file applied: INVALID, no guest gets in",
-            _ => "grant file applied",
+    if previous.is_none_or(|p| {
+        p.sha256 != compiled.sha256 || p.valid != (compiled.state != GrantFileState::Invalid)
+    }) {
+        let state = match compiled.state {
+            GrantFileState::Missing => "grant file applied: missing, nothing is shared",
+            GrantFileState::Invalid => "grant file applied: INVALID, no guest gets in",
+            GrantFileState::Valid => "grant file applied",
         };
         audit::record(
             "vmshared",

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use inotify::{EventMask, Inotify, WatchMask};
 use tokio::io::unix::AsyncFd;
 
-pub enum Change {
+/// What a batch of inotify events means for the grant file.
+pub enum WatchEvent {
     /// The file was replaced by rename or closed after writing.
     Complete,
     /// The file was truncated, created, deleted or had its mode changed; more
@@ -23,7 +24,7 @@ pub struct Watcher {
     fd: AsyncFd<Inotify>,
     name: OsString,
     buffer: Vec<u8>,
-    pending: Vec<Change>,
+    pending: Vec<WatchEvent>,
 }
 
 impl Watcher {
@@ -65,7 +66,7 @@ impl Watcher {
     }
 
     /// The next change that concerns the grant file.
-    pub async fn next(&mut self) -> io::Result<Change> {
+    pub async fn next(&mut self) -> io::Result<WatchEvent> {
         loop {
             if let Some(change) = self.pending.pop() {
                 return Ok(change);
@@ -73,15 +74,16 @@ impl Watcher {
             let mut guard = self.fd.readable_mut().await?;
             let result = guard.try_io(|inner| {
                 let events = inner.get_mut().read_events(&mut self.buffer)?;
-                let mut strongest = Change::Irrelevant;
+                let mut strongest = WatchEvent::Irrelevant;
                 for event in events {
-                    let change = classify(event.mask, event.name.is_some_and(|n| n == self.name));
+                    let change =
+                        classify_event(event.mask, event.name.is_some_and(|n| n == self.name));
                     strongest = stronger(strongest, change);
                 }
                 Ok(strongest)
             });
             match result {
-                Ok(Ok(Change::Irrelevant)) => continue,
+                Ok(Ok(WatchEvent::Irrelevant)) => continue,
                 Ok(Ok(change)) => self.pending.push(change),
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
@@ -90,30 +92,30 @@ impl Watcher {
     }
 }
 
-fn classify(mask: EventMask, ours: bool) -> Change {
+fn classify_event(mask: EventMask, ours: bool) -> WatchEvent {
     if mask.contains(EventMask::Q_OVERFLOW) {
-        return Change::Overflow;
+        return WatchEvent::Overflow;
     }
     if mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED) {
         // The directory itself went away: the watch is dead.
-        return Change::Overflow;
+        return WatchEvent::Overflow;
     }
     if !ours {
-        return Change::Irrelevant;
+        return WatchEvent::Irrelevant;
     }
     if mask.intersects(EventMask::MOVED_TO | EventMask::CLOSE_WRITE) {
-        Change::Complete
+        WatchEvent::Complete
     } else {
-        Change::Partial
+        WatchEvent::Partial
     }
 }
 
-fn stronger(a: Change, b: Change) -> Change {
-    let rank = |c: &Change| match c {
-        Change::Irrelevant => 0,
-        Change::Partial => 1,
-        Change::Complete => 2,
-        Change::Overflow => 3,
+fn stronger(a: WatchEvent, b: WatchEvent) -> WatchEvent {
+    let rank = |c: &WatchEvent| match c {
+        WatchEvent::Irrelevant => 0,
+        WatchEvent::Partial => 1,
+        WatchEvent::Complete => 2,
+        WatchEvent::Overflow => 3,
     };
     if rank(&b) > rank(&a) {
         b

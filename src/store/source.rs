@@ -1,6 +1,7 @@
 //! Loading the grant file from disk: strict checks, the version it was read
 //! at, and the compiled policy.
 
+use std::fmt;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,41 @@ pub enum Outcome {
         grants: Grants,
         policy: Policy,
     },
+}
+
+/// The grant file's health, as `status` and the daemon report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantFileState {
+    Valid,
+    Invalid,
+    Missing,
+}
+
+impl GrantFileState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantFileState::Valid => "valid",
+            GrantFileState::Invalid => "invalid",
+            GrantFileState::Missing => "missing",
+        }
+    }
+}
+
+impl fmt::Display for GrantFileState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Outcome {
+    pub fn state(&self) -> GrantFileState {
+        match self {
+            Outcome::Missing => GrantFileState::Missing,
+            Outcome::Invalid(_) => GrantFileState::Invalid,
+            Outcome::Valid { .. } => GrantFileState::Valid,
+        }
+    }
 }
 
 /// The grant file as read at one moment.
@@ -175,5 +211,27 @@ fn compile_source(
             outcome: Outcome::Valid { grants, policy },
         },
         Err(errors) => invalid(version, sha256, source, errors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_file_state_is_the_same_word_in_json_and_text() {
+        for state in [
+            GrantFileState::Valid,
+            GrantFileState::Invalid,
+            GrantFileState::Missing,
+        ] {
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{state}\""));
+            assert_eq!(
+                serde_json::from_str::<GrantFileState>(&json).unwrap(),
+                state
+            );
+        }
+        assert_eq!(GrantFileState::Missing.to_string(), "missing");
     }
 }
