@@ -590,8 +590,7 @@ struct DoctorSetup {
 }
 
 const GOOD_PAM_SSHD: &str = "@include common-auth\naccount required pam_nologin.so\n@include common-account\nsession required pam_loginuid.so\n@include common-session\n@include vmshare\n@include common-password\n";
-const GOOD_PAM_VMSHARE: &str =
-    "session required pam_exec.so quiet /usr/libexec/vmshare/vmshare-pam\n";
+const GOOD_PAM_VMSHARE: &str = include_str!("../config/pam.d/vmshare");
 
 fn doctor_setup(e: &Env) -> DoctorSetup {
     let host_key = e.root.join("host_key");

@@ -321,49 +321,90 @@ pub fn check_pam(pam_dir: &Path, sshd: Option<&str>, vmshare: Option<&str>) -> V
             format!("install config/pam.d/vmshare as {vmshare_path}"),
         )),
         Some(text) => {
-            let lines = pam_lines(text);
-            match lines.iter().find(|l| runs_hook(l)) {
-                None => out.push(bad(
-                    "pam",
-                    Verdict::Problem,
-                    format!("{vmshare_path} does not run {PAM_HOOK} through pam_exec.so"),
-                    format!("install config/pam.d/vmshare as {vmshare_path}"),
-                )),
-                Some(l) => {
-                    let kind = l.words[0].trim_start_matches('-');
-                    let control = l.words.get(1).copied().unwrap_or("");
-                    if kind != "session" {
-                        out.push(bad(
-                            "pam",
-                            Verdict::Problem,
-                            format!("{vmshare_path}:{}: the hook is a `{kind}` module; it must be `session`", l.number),
-                            format!("install config/pam.d/vmshare as {vmshare_path}"),
-                        ));
-                    } else if control == "required" || control == "requisite" {
-                        out.push(ok(
-                            "pam",
-                            format!("{vmshare_path} runs the session hook ({control})"),
-                        ));
-                    } else if control.starts_with('[') {
-                        out.push(bad(
-                            "pam",
-                            Verdict::Warning,
-                            format!("{vmshare_path}:{}: the hook has control `{control}…`; make sure a failure denies the session", l.number),
-                            "use `session required pam_exec.so quiet /usr/libexec/vmshare/vmshare-pam`",
-                        ));
-                    } else {
-                        out.push(bad(
-                            "pam",
-                            Verdict::Problem,
-                            format!("{vmshare_path}:{}: the hook is `{control}`, so a refused guest session still opens", l.number),
-                            "use `session required pam_exec.so quiet /usr/libexec/vmshare/vmshare-pam`",
-                        ));
-                    }
-                }
-            }
+            check_hook_lines(&vmshare_path.to_string(), &pam_lines(text), &mut out);
         }
     }
     out
+}
+
+/// The suggested PAM line for the hook at session open.
+const OPEN_LINE: &str = "session required pam_exec.so quiet type=open_session /usr/libexec/vmshare/vmshare-pam open_session";
+
+/// The hook's lines in `/etc/pam.d/vmshare`: one that runs it at session
+/// open, told so by its argument (not by the PAM environment, which a guest
+/// can write to), whose failure denies; one at close.
+fn check_hook_lines(path: &str, lines: &[PamLine], out: &mut Vec<Finding>) {
+    let hook_lines: Vec<&PamLine> = lines.iter().filter(|l| runs_hook(l)).collect();
+    let has_arg = |l: &PamLine, arg: &str| {
+        l.words
+            .iter()
+            .skip_while(|w| **w != PAM_HOOK)
+            .any(|w| *w == arg)
+    };
+    let fix = format!("install config/pam.d/vmshare as {path}");
+    let open = hook_lines.iter().find(|l| has_arg(l, "open_session"));
+    let Some(l) = open.or(hook_lines.first()) else {
+        out.push(bad(
+            "pam",
+            Verdict::Problem,
+            format!("{path} does not run {PAM_HOOK} through pam_exec.so"),
+            fix,
+        ));
+        return;
+    };
+    let kind = l.words[0].trim_start_matches('-');
+    let control = l.words.get(1).copied().unwrap_or("");
+    if kind != "session" {
+        out.push(bad(
+            "pam",
+            Verdict::Problem,
+            format!(
+                "{path}:{}: the hook is a `{kind}` module; it must be `session`",
+                l.number
+            ),
+            fix,
+        ));
+    } else if control.starts_with('[') {
+        out.push(bad(
+            "pam",
+            Verdict::Warning,
+            format!("{path}:{}: the hook has control `{control}…`; make sure a failure denies the session", l.number),
+            format!("use `{OPEN_LINE}`"),
+        ));
+    } else if control != "required" && control != "requisite" {
+        out.push(bad(
+            "pam",
+            Verdict::Problem,
+            format!(
+                "{path}:{}: the hook is `{control}`, so a refused guest session still opens",
+                l.number
+            ),
+            format!("use `{OPEN_LINE}`"),
+        ));
+    } else if open.is_none() {
+        out.push(bad(
+            "pam",
+            Verdict::Warning,
+            format!(
+                "{path}:{}: the hook is not told it runs at session open (no `open_session` argument), so it goes by PAM_TYPE from the PAM environment, which a guest's ~/.pam_environment can write to (the hook refuses a forged duplicate)",
+                l.number
+            ),
+            fix,
+        ));
+    } else {
+        out.push(ok(
+            "pam",
+            format!("{path} runs the session hook at open ({control})"),
+        ));
+        if !hook_lines.iter().any(|l| has_arg(l, "close_session")) {
+            out.push(bad(
+                "pam",
+                Verdict::Warning,
+                format!("{path} does not run the hook at session close; records of ended sessions wait for the daemon to forget them"),
+                fix,
+            ));
+        }
+    }
 }
 
 /// (e) cgroup v2, from mountinfo text.
@@ -747,6 +788,19 @@ mod tests {
         let account = VMSHARE.replace("session required", "account required");
         let e = check(Some(DEBIAN_SSHD), Some(&account));
         assert!(e[0].contains("must be `session`"), "{e:?}");
+
+        // The line from before the mode was an argument: the hook goes by
+        // PAM_TYPE, which a guest can write to.
+        let legacy = "session required pam_exec.so quiet /usr/libexec/vmshare/vmshare-pam\n";
+        let e = check(Some(DEBIAN_SSHD), Some(legacy));
+        assert!(e[0].contains("no `open_session` argument"), "{e:?}");
+        let no_close = VMSHARE
+            .lines()
+            .filter(|l| !l.contains("close_session"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let e = check(Some(DEBIAN_SSHD), Some(&no_close));
+        assert!(e[0].contains("not run the hook at session close"), "{e:?}");
     }
 
     #[test]

@@ -150,37 +150,160 @@ pub fn owner_key_files(patterns: &[String], user: &str, home: &str) -> Vec<PathB
         .collect()
 }
 
-struct Env {
-    pam_type: String,
-    user: String,
-    rhost: String,
-    auth_info: String,
+/// What the hook reads from its environment at `open_session`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Env {
+    /// `PAM_TYPE`, as pam_exec sets it.
+    pub pam_type: String,
+    pub user: String,
+    pub rhost: String,
+    /// sshd's `SSH_AUTH_INFO_0`: the keys that authenticated.
+    pub auth_info: String,
+    /// pam_systemd's `XDG_SESSION_ID`.
+    pub logind_session: Option<String>,
 }
 
-fn env_var(name: &str) -> String {
-    std::env::var(name).unwrap_or_default()
+/// Whether a name belongs to PAM, sshd or logind: pam_exec passes the PAM
+/// environment (where `pam_env user_readenv=1` puts what a guest wrote in
+/// `~/.pam_environment`) ahead of its own variables, so such a name seen
+/// twice means someone tried to forge it.
+fn is_guarded(name: &[u8]) -> bool {
+    name.starts_with(b"PAM_") || name.starts_with(b"SSH_") || name.starts_with(b"XDG_")
+}
+
+/// Reads the hook's variables from `vars` (the process environment, in
+/// order). Refuses a guarded name that appears more than once, or a value
+/// that is not UTF-8.
+pub fn read_env<I>(vars: I) -> Result<Env, String>
+where
+    I: IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+{
+    use std::os::unix::ffi::OsStrExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut env = Env::default();
+    for (name, value) in vars {
+        let bytes = name.as_bytes();
+        if !is_guarded(bytes) {
+            continue;
+        }
+        if !seen.insert(bytes.to_vec()) {
+            return Err(format!(
+                "{} is set more than once in the PAM environment (forged, e.g. by ~/.pam_environment)",
+                name.to_string_lossy()
+            ));
+        }
+        let field = match bytes {
+            b"PAM_TYPE" => &mut env.pam_type,
+            b"PAM_USER" => &mut env.user,
+            b"PAM_RHOST" => &mut env.rhost,
+            b"SSH_AUTH_INFO_0" => &mut env.auth_info,
+            b"XDG_SESSION_ID" => {
+                let id = value
+                    .into_string()
+                    .map_err(|_| "XDG_SESSION_ID is not UTF-8".to_string())?;
+                env.logind_session = Some(id).filter(|s| !s.is_empty());
+                continue;
+            }
+            _ => continue,
+        };
+        *field = value
+            .into_string()
+            .map_err(|v| format!("{} is not UTF-8: {v:?}", name.to_string_lossy()))?;
+    }
+    Ok(env)
+}
+
+/// Which PAM call this run serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Open,
+    Close,
+}
+
+/// The hook's arguments: the mode (`open_session` / `close_session`, as the
+/// PAM line's `type=` option ran it) and `--config PATH`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Args {
+    /// `None` for a PAM line from before the mode was an argument.
+    pub mode: Option<Mode>,
+    pub config: Option<PathBuf>,
+}
+
+pub fn parse_args(args: &[std::ffi::OsString]) -> Result<Args, String> {
+    let mut parsed = Args {
+        mode: None,
+        config: None,
+    };
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        let mode = match arg.to_str() {
+            Some("--config") => {
+                let path = rest.next().ok_or("--config needs a path")?;
+                parsed.config = Some(PathBuf::from(path));
+                continue;
+            }
+            Some("open_session") => Mode::Open,
+            Some("close_session") => Mode::Close,
+            _ => return Err(format!("unexpected argument {arg:?}")),
+        };
+        if parsed.mode.replace(mode).is_some() {
+            return Err("the mode is given twice".into());
+        }
+    }
+    Ok(parsed)
+}
+
+/// The mode to run in: the argument; without one (an older PAM line), a
+/// `PAM_TYPE` that was read once. A `PAM_TYPE` that disagrees with the
+/// argument is refused.
+pub fn resolve_mode(args: &Args, env: &Result<Env, String>) -> Result<Option<Mode>, String> {
+    let from_env = match env.as_ref().map(|e| e.pam_type.as_str()) {
+        Ok("open_session") => Some(Mode::Open),
+        Ok("close_session") => Some(Mode::Close),
+        Ok(_) => None,
+        Err(e) if args.mode.is_none() => return Err(e.clone()),
+        Err(_) => args.mode,
+    };
+    match (args.mode, from_env) {
+        (Some(arg), Some(env)) if arg != env => Err(format!(
+            "PAM_TYPE says {env:?} but the hook was run for {arg:?}"
+        )),
+        (Some(arg), _) => Ok(Some(arg)),
+        (None, env) => Ok(env),
+    }
 }
 
 /// Runs the hook; the one place where outcomes become the exit code PAM sees.
 pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
-    let config_path = args
-        .windows(2)
-        .find(|w| w[0] == "--config")
-        .map(|w| PathBuf::from(&w[1]));
-    let env = Env {
-        pam_type: env_var("PAM_TYPE"),
-        user: env_var("PAM_USER"),
-        rhost: env_var("PAM_RHOST"),
-        auth_info: env_var("SSH_AUTH_INFO_0"),
+    let env = read_env(std::env::vars_os());
+    let args = match parse_args(&args) {
+        Ok(a) => a,
+        Err(e) => return refuse_unparsed(&format!("bad arguments: {e}")),
     };
-    match env.pam_type.as_str() {
-        "open_session" => open_session(config_path, &env),
-        "close_session" => {
-            close_session(config_path);
+    let mode = match resolve_mode(&args, &env) {
+        Ok(m) => m,
+        Err(e) => return refuse_unparsed(&e),
+    };
+    match mode {
+        // close_session reads nothing from the environment: what a session
+        // is comes from its record, made at open.
+        Some(Mode::Close) => {
+            close_session(args.config);
             ExitCode::SUCCESS
         }
-        _ => ExitCode::SUCCESS,
+        Some(Mode::Open) => match env {
+            Ok(env) => open_session(args.config, &env),
+            Err(e) => finish(&Env::default(), Decision::Deny(e)),
+        },
+        None => ExitCode::SUCCESS,
     }
+}
+
+/// Refuses a run whose mode or environment cannot be trusted: at an open,
+/// the session fails; at a close, nothing is done.
+fn refuse_unparsed(why: &str) -> ExitCode {
+    crate::sys::log::syslog::log(IDENT, Level::Error, &format!("refused: {why}"));
+    ExitCode::FAILURE
 }
 
 fn open_session(config_path: Option<PathBuf>, env: &Env) -> ExitCode {
@@ -275,7 +398,8 @@ fn end_connection() {
     };
     // Only ever sshd's own per-connection process.
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", monitor.pid)).unwrap_or_default();
-    if comm.trim_end() != "sshd" {
+    // OpenSSH 9.8 and later name it `sshd-session`.
+    if !matches!(comm.trim_end(), "sshd" | "sshd-session") {
         return;
     }
     let me = std::process::id() as i32;
@@ -312,9 +436,7 @@ fn admit_guest(
     let fingerprint = crate::grant::key::parse_key(&format!("{} {}", key.algorithm, key.blob))
         .map(|k| k.fingerprint)
         .unwrap_or_default();
-    let logind_session = std::env::var("XDG_SESSION_ID")
-        .ok()
-        .filter(|s| !s.is_empty());
+    let logind_session = env.logind_session.clone();
     let backend = backend::for_login(config, logind_session.as_deref())?;
     let placement = backend.place(&Login {
         id: &id,
@@ -507,5 +629,90 @@ mod tests {
                 PathBuf::from("/home/alice/k%"),
             ]
         );
+    }
+
+    fn vars(list: &[(&str, &str)]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        list.iter().map(|(n, v)| (n.into(), v.into())).collect()
+    }
+
+    #[test]
+    fn environment_is_read_once_per_name() {
+        let env = read_env(vars(&[
+            ("HOME", "/home/alice"),
+            ("SSH_AUTH_INFO_0", "publickey ssh-ed25519 A"),
+            ("XDG_SESSION_ID", "4"),
+            ("PAM_USER", "alice"),
+            ("PAM_RHOST", "192.0.2.1"),
+            ("PAM_TYPE", "open_session"),
+        ]))
+        .unwrap();
+        assert_eq!(env.pam_type, "open_session");
+        assert_eq!(env.user, "alice");
+        assert_eq!(env.auth_info, "publickey ssh-ed25519 A");
+        assert_eq!(env.logind_session.as_deref(), Some("4"));
+    }
+
+    #[test]
+    fn forged_duplicates_are_refused() {
+        // What ~/.pam_environment puts ahead of pam_exec's own variables.
+        for forged in [
+            "PAM_TYPE",
+            "SSH_AUTH_INFO_0",
+            "PAM_USER",
+            "XDG_SESSION_ID",
+            "SSH_CONNECTION",
+        ] {
+            let e = read_env(vars(&[
+                (forged, "x"),
+                ("PAM_TYPE", "close_session"),
+                (forged, "y"),
+            ]))
+            .unwrap_err();
+            assert!(e.contains(forged), "{e}");
+        }
+        // Other names may repeat: they are not read.
+        assert!(read_env(vars(&[("LANG", "C"), ("LANG", "C.UTF-8")])).is_ok());
+    }
+
+    #[test]
+    fn the_mode_comes_from_the_argument() {
+        let args = |list: &[&str]| -> Vec<std::ffi::OsString> {
+            std::iter::once("vmshare-pam")
+                .chain(list.iter().copied())
+                .map(Into::into)
+                .collect()
+        };
+        let open = parse_args(&args(&["open_session", "--config", "/c"])).unwrap();
+        assert_eq!(open.mode, Some(Mode::Open));
+        assert_eq!(open.config, Some(PathBuf::from("/c")));
+        assert!(parse_args(&args(&["open_session", "close_session"])).is_err());
+        assert!(parse_args(&args(&["--config"])).is_err());
+        assert!(parse_args(&args(&["bogus"])).is_err());
+
+        let env = |t: &str| {
+            Ok(Env {
+                pam_type: t.into(),
+                ..Env::default()
+            })
+        };
+        // The argument wins; a PAM_TYPE that disagrees is refused.
+        assert_eq!(
+            resolve_mode(&open, &env("open_session")),
+            Ok(Some(Mode::Open))
+        );
+        assert!(resolve_mode(&open, &env("close_session")).is_err());
+        // A forged environment does not stop a run whose mode is known.
+        assert_eq!(
+            resolve_mode(&open, &Err("dup".into())),
+            Ok(Some(Mode::Open))
+        );
+        // An older PAM line: PAM_TYPE, only if it was read once.
+        let legacy = parse_args(&args(&[])).unwrap();
+        assert_eq!(
+            resolve_mode(&legacy, &env("close_session")),
+            Ok(Some(Mode::Close))
+        );
+        assert!(resolve_mode(&legacy, &Err("dup".into())).is_err());
+        assert_eq!(resolve_mode(&legacy, &env("")), Ok(None));
     }
 }

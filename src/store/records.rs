@@ -108,10 +108,12 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Records a new session. Never replaces a record: a connection is recorded
+/// once, as the guest that opened it (`AlreadyExists` otherwise).
 pub fn write(dir: &Path, record: &SessionRecord) -> io::Result<()> {
     ensure_dir(dir)?;
     let data = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-    fsutil::atomic_write(
+    fsutil::atomic_create(
         &dir.join(SessionRecord::file_name(&record.id)),
         &data,
         0o600,
@@ -185,6 +187,11 @@ pub(crate) mod tests {
         let dir = d.path().join("sessions");
         write(&dir, &sample("b")).unwrap();
         write(&dir, &sample("a")).unwrap();
+        let mut other = sample("a");
+        other.guest = "carol".into();
+        let e = write(&dir, &other).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(read(&dir.join("a.json")).unwrap().guest, "bob");
         fs::write(dir.join("junk.json"), "{").unwrap();
         let (records, bad) = list(&dir);
         assert_eq!(

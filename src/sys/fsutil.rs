@@ -128,6 +128,32 @@ pub fn atomic_write(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> io::Result<()> {
+    write_then_place(path, data, mode, owner, |tmp| fs::rename(tmp, path))
+}
+
+/// Like [`atomic_write`], but never replaces: fails with `AlreadyExists`
+/// when `path` exists (the complete file appears under its name, or
+/// nothing does).
+pub fn atomic_create(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
+    write_then_place(path, data, mode, owner, |tmp| {
+        fs::hard_link(tmp, path)?;
+        fs::remove_file(tmp)
+    })
+}
+
+/// Writes a complete temp file beside `path`, then `place`s it.
+fn write_then_place(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    place: impl FnOnce(&Path) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -148,7 +174,7 @@ pub fn atomic_write(
         }
         f.write_all(data)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)?;
+        place(&tmp)?;
         File::open(dir)?.sync_all()
     })();
     if result.is_err() {
@@ -208,6 +234,17 @@ pub(crate) mod tests {
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
         assert_eq!(read_user_file(&link, 1 << 20), None);
         assert_eq!(read_user_file(&d.path().join("missing"), 1 << 20), None);
+    }
+
+    #[test]
+    fn atomic_create_never_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("r.json");
+        atomic_create(&path, b"first", 0o600, None).unwrap();
+        let e = atomic_create(&path, b"second", 0o600, None).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1, "temp file left");
     }
 
     #[test]
