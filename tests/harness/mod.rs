@@ -31,6 +31,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod package;
+#[path = "../scratch/mod.rs"]
+mod scratch;
 
 /// Where the grant file lives inside the host.
 pub const GRANTS: &str = "/etc/vmshare/grants.toml";
@@ -710,20 +712,11 @@ fn unescape_mountinfo(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Where hosts keep their overlay layers. The namespace hides /tmp, /run,
-/// /home and /var/log behind private mounts, and layers mounted after that
-/// (the package test's /var) must still be reachable, so a build tree under
-/// one of those (a checkout in /tmp) keeps its layers in /srv instead.
+/// Where hosts keep their overlay layers: below the shared scratch base,
+/// which lies outside every path the namespace mounts over, so layers
+/// mounted late (the package test's /var) stay reachable.
 fn base_dir() -> PathBuf {
-    let build = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let hidden = ["/tmp", "/run", "/home", "/var/log"]
-        .iter()
-        .any(|p| build.starts_with(p));
-    if hidden {
-        PathBuf::from("/srv/vmshare-e2e")
-    } else {
-        build.join("vmshare-e2e")
-    }
+    scratch::base().join("vmshare-e2e")
 }
 
 /// The current test's name, made safe for file and cgroup names.
