@@ -223,37 +223,17 @@ pub struct LiveSession {
 }
 
 impl LiveSession {
-    /// Opens the session and waits until both processes run.
+    /// Opens the session and waits until both processes run; panics if
+    /// `try_open` gets none or they do not appear.
     pub fn open(host: &Host, user: &str, key: &Key) -> LiveSession {
-        let m = unique_marker();
-        let escapee = format!("{m}1");
-        let foreground = format!("{m}2");
-        let cmd = format!(
-            "setsid nohup sleep {escapee} >/dev/null 2>&1 </dev/null & echo up; exec sleep {foreground}"
-        );
-        let mut child = host.ssh_spawn(user, key, &cmd);
-        let stdout = child.stdout.take();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut line = String::new();
-            if let Some(out) = stdout {
-                let _ = BufReader::new(out).read_line(&mut line);
-            }
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        let session = LiveSession {
-            child,
-            escapee,
-            foreground,
-        };
-        if line.trim() != "up" {
+        let session = LiveSession::try_open(host, user, key).unwrap_or_else(|| {
             panic!(
-                "session of key {} as {user} did not start (got {line:?}):\n{}",
+                "session of key {} as {user} did not start (login refused, \
+                 or no \"up\" within 30 s):\n{}",
                 key.name,
                 host.sshd_log()
-            );
-        }
+            )
+        });
         assert!(
             wait_until(Duration::from_secs(10), || session.processes() == 2),
             "session processes did not appear"
@@ -261,8 +241,8 @@ impl LiveSession {
         session
     }
 
-    /// Like `open`, but `None` when the login is refused or the session
-    /// does not come up.
+    /// Opens the session; `None` when the login is refused or the session
+    /// does not come up. Does not wait for the marked processes.
     pub fn try_open(host: &Host, user: &str, key: &Key) -> Option<LiveSession> {
         let m = unique_marker();
         let escapee = format!("{m}1");
