@@ -90,10 +90,7 @@ pub fn unique_marker() -> u64 {
 
 /// Pids of processes whose command line is exactly `argv`.
 pub fn pids_with_cmdline(argv: &[&str]) -> Vec<i32> {
-    let want: Vec<u8> = argv
-        .iter()
-        .flat_map(|a| a.bytes().chain(std::iter::once(0)))
-        .collect();
+    let want = cmdline_bytes(argv);
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -140,11 +137,14 @@ pub fn all_cmdlines() -> Vec<Vec<u8>> {
 
 /// Whether `cmdlines` holds `argv` exactly.
 pub fn has_cmdline(cmdlines: &[Vec<u8>], argv: &[&str]) -> bool {
-    let want: Vec<u8> = argv
-        .iter()
+    cmdlines.contains(&cmdline_bytes(argv))
+}
+
+/// `argv` as /proc/PID/cmdline holds it: each argument NUL-terminated.
+fn cmdline_bytes(argv: &[&str]) -> Vec<u8> {
+    argv.iter()
         .flat_map(|a| a.bytes().chain(std::iter::once(0)))
-        .collect();
-    cmdlines.contains(&want)
+        .collect()
 }
 
 /// Runs `cmd` to completion, collecting its output, or kills it after
