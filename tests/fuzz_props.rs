@@ -6,30 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod props;
-
-use std::path::PathBuf;
+mod scratch;
 
 use proptest::prelude::*;
 
 use props::{LookupFixture, KEYS};
 
-/// A scratch directory whose ancestors pass the strict checks.
-fn scratch() -> tempfile::TempDir {
-    let build = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(&build).expect("target tmpdir");
-    let base = if vmshare::sys::fsutil::check_trusted_dirs(&build.join("x")).is_ok() {
-        build
-    } else {
-        PathBuf::from("/run")
-    };
-    tempfile::Builder::new()
-        .prefix("fuzz-props")
-        .tempdir_in(base)
-        .expect("scratch dir")
-}
-
 fn fixture(snapshot: bool) -> (tempfile::TempDir, LookupFixture) {
-    let dir = scratch();
+    let dir = scratch::trusted_tempdir("fuzz-props");
     let fixture = LookupFixture::new(dir.path(), &dir.path().join("run"), snapshot);
     (dir, fixture)
 }
