@@ -5,3 +5,4 @@ pub mod accounts;
 pub mod fsutil;
 pub mod log;
 pub mod procfs;
+pub mod sockets;
