@@ -6,7 +6,7 @@ mod pass;
 mod server;
 mod watch;
 
-pub use pass::{apply, compile_grant_file, now_ns, still_allowed, Compiled, Pass};
+pub use pass::{apply, compile_grant_file, now_ns, Compiled, Pass};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -2,12 +2,14 @@
 //! and end every recorded session whose grant is gone. Holds no state that
 //! cannot be rebuilt from the grant file and the run dir.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{error, info, warn};
 
+use crate::grant::policy::KeyIndex;
 use crate::session::backend;
 use crate::store::config::Config;
 use crate::store::records::{self, SessionRecord};
@@ -33,21 +35,6 @@ pub fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
-}
-
-/// Whether the grant file as loaded still lets this session's guest in
-/// with this session's key.
-pub fn still_allowed(loaded: &Loaded, record: &SessionRecord) -> bool {
-    let Some(policy) = loaded.policy() else {
-        return false;
-    };
-    policy.owners.get(&record.owner).is_some_and(|access| {
-        access.keys.iter().any(|k| {
-            k.guest == record.guest
-                && k.algorithm == record.key_algorithm
-                && k.blob == record.key_blob
-        })
-    })
 }
 
 /// Makes the run dir and its sessions dir if they are missing.
@@ -110,8 +97,14 @@ pub fn compile_grant_file(config: &Config) -> (Compiled, Loaded) {
     (compiled, loaded)
 }
 
-/// Who may stay, by the compiled grants.
-enum Judge {
+/// Who may stay, by the compiled grants. Each owner's keys are read and
+/// indexed once per pass, however many sessions the owner has.
+struct Judge {
+    source: JudgeSource,
+    owners: HashMap<String, Option<KeyIndex>>,
+}
+
+enum JudgeSource {
     /// The snapshot the child wrote.
     Snapshot(snapshot::Header),
     /// Compiled in this process (the child could not run or write).
@@ -119,31 +112,57 @@ enum Judge {
 }
 
 impl Judge {
-    fn allows(&self, config: &Config, record: &SessionRecord) -> bool {
+    fn new(source: JudgeSource) -> Self {
+        Judge {
+            source,
+            owners: HashMap::new(),
+        }
+    }
+
+    fn allows(&mut self, config: &Config, record: &SessionRecord) -> bool {
+        let source = &self.source;
+        let index = self
+            .owners
+            .entry(record.owner.clone())
+            .or_insert_with(|| source.owner_keys(config, &record.owner));
+        index.as_ref().is_some_and(|keys| {
+            keys.guest(&record.key_algorithm, &record.key_blob) == Some(record.guest.as_str())
+        })
+    }
+}
+
+impl JudgeSource {
+    /// The owner's keys; `None` (nobody stays) when they cannot be trusted.
+    fn owner_keys(&self, config: &Config, owner: &str) -> Option<KeyIndex> {
         match self {
-            Judge::InProcess(loaded) => still_allowed(loaded, record),
-            Judge::Snapshot(header) => {
+            JudgeSource::InProcess(loaded) => {
+                let policy = loaded.policy()?;
+                Some(
+                    policy
+                        .owners
+                        .get(owner)
+                        .map(KeyIndex::from_access)
+                        .unwrap_or_default(),
+                )
+            }
+            JudgeSource::Snapshot(header) => {
                 if !header.valid {
-                    return false;
+                    return None;
                 }
                 let lines = snapshot::read_owner(
                     &config.snapshot_path(),
                     &header.grants_path,
                     header.version.as_ref(),
-                    &record.owner,
+                    owner,
                 );
                 match lines {
                     Ok(snapshot::Lookup::Fresh { header: h, lines })
                         if h.sha256 == header.sha256 =>
                     {
-                        crate::grant::policy::guest_in_lines(
-                            &lines,
-                            &record.key_algorithm,
-                            &record.key_blob,
-                        ) == Some(record.guest.as_str())
+                        Some(KeyIndex::from_lines(&lines))
                     }
                     // Damaged since it was written: fail closed.
-                    _ => false,
+                    _ => None,
                 }
             }
         }
@@ -184,13 +203,16 @@ pub fn apply(config: &Config, config_path: Option<&Path>, reason: &str) -> Pass 
     let from_child = compile_in_child(config_path).and_then(|compiled| {
         let header = snapshot::read_header(&config.snapshot_path()).ok()?;
         (compiled.snapshot_written && header.sha256 == compiled.sha256)
-            .then_some((compiled, Judge::Snapshot(header)))
+            .then_some((compiled, Judge::new(JudgeSource::Snapshot(header))))
     });
-    let (compiled, judge) = match from_child {
+    let (compiled, mut judge) = match from_child {
         Some(found) => found,
         None => {
             let (compiled, loaded) = compile_grant_file(config);
-            (compiled, Judge::InProcess(Box::new(loaded)))
+            (
+                compiled,
+                Judge::new(JudgeSource::InProcess(Box::new(loaded))),
+            )
         }
     };
     let mut pass = Pass {
@@ -232,19 +254,22 @@ pub fn apply(config: &Config, config_path: Option<&Path>, reason: &str) -> Pass 
             },
         );
     }
-    enforce_sessions(config, &judge, &mut pass);
+    let enforcing = Instant::now();
+    enforce_sessions(config, &mut judge, &mut pass);
+    let enforce_us = enforcing.elapsed().as_micros() as u64;
     info!(
         reason,
         valid = pass.valid,
         sha256 = %compiled.sha256,
         killed = pass.killed.len(),
         elapsed_us = started.elapsed().as_micros() as u64,
+        enforce_us,
         "grant file applied"
     );
     pass
 }
 
-fn enforce_sessions(config: &Config, judge: &Judge, pass: &mut Pass) {
+fn enforce_sessions(config: &Config, judge: &mut Judge, pass: &mut Pass) {
     let dir = config.sessions_dir();
     let (records, bad) = records::list(&dir);
     for (path, e) in bad {

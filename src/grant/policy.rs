@@ -1,7 +1,7 @@
 //! Who may log in with which key: the grant file compiled against the local
 //! account database. Pure: the account database is a parameter.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::grant::diag::Diagnostic;
 use crate::grant::model::Grants;
@@ -76,6 +76,46 @@ pub fn guest_in_lines<'a>(lines: &'a str, algorithm: &str, blob: &str) -> Option
             None
         }
     })
+}
+
+/// An owner's key lines indexed by key, for judging many sessions at once:
+/// `(algorithm, blob)` → guest, the same answer as [`guest_in_lines`].
+#[derive(Debug, Default)]
+pub struct KeyIndex(HashMap<(String, String), String>);
+
+impl KeyIndex {
+    pub fn from_lines(lines: &str) -> Self {
+        let mut index = HashMap::new();
+        for line in lines.lines() {
+            let mut parts = line.splitn(3, ' ');
+            if let (Some(a), Some(b), Some(tag)) = (parts.next(), parts.next(), parts.next()) {
+                if let Some(guest) = tag.strip_prefix(GUEST_TAG) {
+                    // The first line for a key wins, as in `guest_in_lines`.
+                    index
+                        .entry((a.to_string(), b.to_string()))
+                        .or_insert_with(|| guest.to_string());
+                }
+            }
+        }
+        KeyIndex(index)
+    }
+
+    pub fn from_access(access: &OwnerAccess) -> Self {
+        let mut index = HashMap::new();
+        for k in &access.keys {
+            index
+                .entry((k.algorithm.clone(), k.blob.clone()))
+                .or_insert_with(|| k.guest.clone());
+        }
+        KeyIndex(index)
+    }
+
+    /// The guest key (`algorithm`, `blob`) belongs to, if any.
+    pub fn guest(&self, algorithm: &str, blob: &str) -> Option<&str> {
+        self.0
+            .get(&(algorithm.to_string(), blob.to_string()))
+            .map(String::as_str)
+    }
 }
 
 /// Compiles validated grants against the account database. `source` is the
@@ -342,6 +382,21 @@ pub(crate) mod tests {
                 compile(&g, &src, &FakeAccounts(accounts)).map_err(|_| ())
             });
             prop_assert!(result.is_err(), "flaw {} accepted:\n{}", flaw, src);
+        }
+    }
+
+    #[test]
+    fn key_index_answers_like_the_lines() {
+        let lines =
+            "ssh-ed25519 A vmshare:bob\nssh-rsa B vmshare:carol\nssh-ed25519 A vmshare:eve\njunk\n";
+        let index = KeyIndex::from_lines(lines);
+        for (a, b) in [
+            ("ssh-ed25519", "A"),
+            ("ssh-rsa", "B"),
+            ("ssh-rsa", "A"),
+            ("x", "y"),
+        ] {
+            assert_eq!(index.guest(a, b), guest_in_lines(lines, a, b), "{a} {b}");
         }
     }
 }
