@@ -147,6 +147,11 @@ pub enum EditError {
     ResultInvalid(FileErrors),
     /// The change could not be expressed in this file's layout.
     Layout(String),
+    /// Another edit held the lock for as long as this one would wait.
+    Busy {
+        lock: PathBuf,
+        waited: Duration,
+    },
     Lock(String),
     Io(String),
 }
@@ -200,6 +205,12 @@ impl fmt::Display for EditError {
             EditError::Layout(why) => write!(
                 f,
                 "cannot make this edit in the file's layout ({why}); edit the file by hand"
+            ),
+            EditError::Busy { lock, waited } => write!(
+                f,
+                "the grant file is being edited: another edit has held {} for {}s; try again",
+                lock.display(),
+                waited.as_secs_f32()
             ),
             EditError::Lock(why) | EditError::Io(why) => write!(f, "{why}"),
         }
@@ -803,10 +814,10 @@ pub fn lock_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.lock"))
 }
 
-/// Takes the edit lock, waiting up to [`LOCK_TIMEOUT`].
-fn lock(path: &Path) -> Result<Flock<File>, EditError> {
+/// Takes the edit lock, waiting up to `wait`.
+fn lock(path: &Path, wait: Duration) -> Result<Flock<File>, EditError> {
     let lock_path = lock_path(path);
-    let deadline = Instant::now() + LOCK_TIMEOUT;
+    let deadline = Instant::now() + wait;
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -824,11 +835,10 @@ fn lock(path: &Path) -> Result<Flock<File>, EditError> {
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                return Err(EditError::Lock(format!(
-                    "another edit of the grant file has held {} for {}s; try again",
-                    lock_path.display(),
-                    LOCK_TIMEOUT.as_secs()
-                )))
+                return Err(EditError::Busy {
+                    lock: lock_path,
+                    waited: wait,
+                })
             }
             Err((_, e)) => {
                 return Err(EditError::Lock(format!(
@@ -848,6 +858,17 @@ pub fn edit_file(
     path: &Path,
     change: &Change,
     accounts: &dyn Accounts,
+) -> Result<Edited, EditError> {
+    edit_file_within(path, change, accounts, LOCK_TIMEOUT)
+}
+
+/// [`edit_file`], waiting at most `wait` for another edit to finish
+/// ([`EditError::Busy`] then).
+pub fn edit_file_within(
+    path: &Path,
+    change: &Change,
+    accounts: &dyn Accounts,
+    wait: Duration,
 ) -> Result<Edited, EditError> {
     let owner = change.owner();
     grants::check_owner_name(owner).map_err(EditError::BadOwnerName)?;
@@ -871,7 +892,7 @@ pub fn edit_file(
             )));
         }
     }
-    let _lock = lock(path)?;
+    let _lock = lock(path, wait)?;
     let current =
         fsutil::read_strict(path, MAX_GRANT_FILE_BYTES as u64).map_err(EditError::Unreadable)?;
     let (text, target, mode, ids) = match current {
