@@ -145,6 +145,10 @@ impl Passes {
         }
     }
 
+    fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
     fn stalled(&self) -> bool {
         self.running
             .as_ref()
@@ -187,7 +191,9 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
 
     loop {
         let wake = tokio::select! {
-            ev = watcher.next() => match ev {
+            // While a pass runs, changes wait in the kernel's queue and are
+            // read as a batch after it, as many as there are: one more pass.
+            ev = watcher.next(), if !passes.is_running() => match ev {
                 Ok(watch::Change::Complete) => Wake::Changed("grant file changed"),
                 Ok(watch::Change::Partial) => Wake::Unsettled,
                 Ok(watch::Change::Overflow) => {
