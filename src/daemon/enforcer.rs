@@ -16,7 +16,6 @@ use crate::policy::SystemAccounts;
 use crate::sessions::{self, SessionRecord};
 use crate::snapshot;
 use crate::source::{self, Loaded, Outcome};
-use crate::syslog::Level;
 
 /// How long a session group may exist without a record.
 const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -230,14 +229,13 @@ pub fn apply(config: &Config, config_path: Option<&Path>, reason: &str) -> Pass 
             "invalid" => "grant file applied: INVALID, no guest gets in",
             _ => "grant file applied",
         };
-        audit::record(
-            "vmshared",
-            Level::Notice,
+        super::audit_event(
             &audit::Event {
                 kind: Some(audit::Kind::GrantChange),
                 message: &format!("{state} (sha256 {}, {reason})", compiled.sha256),
                 ..audit::Event::default()
             },
+            "",
         );
     }
     enforce_sessions(config, &judge, &mut pass);
@@ -290,9 +288,7 @@ fn enforce_sessions(config: &Config, judge: &Judge, pass: &mut Pass) {
         let started = Instant::now();
         match enforce::terminate(config, &record) {
             Ok(method) => {
-                audit::record(
-                    "vmshared",
-                    Level::Notice,
+                super::audit_event(
                     &audit::Event {
                         kind: Some(audit::Kind::Kill),
                         owner: &record.owner,
@@ -302,17 +298,10 @@ fn enforce_sessions(config: &Config, judge: &Judge, pass: &mut Pass) {
                         session: &record.id,
                         message: "guest session ended: grant revoked",
                     },
-                );
-                info!(
-                    event = "kill",
-                    method = %method,
-                    owner = %record.owner,
-                    guest = %record.guest,
-                    fingerprint = %record.fingerprint,
-                    remote = %record.remote,
-                    session = %record.id,
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "guest session ended: grant revoked"
+                    &format!(
+                        " method={method} elapsed_us={}",
+                        started.elapsed().as_micros()
+                    ),
                 );
                 let _ = sessions::remove(&dir, &record.id);
                 pass.killed.push(record.id.clone());

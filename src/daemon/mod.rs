@@ -17,8 +17,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use crate::audit;
 use crate::config::Config;
 use crate::sdnotify;
+use crate::syslog::Level;
 
 /// Re-read the grant file at least this often, whatever inotify says.
 pub const BACKSTOP: Duration = Duration::from_secs(30);
@@ -95,6 +97,29 @@ fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+}
+
+/// Records an audit event once, from one set of fields: in journald (or
+/// syslog) for the audit trail, and as the daemon's log line. `detail`
+/// (e.g. how a session was ended) goes on the log line only.
+fn audit_event(event: &audit::Event, detail: &str) {
+    audit::record("vmshared", Level::Notice, event);
+    info!(
+        event = event.kind.map(audit::Kind::as_str),
+        owner = field(event.owner),
+        guest = field(event.guest),
+        fingerprint = field(event.fingerprint),
+        remote = field(event.remote),
+        session = field(event.session),
+        "{}{detail}",
+        event.message
+    );
+}
+
+/// An audit field for the log line; an empty one is left out, as in the
+/// audit record.
+fn field(value: &str) -> Option<tracing::field::DisplayValue<&str>> {
+    (!value.is_empty()).then(|| tracing::field::display(value))
 }
 
 /// What woke the loop.

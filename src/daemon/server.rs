@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::cgroup;
 use crate::config::Config;
@@ -156,9 +156,7 @@ fn answer(
                 LEAVE_LOCK_WAIT,
             ) {
                 Ok(_) => {
-                    crate::audit::record(
-                        "vmshared",
-                        crate::syslog::Level::Notice,
+                    super::audit_event(
                         &crate::audit::Event {
                             kind: Some(crate::audit::Kind::Leave),
                             owner: &r.owner,
@@ -168,11 +166,7 @@ fn answer(
                             session: &r.id,
                             message: "guest left the shared VM",
                         },
-                    );
-                    info!(
-                        event = "leave", owner = %r.owner, guest = %r.guest,
-                        fingerprint = %r.fingerprint, remote = %r.remote, session = %r.id,
-                        "guest left the shared VM"
+                        "",
                     );
                     (
                         Response::Left {
