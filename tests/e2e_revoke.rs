@@ -262,6 +262,80 @@ fn leave_ends_the_callers_sessions_only_and_refuses_the_owner() {
     );
     assert!(String::from_utf8_lossy(&spoof.stdout).contains("carol"));
 
+    bob_leaves(&host, &c, &mut bob);
+    let text = host.read_file(harness::GRANTS).unwrap();
+    assert!(text.starts_with("# shared VM"), "comments kept: {text}");
+    host.assert_refused("alice", &c.bob);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(carol.processes(), 2, "carol was hit by bob's leave");
+    assert_eq!(own.processes(), 2, "the owner was hit by bob's leave");
+}
+
+/// What `edit::lock_path` names for the grant file: the edit lock.
+const EDIT_LOCK: &str = "/etc/vmshare/.grants.toml.lock";
+
+#[test]
+fn a_held_edit_lock_neither_stalls_revokes_nor_hangs_leave() {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let (host, c) = setup();
+    let _daemon = host.start_daemon();
+    let mut carol = LiveSession::open(&host, "alice", &c.carol);
+    let mut bob = LiveSession::open(&host, "alice", &c.bob);
+
+    // Another edit holds the lock for longer than any test waits.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(host.path(EDIT_LOCK))
+        .expect("open the edit lock");
+    let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .unwrap_or_else(|(_, e)| panic!("lock: {e}"));
+
+    // bob asks to leave while the lock is held ...
+    let started = std::time::Instant::now();
+    let leave = host.ssh_spawn("alice", &c.bob, "vmshare leave");
+    assert!(
+        harness::wait_until(Duration::from_secs(20), || host.session_records().len()
+            == 3),
+        "bob's leave session did not open"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    // ... and carol is revoked meanwhile: she is gone at the usual pace.
+    host.write_grants(&only_bob(&c));
+    assert!(
+        carol.wait_gone(Duration::from_secs(5)).is_some(),
+        "a revoke waited behind a held edit lock:\n{}",
+        host.daemon_log()
+    );
+
+    // The leave answers "busy" well before the lock's own 30 s timeout.
+    let out = output_within(leave, Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("being edited") && stderr.contains("try again"),
+        "leave under a held lock: {out:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let text = host.read_file(harness::GRANTS).unwrap();
+    assert!(!text.contains("\"left\""), "{text}");
+    assert_eq!(
+        bob.processes(),
+        2,
+        "bob's session ended though leave failed"
+    );
+
+    // Once the lock is free, the same leave goes through.
+    drop(held);
+    bob_leaves(&host, &c, &mut bob);
+}
+
+/// bob leaves from a new session; `bob`, his other session, ends with it.
+fn bob_leaves(host: &Host, c: &Cast, bob: &mut LiveSession) {
     let left = host.ssh("alice", &c.bob, "vmshare leave");
     assert!(
         left.status.success() || left.status.code() == Some(255),
@@ -274,9 +348,26 @@ fn leave_ends_the_callers_sessions_only_and_refuses_the_owner() {
     );
     let text = host.read_file(harness::GRANTS).unwrap();
     assert!(text.contains("status = \"left\""), "{text}");
-    assert!(text.starts_with("# shared VM"), "comments kept: {text}");
-    host.assert_refused("alice", &c.bob);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(carol.processes(), 2, "carol was hit by bob's leave");
-    assert_eq!(own.processes(), 2, "the owner was hit by bob's leave");
+}
+
+/// alice shares with bob only; carol's table is gone.
+fn only_bob(c: &Cast) -> String {
+    format!(
+        "# shared VM\n[owners.alice]\nsharing = true\n\n\
+         [owners.alice.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{}\"]\n",
+        c.bob.public
+    )
+}
+
+/// The output of `child`, or a panic if it runs longer than `timeout`.
+fn output_within(child: std::process::Child, timeout: Duration) -> std::process::Output {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => panic!("waiting for ssh: {e}"),
+        Err(_) => panic!("ssh still runs after {timeout:?}"),
+    }
 }

@@ -10,6 +10,7 @@ pub use pass::{apply, compile_grant_file, now_ns, Compiled, Pass};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -17,7 +18,9 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::store::config::Config;
+use crate::sys::log::audit;
 use crate::sys::log::sdnotify;
+use crate::sys::log::syslog::Level;
 
 /// Re-read the grant file at least this often, whatever inotify says.
 pub const BACKSTOP: Duration = Duration::from_secs(30);
@@ -25,6 +28,11 @@ pub const BACKSTOP: Duration = Duration::from_secs(30);
 /// delete, chmod), wait this long for the writer to finish before applying.
 /// Complete writes (rename into place, close after writing) apply at once.
 pub const SETTLE: Duration = Duration::from_millis(200);
+/// A pass still running after this long is stuck (its own waits are
+/// bounded: a few seconds per session it ends): the loop stops feeding the
+/// watchdog, so systemd restarts the daemon, which rebuilds everything from
+/// the grant file and the run dir.
+const PASS_STALLED: Duration = Duration::from_secs(120);
 
 #[derive(clap::Parser, Debug)]
 #[command(name = "vmshared", version, about = "The vmshare daemon")]
@@ -91,13 +99,86 @@ fn init_logging() {
         .init();
 }
 
+/// Records an audit event once, from one set of fields: in journald (or
+/// syslog) for the audit trail, and as the daemon's log line. `detail`
+/// (e.g. how a session was ended) goes on the log line only.
+fn audit_event(event: &audit::Event, detail: &str) {
+    audit::record("vmshared", Level::Notice, event);
+    info!(
+        event = event.kind.map(audit::Kind::as_str),
+        owner = field(event.owner),
+        guest = field(event.guest),
+        fingerprint = field(event.fingerprint),
+        remote = field(event.remote),
+        session = field(event.session),
+        "{}{detail}",
+        event.message
+    );
+}
+
+/// An audit field for the log line; an empty one is left out, as in the
+/// audit record.
+fn field(value: &str) -> Option<tracing::field::DisplayValue<&str>> {
+    (!value.is_empty()).then(|| tracing::field::display(value))
+}
+
 /// What woke the loop.
 enum Wake {
     /// The grant file changed and is complete.
     Changed(&'static str),
     /// The grant file may be mid-write.
     Unsettled,
-    Request(server::Pending),
+    /// The running pass ended.
+    Passed(Result<Pass, tokio::task::JoinError>),
+}
+
+/// The one pass that may run at a time, and the reason for another once it
+/// is done. Passes run on the blocking pool (they spawn the compiling child
+/// and wait for sessions to die), so the loop keeps answering meanwhile.
+struct Passes {
+    config: Arc<Config>,
+    config_path: Option<PathBuf>,
+    running: Option<(tokio::task::JoinHandle<Pass>, tokio::time::Instant)>,
+    queued: Option<&'static str>,
+}
+
+impl Passes {
+    fn request(&mut self, reason: &'static str) {
+        if self.running.is_some() {
+            // The file may have changed after the running pass read it.
+            self.queued = Some(reason);
+            return;
+        }
+        let (config, path) = (Arc::clone(&self.config), self.config_path.clone());
+        let pass = tokio::task::spawn_blocking(move || apply(&config, path.as_deref(), reason));
+        self.running = Some((pass, tokio::time::Instant::now()));
+    }
+
+    /// Waits for the running pass, if any, to end.
+    async fn done(&mut self) -> Result<Pass, tokio::task::JoinError> {
+        match &mut self.running {
+            Some((pass, _)) => pass.await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Forgets the pass that ended and starts the queued one.
+    fn finished(&mut self) {
+        self.running = None;
+        if let Some(reason) = self.queued.take() {
+            self.request(reason);
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    fn stalled(&self) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|(_, since)| since.elapsed() > PASS_STALLED)
+    }
 }
 
 async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String> {
@@ -106,10 +187,11 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     let first = apply(&config, config_path.as_deref(), "start");
     let mut watcher = watch::Watcher::new(&config.grants)
         .map_err(|e| format!("cannot watch {}: {e}", config.grants.display()))?;
-    let (req_tx, mut req_rx) = mpsc::channel(64);
+    let config = Arc::new(config);
+    let (pass_tx, mut pass_rx) = mpsc::channel(64);
     let listener = server::bind(&config.socket_path())
         .map_err(|e| format!("cannot listen on {}: {e}", config.socket_path().display()))?;
-    tokio::spawn(server::accept_loop(listener, req_tx));
+    tokio::spawn(server::accept_loop(listener, Arc::clone(&config), pass_tx));
 
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -122,13 +204,21 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     // makes every lookup hash the file; rewrite it once the window passes.
     let mut racy_at = first.racy.then(racy_deadline);
     let mut settle_at: Option<tokio::time::Instant> = None;
+    let mut passes = Passes {
+        config: Arc::clone(&config),
+        config_path,
+        running: None,
+        queued: None,
+    };
 
     sdnotify::notify("READY=1");
     info!(grants = %config.grants.display(), socket = %config.socket_path().display(), "vmshared ready");
 
     loop {
         let wake = tokio::select! {
-            ev = watcher.next() => match ev {
+            // While a pass runs, changes wait in the kernel's queue and are
+            // read as a batch after it, as many as there are: one more pass.
+            ev = watcher.next(), if !passes.is_running() => match ev {
                 Ok(watch::WatchEvent::Complete) => Wake::Changed("grant file changed"),
                 Ok(watch::WatchEvent::Partial) => Wake::Unsettled,
                 Ok(watch::WatchEvent::Overflow) => {
@@ -157,27 +247,36 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
             _ = sleep_until(racy_at) => Wake::Changed("snapshot refresh"),
             _ = hup.recv() => Wake::Changed("SIGHUP"),
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
-                sdnotify::notify("WATCHDOG=1");
+                if passes.stalled() {
+                    error!("a grant-file pass has run for over {PASS_STALLED:?}; no longer feeding the watchdog");
+                } else {
+                    sdnotify::notify("WATCHDOG=1");
+                }
                 continue;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
-            Some(req) = req_rx.recv() => Wake::Request(req),
+            Some(reason) = pass_rx.recv() => Wake::Changed(reason),
+            done = passes.done() => Wake::Passed(done),
         };
         match wake {
             Wake::Changed(reason) => {
+                // The pass (or the one queued) settles both; disarmed, they
+                // do not fire again while it runs.
                 settle_at = None;
-                let pass = apply(&config, config_path.as_deref(), reason);
-                racy_at = pass.racy.then(racy_deadline);
+                racy_at = None;
+                passes.request(reason);
             }
             Wake::Unsettled => {
                 settle_at.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE);
             }
-            Wake::Request(pending) => {
-                if let Some(reason) = server::handle(&config, pending).await {
-                    let pass = apply(&config, config_path.as_deref(), reason);
-                    racy_at = pass.racy.then(racy_deadline);
+            Wake::Passed(done) => {
+                match done {
+                    Ok(pass) => racy_at = pass.racy.then(racy_deadline),
+                    // The backstop's re-read retries.
+                    Err(e) => error!("grant-file pass failed: {e}"),
                 }
+                passes.finished();
             }
         }
     }

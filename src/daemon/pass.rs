@@ -17,7 +17,6 @@ use crate::store::snapshot;
 use crate::store::source::{self, GrantFileState, Loaded, Outcome};
 use crate::sys::accounts::SystemAccounts;
 use crate::sys::log::audit;
-use crate::sys::log::syslog::Level;
 
 /// How long a session group may exist without a record.
 const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -244,14 +243,13 @@ pub fn apply(config: &Config, config_path: Option<&Path>, reason: &str) -> Pass 
             GrantFileState::Invalid => "grant file applied: INVALID, no guest gets in",
             GrantFileState::Valid => "grant file applied",
         };
-        audit::record(
-            "vmshared",
-            Level::Notice,
+        super::audit_event(
             &audit::Event {
                 kind: Some(audit::Kind::GrantChange),
                 message: &format!("{state} (sha256 {}, {reason})", compiled.sha256),
                 ..audit::Event::default()
             },
+            "",
         );
     }
     let enforcing = Instant::now();
@@ -302,9 +300,7 @@ fn enforce_sessions(config: &Config, judge: &mut Judge, pass: &mut Pass) {
         let method = record.placement.name();
         match backend::end(&record) {
             Ok(()) => {
-                audit::record(
-                    "vmshared",
-                    Level::Notice,
+                super::audit_event(
                     &audit::Event {
                         kind: Some(audit::Kind::Kill),
                         owner: &record.owner,
@@ -314,17 +310,10 @@ fn enforce_sessions(config: &Config, judge: &mut Judge, pass: &mut Pass) {
                         session: &record.id,
                         message: "guest session ended: grant revoked",
                     },
-                );
-                info!(
-                    event = "kill",
-                    method = %method,
-                    owner = %record.owner,
-                    guest = %record.guest,
-                    fingerprint = %record.fingerprint,
-                    remote = %record.remote,
-                    session = %record.id,
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "guest session ended: grant revoked"
+                    &format!(
+                        " method={method} elapsed_us={}",
+                        started.elapsed().as_micros()
+                    ),
                 );
                 let _ = records::remove(&dir, &record.id);
                 pass.killed.push(record.id.clone());

@@ -1,15 +1,19 @@
-//! The daemon side of the control socket. Connections are read in their own
-//! tasks (with a size limit and a timeout); requests are answered in the
-//! main loop, one at a time, so they never race a grant-file pass.
+//! The daemon side of the control socket. Each connection is served in its
+//! own task (with a size limit and a timeout); the answer is worked out on
+//! the blocking pool, so a slow one (a `leave` waiting for the edit lock)
+//! never holds up the main loop. A request that changed the grant file asks
+//! the loop for a pass once its answer is out.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tokio::sync::mpsc;
+use tracing::warn;
 
 use crate::control::{self, Request, Response, SessionInfo, TIMEOUT};
 use crate::session::backend::cgroup;
@@ -17,14 +21,10 @@ use crate::store::config::Config;
 use crate::store::records::{self, SessionRecord};
 use crate::sys::procfs;
 
-/// A request read from a peer, waiting for the main loop.
-pub struct Pending {
-    request: Request,
-    uid: u32,
-    pid: Option<i32>,
-    reply: oneshot::Sender<Response>,
-    sent: oneshot::Receiver<()>,
-}
+/// How long a `leave` waits for another edit of the grant file to finish:
+/// below the client's own [`TIMEOUT`], so the guest hears "busy" rather
+/// than a timeout.
+const LEAVE_LOCK_WAIT: Duration = Duration::from_secs(2);
 
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
     match std::fs::remove_file(path) {
@@ -38,13 +38,18 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Pending>) {
+/// Serves every connection; `passes` asks the main loop for a pass.
+pub async fn accept_loop(
+    listener: UnixListener,
+    config: Arc<Config>,
+    passes: mpsc::Sender<&'static str>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let requests = requests.clone();
+                let (config, passes) = (Arc::clone(&config), passes.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve(stream, requests).await {
+                    if let Err(e) = serve(stream, config, passes).await {
                         warn!("control connection: {e}");
                     }
                 });
@@ -57,7 +62,11 @@ pub async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Pending>
     }
 }
 
-async fn serve(mut stream: UnixStream, requests: mpsc::Sender<Pending>) -> io::Result<()> {
+async fn serve(
+    mut stream: UnixStream,
+    config: Arc<Config>,
+    passes: mpsc::Sender<&'static str>,
+) -> io::Result<()> {
     let cred = stream.peer_cred()?;
     let read = async {
         let mut prefix = [0u8; 4];
@@ -82,22 +91,17 @@ async fn serve(mut stream: UnixStream, requests: mpsc::Sender<Pending>) -> io::R
             ))
         }
     };
-    let (reply_tx, reply_rx) = oneshot::channel();
-    let (sent_tx, sent_rx) = oneshot::channel();
-    let pending = Pending {
-        request,
-        uid: cred.uid(),
-        pid: cred.pid(),
-        reply: reply_tx,
-        sent: sent_rx,
-    };
-    if requests.send(pending).await.is_err() {
-        return Ok(());
+    let (uid, pid) = (cred.uid(), cred.pid());
+    let answered = tokio::task::spawn_blocking(move || answer(&config, request, uid, pid)).await;
+    let (response, reapply) = answered.unwrap_or_else(|e| {
+        let message = format!("internal error: {e}");
+        (Response::Error { message }, None)
+    });
+    // The answer goes out before the pass that may end the caller's session.
+    let _ = tokio::time::timeout(TIMEOUT, write(&mut stream, &response)).await;
+    if let Some(reason) = reapply {
+        let _ = passes.send(reason).await;
     }
-    if let Ok(response) = reply_rx.await {
-        let _ = tokio::time::timeout(TIMEOUT, write(&mut stream, &response)).await;
-    }
-    let _ = sent_tx.send(());
     Ok(())
 }
 
@@ -106,18 +110,17 @@ async fn write(stream: &mut UnixStream, response: &Response) -> io::Result<()> {
     stream.flush().await
 }
 
-/// Answers one request. Returns a reason to re-apply the grant file when
-/// the request changed it.
-pub async fn handle(config: &Config, pending: Pending) -> Option<&'static str> {
-    let Pending {
-        request,
-        uid,
-        pid,
-        reply,
-        sent,
-    } = pending;
+/// Answers one request from `uid` (process `pid`); blocks (a `leave`
+/// waits up to [`LEAVE_LOCK_WAIT`] for the edit lock). Returns a reason to
+/// re-apply the grant file when the request changed it.
+fn answer(
+    config: &Config,
+    request: Request,
+    uid: u32,
+    pid: Option<i32>,
+) -> (Response, Option<&'static str>) {
     let session = pid.and_then(|pid| session_of(config, pid, uid));
-    let (response, reapply) = match request {
+    match request {
         Request::Whoami => (
             match &session {
                 Some(r) => Response::Guest(info_of(r)),
@@ -143,18 +146,17 @@ pub async fn handle(config: &Config, pending: Pending) -> Option<&'static str> {
                 },
                 None,
             ),
-            Some(r) => match crate::store::edit::edit_file(
+            Some(r) => match crate::store::edit::edit_file_within(
                 &config.grants,
                 &crate::grant::lifecycle::Change::Leave {
                     owner: r.owner.clone(),
                     guest: r.guest.clone(),
                 },
                 &crate::sys::accounts::SystemAccounts,
+                LEAVE_LOCK_WAIT,
             ) {
                 Ok(_) => {
-                    crate::sys::log::audit::record(
-                        "vmshared",
-                        crate::sys::log::syslog::Level::Notice,
+                    super::audit_event(
                         &crate::sys::log::audit::Event {
                             kind: Some(crate::sys::log::audit::Kind::Leave),
                             owner: &r.owner,
@@ -164,11 +166,7 @@ pub async fn handle(config: &Config, pending: Pending) -> Option<&'static str> {
                             session: &r.id,
                             message: "guest left the shared VM",
                         },
-                    );
-                    info!(
-                        event = "leave", owner = %r.owner, guest = %r.guest,
-                        fingerprint = %r.fingerprint, remote = %r.remote, session = %r.id,
-                        "guest left the shared VM"
+                        "",
                     );
                     (
                         Response::Left {
@@ -186,13 +184,7 @@ pub async fn handle(config: &Config, pending: Pending) -> Option<&'static str> {
                 ),
             },
         },
-    };
-    let _ = reply.send(response);
-    if reapply.is_some() {
-        // Let the answer reach the guest before their session is ended.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sent).await;
     }
-    reapply
 }
 
 fn info_of(r: &SessionRecord) -> SessionInfo {

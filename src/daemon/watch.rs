@@ -4,11 +4,13 @@
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::task::Poll;
 
-use inotify::{EventMask, Inotify, WatchMask};
-use tokio::io::unix::AsyncFd;
+use inotify::{EventMask, EventStream, Inotify, StreamExt, WatchMask};
 
-/// What a batch of inotify events means for the grant file.
+/// At most this many events make one change (the kernel queues 16384).
+const MAX_BATCH: usize = 16 * 1024;
+
 pub enum WatchEvent {
     /// The file was replaced by rename or closed after writing.
     Complete,
@@ -21,10 +23,9 @@ pub enum WatchEvent {
 }
 
 pub struct Watcher {
-    fd: AsyncFd<Inotify>,
+    /// Owns the inotify descriptor and its registration with tokio.
+    events: EventStream<Vec<u8>>,
     name: OsString,
-    buffer: Vec<u8>,
-    pending: Vec<WatchEvent>,
 }
 
 impl Watcher {
@@ -52,42 +53,37 @@ impl Watcher {
                 | WatchMask::DELETE_SELF
                 | WatchMask::MOVE_SELF,
         )?;
-        // `AsyncFd::new` is deprecated because a caller could close the fd
-        // while it is registered; the AsyncFd owns the Inotify here, so the
-        // fd lives exactly as long as the registration.
-        #[allow(deprecated)]
-        let fd = AsyncFd::new(inotify)?;
         Ok(Watcher {
-            fd,
+            events: inotify.into_event_stream(vec![0; 64 * 1024])?,
             name,
-            buffer: vec![0; 64 * 1024],
-            pending: Vec::new(),
         })
     }
 
-    /// The next change that concerns the grant file.
+    /// The next change that concerns the grant file: the strongest of the
+    /// events that are in when the first one arrives.
     pub async fn next(&mut self) -> io::Result<WatchEvent> {
+        let mut strongest = WatchEvent::Irrelevant;
+        let mut read = 0;
         loop {
-            if let Some(change) = self.pending.pop() {
-                return Ok(change);
-            }
-            let mut guard = self.fd.readable_mut().await?;
-            let result = guard.try_io(|inner| {
-                let events = inner.get_mut().read_events(&mut self.buffer)?;
-                let mut strongest = WatchEvent::Irrelevant;
-                for event in events {
-                    let change =
-                        classify_event(event.mask, event.name.is_some_and(|n| n == self.name));
-                    strongest = stronger(strongest, change);
+            let event = if matches!(strongest, WatchEvent::Irrelevant) {
+                // The one wait: nothing is lost if the caller gives up here.
+                self.events.next().await
+            } else if read == MAX_BATCH {
+                return Ok(strongest);
+            } else {
+                // Only what is in already; this never waits.
+                let ready = std::future::poll_fn(|cx| Poll::Ready(self.events.poll_next_unpin(cx)));
+                match ready.await {
+                    Poll::Ready(event) => event,
+                    Poll::Pending => return Ok(strongest),
                 }
-                Ok(strongest)
-            });
-            match result {
-                Ok(Ok(WatchEvent::Irrelevant)) => continue,
-                Ok(Ok(change)) => self.pending.push(change),
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
-            }
+            };
+            let event = event.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "inotify descriptor closed")
+            })??;
+            read += 1;
+            let change = classify_event(event.mask, event.name.is_some_and(|n| n == self.name));
+            strongest = stronger(strongest, change);
         }
     }
 }

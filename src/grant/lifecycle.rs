@@ -20,6 +20,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use super::diag::FileErrors;
 use super::model::{Grants, Status};
@@ -127,6 +129,11 @@ pub enum EditError {
     ResultInvalid(FileErrors),
     /// The change could not be expressed in this file's layout.
     Layout(String),
+    /// Another edit held the lock for as long as this one would wait.
+    Busy {
+        lock: PathBuf,
+        waited: Duration,
+    },
     Lock(String),
     Io(String),
 }
@@ -180,6 +187,12 @@ impl fmt::Display for EditError {
             EditError::Layout(why) => write!(
                 f,
                 "cannot make this edit in the file's layout ({why}); edit the file by hand"
+            ),
+            EditError::Busy { lock, waited } => write!(
+                f,
+                "the grant file is being edited: another edit has held {} for {}s; try again",
+                lock.display(),
+                waited.as_secs_f32()
             ),
             EditError::Lock(why) | EditError::Io(why) => write!(f, "{why}"),
         }

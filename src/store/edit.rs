@@ -374,10 +374,10 @@ pub fn lock_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.lock"))
 }
 
-/// Takes the edit lock, waiting up to [`LOCK_TIMEOUT`].
-fn lock(path: &Path) -> Result<Flock<File>, EditError> {
+/// Takes the edit lock, waiting up to `wait`.
+fn lock(path: &Path, wait: Duration) -> Result<Flock<File>, EditError> {
     let lock_path = lock_path(path);
-    let deadline = Instant::now() + LOCK_TIMEOUT;
+    let deadline = Instant::now() + wait;
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -395,11 +395,10 @@ fn lock(path: &Path) -> Result<Flock<File>, EditError> {
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                return Err(EditError::Lock(format!(
-                    "another edit of the grant file has held {} for {}s; try again",
-                    lock_path.display(),
-                    LOCK_TIMEOUT.as_secs()
-                )))
+                return Err(EditError::Busy {
+                    lock: lock_path,
+                    waited: wait,
+                })
             }
             Err((_, e)) => {
                 return Err(EditError::Lock(format!(
@@ -419,6 +418,17 @@ pub fn edit_file(
     path: &Path,
     change: &Change,
     accounts: &dyn Accounts,
+) -> Result<Edited, EditError> {
+    edit_file_within(path, change, accounts, LOCK_TIMEOUT)
+}
+
+/// [`edit_file`], waiting at most `wait` for another edit to finish
+/// ([`EditError::Busy`] then).
+pub fn edit_file_within(
+    path: &Path,
+    change: &Change,
+    accounts: &dyn Accounts,
+    wait: Duration,
 ) -> Result<Edited, EditError> {
     let owner = change.owner();
     crate::grant::parse::check_owner_name(owner).map_err(EditError::BadOwnerName)?;
@@ -442,7 +452,7 @@ pub fn edit_file(
             )));
         }
     }
-    let _lock = lock(path)?;
+    let _lock = lock(path, wait)?;
     let current =
         fsutil::read_strict(path, MAX_GRANT_FILE_BYTES as u64).map_err(EditError::Unreadable)?;
     let (text, target, mode, ids) = match current {
