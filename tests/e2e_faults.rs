@@ -156,6 +156,9 @@ fn daemon_killed_mid_storm_ends_in_the_final_state() {
         ("erin", Grant::Accepted),
     ];
     let done = std::sync::atomic::AtomicUsize::new(0);
+    // The final edit (which revokes carol) waits for the logins after the
+    // restart, however slowly the daemon came back on a loaded machine.
+    let logins_done = std::sync::atomic::AtomicBool::new(false);
     let mut rng = Rng::new("storm");
     let plan: Vec<String> = (0..EDITS)
         .map(|i| {
@@ -178,7 +181,12 @@ fn daemon_killed_mid_storm_ends_in_the_final_state() {
 
     let _daemon = thread::scope(|s| {
         s.spawn(|| {
-            for text in &plan {
+            for (i, text) in plan.iter().enumerate() {
+                if i + 1 == EDITS {
+                    wait_until(Duration::from_secs(120), || {
+                        logins_done.load(std::sync::atomic::Ordering::SeqCst)
+                    });
+                }
                 host.write_grants_fast(text);
                 done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 thread::sleep(Duration::from_millis(5));
@@ -210,6 +218,7 @@ fn daemon_killed_mid_storm_ends_in_the_final_state() {
                 sessions.push((g, session));
             }
         }
+        logins_done.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(reached(EDITS));
         daemon
     });
