@@ -1,0 +1,23 @@
+//! Which guest session a process belongs to: by where its session was
+//! placed (its cgroup, or logind's scope), or by descent from the session's
+//! sshd process. Nothing the process can set (environment, arguments) plays
+//! a part.
+
+use crate::session::backend::cgroup;
+use crate::store::records::SessionRecord;
+use crate::sys::procfs;
+
+/// The recorded session process `pid` belongs to, if any.
+pub fn session_of<'a>(records: &'a [SessionRecord], pid: i32) -> Option<&'a SessionRecord> {
+    let group = cgroup::group_of(pid);
+    let ancestors = procfs::ancestors(pid);
+    records.iter().find(|r| {
+        let by_group = group
+            .as_deref()
+            .is_some_and(|g| r.placement.backend().holds(r, g));
+        let by_descent = ancestors
+            .iter()
+            .any(|a| a.pid == r.monitor_pid && a.start == r.monitor_start);
+        by_group || by_descent
+    })
+}
