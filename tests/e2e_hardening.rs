@@ -85,9 +85,7 @@ fn forged_pam_environment_does_not_turn_bob_into_carol() {
         &c.bob,
         &format!("setsid nohup sleep {escapee} >/dev/null 2>&1 </dev/null & echo up; read line"),
     );
-    let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let line = harness::first_line(&mut client, Duration::from_secs(30));
     assert_eq!(line.trim(), "up", "bob's session did not start");
     assert!(wait_until(Duration::from_secs(10), || pids_with_cmdline(
         &["sleep", &escapee]

@@ -16,10 +16,9 @@
 mod harness;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -210,16 +209,7 @@ fn open_long(host: &Host, bob: &Key) -> Option<Long> {
         markers[1]
     );
     let mut child = host.ssh_spawn("alice", bob, &cmd);
-    let stdout = child.stdout.take();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut line = String::new();
-        if let Some(out) = stdout {
-            let _ = BufReader::new(out).read_line(&mut line);
-        }
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+    let line = harness::first_line(&mut child, Duration::from_secs(30));
     match parse_mark(&line, "up") {
         Some((up_ns, monitor)) => Some(Long {
             child,

@@ -8,7 +8,7 @@ use crate::store::records::SessionRecord;
 use crate::sys::procfs;
 
 /// The recorded session process `pid` belongs to, if any.
-pub fn session_of<'a>(records: &'a [SessionRecord], pid: i32) -> Option<&'a SessionRecord> {
+pub fn session_of(records: &[SessionRecord], pid: i32) -> Option<&SessionRecord> {
     let group = cgroup::group_of(pid);
     let ancestors = procfs::ancestors(pid);
     records.iter().find(|r| {

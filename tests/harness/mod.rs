@@ -196,3 +196,18 @@ fn show_args<S: AsRef<OsStr>>(args: &[S]) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// The first line `child` prints on stdout within `timeout` (empty if none).
+pub fn first_line(child: &mut std::process::Child, timeout: std::time::Duration) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        if let Some(out) = stdout {
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(timeout).unwrap_or_default()
+}

@@ -2,9 +2,7 @@
 //! restarting sshd, running commands over ssh, the login assertions, and
 //! long-lived sessions.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -251,16 +249,7 @@ impl LiveSession {
             "setsid nohup sleep {escapee} >/dev/null 2>&1 </dev/null & echo up; exec sleep {foreground}"
         );
         let mut child = host.ssh_spawn(user, key, &cmd);
-        let stdout = child.stdout.take();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut line = String::new();
-            if let Some(out) = stdout {
-                let _ = BufReader::new(out).read_line(&mut line);
-            }
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let line = super::first_line(&mut child, Duration::from_secs(30));
         let session = LiveSession {
             child,
             escapee,
