@@ -3,3 +3,4 @@
 
 pub mod backend;
 pub mod hook;
+pub mod owner_keys;
