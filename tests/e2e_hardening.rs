@@ -8,7 +8,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{pids_with_cmdline, wait_until, Host, Key};
+use harness::{pids_with_cmdline, wait_until, Host, Key, LiveSession};
 
 /// Generous bound for a kill in tests; the benchmark measures the real figure.
 const GONE_WITHIN: Duration = Duration::from_secs(10);
@@ -128,4 +128,310 @@ fn forged_pam_environment_does_not_turn_bob_into_carol() {
     );
     // carol was never touched: she still logs in.
     host.assert_logs_in_as("alice", &c.carol, "alice");
+}
+
+/// Writes `user`'s `~/.ssh/NAME` (as the owner or a guest running as the
+/// owner would), with the modes sshd wants unless told otherwise.
+fn write_key_file(host: &Host, user: &str, name: &str, text: &str, mode: u32) -> String {
+    let (uid, gid, home) = host.passwd_entry(user);
+    let path = format!("{home}/.ssh/{name}");
+    let _ = std::fs::remove_file(host.path(&path));
+    host.write_file(&path, text, uid, gid, mode);
+    path
+}
+
+/// Replaces `user`'s `~/.ssh/NAME` with a symlink to `target`, owned by
+/// the user.
+fn link_key_file(host: &Host, user: &str, name: &str, target: &str) {
+    let (uid, gid, home) = host.passwd_entry(user);
+    let path = host.path(&format!("{home}/.ssh/{name}"));
+    let _ = std::fs::remove_file(&path);
+    std::os::unix::fs::symlink(target, &path).unwrap();
+    std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).unwrap();
+}
+
+/// Adds sshd configuration lines (a drop-in read before vmshare's) and
+/// restarts sshd.
+fn configure_sshd(host: &mut Host, lines: &str) {
+    host.write_file(
+        "/etc/ssh/sshd_config.d/00-e2e-test.conf",
+        lines,
+        0,
+        0,
+        0o644,
+    );
+    host.restart_sshd(nix::sys::signal::Signal::SIGTERM);
+}
+
+/// ssh with several keys (for `AuthenticationMethods publickey,publickey`).
+fn ssh_with_keys(host: &Host, user: &str, keys: &[&Key], cmd: &str) -> std::process::Output {
+    let mut args: Vec<String> = vec!["ssh".into(), "-F".into(), "/dev/null".into()];
+    for k in keys {
+        args.extend(["-i".into(), k.private.clone()]);
+    }
+    for o in [
+        "BatchMode=yes",
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "IdentitiesOnly=yes",
+        "ConnectTimeout=5",
+        "LogLevel=ERROR",
+    ] {
+        args.extend(["-o".into(), o.into()]);
+    }
+    args.extend([format!("{user}@127.0.0.1"), cmd.into()]);
+    host.run(&args)
+}
+
+/// bob writes his own key into alice's authorized_keys in forms sshd does
+/// not honour (a comment, behind a `from=` the login does not come from,
+/// with an `expiry-time` long past). His login must stay his: recorded as
+/// bob and ended by bob's revoke.
+#[test]
+fn a_guest_key_in_the_owners_files_is_still_the_guests() {
+    let (host, c) = setup();
+    let _daemon = host.start_daemon();
+    let own = host.read_file("/home/alice/.ssh/authorized_keys").unwrap();
+    for form in [
+        format!("# {}", c.bob.public),
+        format!("from=\"192.0.2.1\" {}", c.bob.public),
+        format!("expiry-time=\"20000101\",no-pty {}", c.bob.public),
+    ] {
+        write_key_file(
+            &host,
+            "alice",
+            "authorized_keys",
+            &format!("{own}{form}\n"),
+            0o600,
+        );
+        host.write_grants(&grants(&c, true));
+        let mut session = LiveSession::open(&host, "alice", &c.bob);
+        let records = host.session_records();
+        assert!(
+            records.iter().any(|r| r.guest == "bob"),
+            "bob's login with `{form}` in alice's file was not recorded as bob's: {records:?}"
+        );
+        host.write_grants(&grants(&c, false));
+        assert!(
+            session.wait_gone(GONE_WITHIN).is_some(),
+            "bob's session (`{form}` in alice's file) survived bob's revoke:\n{}",
+            host.daemon_log()
+        );
+    }
+}
+
+/// The owner's own key, plain or with options sshd honours for this login,
+/// is the owner's: a shell as alice, no guest record.
+#[test]
+fn the_owners_own_key_with_options_stays_the_owners() {
+    let host = Host::start();
+    host.add_user("alice");
+    let alice = host.keypair("alice");
+    let bob = host.keypair("bob");
+    host.write_grants(&format!(
+        "[owners.alice]\nsharing = true\n\n[owners.alice.guests.bob]\n\
+         status = \"accepted\"\nkeys = [\"{}\"]\n",
+        bob.public
+    ));
+    host.authorize_owner_key("alice", "# first a comment");
+    for form in [
+        alice.public.clone(),
+        format!("from=\"127.0.0.1\",no-pty {}", alice.public),
+        format!(
+            "no-agent-forwarding,expiry-time=\"20991231Z\" {}",
+            alice.public
+        ),
+        format!("FROM=\"!192.0.2.1,127.0.0.0/8\",restrict {}", alice.public),
+        format!("environment=\"A=b, c\",no-X11-forwarding {}", alice.public),
+    ] {
+        write_key_file(
+            &host,
+            "alice",
+            "authorized_keys",
+            &format!("# mine\n{form}\n"),
+            0o600,
+        );
+        host.assert_logs_in_as("alice", &alice, "alice");
+        let _session = LiveSession::open(&host, "alice", &alice);
+        assert!(
+            host.session_records().is_empty(),
+            "alice's own login (`{form}`) was recorded as a guest's"
+        );
+    }
+}
+
+/// alice's `authorized_keys` is a symlink to /dev/zero, then a FIFO. The
+/// hook neither hangs nor counts it; alice still gets in through her
+/// `authorized_keys2`, and bob's login is still recorded as his.
+#[test]
+fn a_key_file_pointing_at_a_device_or_fifo_neither_hangs_nor_counts() {
+    let (host, c) = setup();
+    let own = host.read_file("/home/alice/.ssh/authorized_keys").unwrap();
+    write_key_file(&host, "alice", "authorized_keys2", &own, 0o600);
+    let (uid, gid, _) = host.passwd_entry("alice");
+    for target in ["/dev/zero", "fifo"] {
+        if target == "fifo" {
+            let fifo = "/home/alice/.ssh/authorized_keys";
+            let _ = std::fs::remove_file(host.path(fifo));
+            host.run_ok(&["mkfifo", "-m", "0600", fifo]);
+            std::os::unix::fs::lchown(host.path(fifo), Some(uid), Some(gid)).unwrap();
+        } else {
+            link_key_file(&host, "alice", "authorized_keys", target);
+        }
+        let started = std::time::Instant::now();
+        let alice = host.keypair(&format!(
+            "alice-{}",
+            target.trim_start_matches('/').replace('/', "-")
+        ));
+        let mut text = own.clone();
+        text.push_str(&alice.public);
+        text.push('\n');
+        write_key_file(&host, "alice", "authorized_keys2", &text, 0o600);
+        let before = host.session_records().len();
+        let _alice = LiveSession::open(&host, "alice", &alice);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "login took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            host.session_records().len(),
+            before,
+            "alice's login was recorded"
+        );
+        let _bob = LiveSession::open(&host, "alice", &c.bob);
+        assert!(
+            host.session_records().len() == before + 1
+                && host.session_records().iter().all(|r| r.guest == "bob"),
+            "bob's login was not recorded with {target} as alice's key file"
+        );
+    }
+}
+
+/// sshd lets a key in from a file vmshare does not read (standing in for a
+/// grant revoked between sshd's key lookup and the session), and alice's
+/// own files hold that key only in forms sshd would not honour: a comment,
+/// a `from=` elsewhere, an expired line, a CA line, a world-writable file,
+/// a link to a file only root can read. None makes it the owner's key: the
+/// session is refused.
+#[test]
+fn a_key_in_the_owners_files_only_in_forms_sshd_refuses_is_not_the_owners() {
+    let (mut host, _c) = setup();
+    let mallory = host.keypair("mallory");
+    host.mkdir("/etc/ssh/extra_keys", 0o755);
+    host.write_file(
+        "/etc/ssh/extra_keys/alice",
+        &format!("{}\n", mallory.public),
+        0,
+        0,
+        0o644,
+    );
+    configure_sshd(
+        &mut host,
+        "AuthorizedKeysFile .ssh/authorized_keys .ssh/authorized_keys2 /etc/ssh/extra_keys/%u\n",
+    );
+    let own = host.read_file("/home/alice/.ssh/authorized_keys").unwrap();
+    host.write_file(
+        "/etc/root-only-keys",
+        &format!("{}\n", mallory.public),
+        0,
+        0,
+        0o600,
+    );
+    /// Where alice's `authorized_keys2` points, if anywhere.
+    enum Second {
+        Absent,
+        WorldWritable,
+        RootOnlyLink,
+    }
+    let key = &mallory.public;
+    let forms = [
+        ("a comment", format!("#{key}\n"), Second::Absent),
+        (
+            "from= elsewhere",
+            format!("from=\"192.0.2.0/24\" {key}\n"),
+            Second::Absent,
+        ),
+        (
+            "expired",
+            format!("expiry-time=\"200001010000Z\" {key}\n"),
+            Second::Absent,
+        ),
+        (
+            "cert-authority",
+            format!("cert-authority {key}\n"),
+            Second::Absent,
+        ),
+        (
+            "a world-writable file",
+            String::new(),
+            Second::WorldWritable,
+        ),
+        (
+            "a link to a root-only file",
+            String::new(),
+            Second::RootOnlyLink,
+        ),
+    ];
+    for (what, extra, second) in &forms {
+        write_key_file(
+            &host,
+            "alice",
+            "authorized_keys",
+            &format!("{own}{extra}"),
+            0o600,
+        );
+        match second {
+            Second::Absent => {}
+            Second::WorldWritable => {
+                write_key_file(
+                    &host,
+                    "alice",
+                    "authorized_keys2",
+                    &format!("{key}\n"),
+                    0o666,
+                );
+            }
+            Second::RootOnlyLink => {
+                link_key_file(&host, "alice", "authorized_keys2", "/etc/root-only-keys")
+            }
+        }
+        let out = host.ssh("alice", &mallory, "echo in");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("in"),
+            "mallory's key, in alice's files only as {what}, passed as alice's own: {out:?}"
+        );
+        host.assert_session_refused("alice", &mallory);
+    }
+}
+
+/// With `AuthenticationMethods publickey,publickey`, one login can take
+/// bob's and carol's keys together. It cannot be ended by either revoke
+/// alone, so it is refused; the owner's key with bob's is bob's login.
+#[test]
+fn a_login_with_two_guests_keys_is_refused() {
+    let (mut host, c) = setup();
+    let _daemon = host.start_daemon();
+    configure_sshd(&mut host, "AuthenticationMethods publickey,publickey\n");
+    let out = ssh_with_keys(&host, "alice", &[&c.bob, &c.carol], "echo ran-as-$(id -un)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stdout.contains("ran-as") && !stderr.contains("Permission denied"),
+        "a login with bob's and carol's keys was not refused by the hook: {out:?}\nrecords: {:?}",
+        host.session_records()
+    );
+
+    // The owner's key with one guest's: that guest's login, let in.
+    let alice = Key {
+        name: "alice".into(),
+        private: "/run/vmshare-e2e/keys/alice".into(),
+        public: String::new(),
+    };
+    let out = ssh_with_keys(&host, "alice", &[&alice, &c.bob], "id -un");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "alice",
+        "{out:?}"
+    );
 }

@@ -11,10 +11,12 @@ use std::process::ExitCode;
 
 use crate::grant::policy::guest_in_lines;
 use crate::session::backend::{self, Login};
+use crate::session::owner_keys::{self, Client, When};
 use crate::store::config::Config;
 use crate::store::lookup::owner_lines;
 use crate::store::records::{self, SessionRecord};
 use crate::sys::accounts::SystemAccounts;
+use crate::sys::as_user::{self, Reader, UserFile};
 use crate::sys::log::audit;
 use crate::sys::log::syslog::Level;
 use crate::sys::procfs;
@@ -59,16 +61,6 @@ pub fn parse_auth_info(info: &str) -> Vec<AuthKey> {
         .collect()
 }
 
-/// Whether authorized_keys text lists the key (with or without options).
-pub fn authorized_keys_contains(text: &str, key: &AuthKey) -> bool {
-    text.lines().any(|line| {
-        let words: Vec<&str> = line.split_ascii_whitespace().collect();
-        words
-            .windows(2)
-            .any(|w| w[0] == key.algorithm && w[1] == key.blob)
-    })
-}
-
 /// What to do with a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -83,38 +75,59 @@ pub enum Decision {
 }
 
 /// Decides from the authenticating keys, the owner's current vmshare lines
-/// (`Err` if the grant file cannot be trusted), and whether a key is in the
-/// owner's own key files.
+/// (`Err` if the grant file cannot be trusted), and whether sshd would have
+/// let a key in through the owner's own key files.
+///
+/// A key granted to a guest right now makes the login that guest's,
+/// whatever the owner's files say: a guest runs as the owner and can write
+/// those files. Only when no key is granted does the owner's own key pass,
+/// and then every key must be the owner's.
 pub fn classify(
     keys: &[AuthKey],
     lines: &Result<String, String>,
     is_owners_own: &dyn Fn(&AuthKey) -> bool,
 ) -> Decision {
-    if keys.is_empty() {
-        return Decision::Owner("no public key authenticated this session");
+    // vmshare never grants certificates: sshd let those in on its own.
+    let plain: Vec<&AuthKey> = keys.iter().filter(|k| !k.is_certificate()).collect();
+    if plain.is_empty() {
+        return Decision::Owner("no plain public key authenticated this session");
     }
-    for key in keys {
-        if key.is_certificate() || is_owners_own(key) {
-            continue;
+    if let Ok(lines) = lines {
+        let granted: Vec<(&str, &AuthKey)> = plain
+            .iter()
+            .filter_map(|k| guest_in_lines(lines, &k.algorithm, &k.blob).map(|g| (g, *k)))
+            .collect();
+        if let Some(&(guest, key)) = granted.first() {
+            // Refused rather than recorded: a session record names one
+            // guest and one key, and the daemon ends the session when that
+            // grant goes. A login that took two guests' keys (sshd's
+            // `AuthenticationMethods publickey,publickey`) would outlive
+            // the other guest's revoke. Refusing is fail-closed and leaves
+            // the records as they are.
+            if let Some((other, _)) = granted.iter().find(|(g, _)| *g != guest) {
+                return Decision::Deny(format!(
+                    "keys of two guests ({guest} and {other}) authenticated one login"
+                ));
+            }
+            return Decision::Guest {
+                guest: guest.to_string(),
+                key: key.clone(),
+            };
         }
-        // Only vmshare's lookup can have authorized a plain key that is not
-        // in the owner's own files: it must be granted right now.
-        return match lines {
-            Ok(lines) => match guest_in_lines(lines, &key.algorithm, &key.blob) {
-                Some(guest) => Decision::Guest {
-                    guest: guest.to_string(),
-                    key: key.clone(),
-                },
-                None => Decision::Deny(format!(
-                    "key {} {}… is neither the owner's nor granted to any guest now",
-                    key.algorithm,
-                    key.blob.chars().take(16).collect::<String>()
-                )),
-            },
-            Err(e) => Decision::Deny(e.clone()),
-        };
     }
-    Decision::Owner("the authenticating key is the owner's own")
+    // No key is granted now: only the owner's own files can have let them
+    // in; any other key was revoked between sshd's lookup and here.
+    match plain.iter().find(|k| !is_owners_own(k)) {
+        None => Decision::Owner("the authenticating key is the owner's own"),
+        Some(key) => Decision::Deny(match lines {
+            Ok(_) => format!(
+                "key {} {}… is neither the owner's nor granted to any guest now",
+                key.algorithm,
+                key.blob.chars().take(16).collect::<String>()
+            ),
+            Err(e) => e.clone(),
+        }),
+    }
 }
 
 /// The owner's own key files, expanded like sshd's `AuthorizedKeysFile`.
@@ -157,6 +170,9 @@ pub struct Env {
     pub pam_type: String,
     pub user: String,
     pub rhost: String,
+    /// sshd's `SSH_CONNECTION` (client address and port, server address
+    /// and port): the address when `PAM_RHOST` is a host name.
+    pub connection: String,
     /// sshd's `SSH_AUTH_INFO_0`: the keys that authenticated.
     pub auth_info: String,
     /// pam_systemd's `XDG_SESSION_ID`.
@@ -196,6 +212,7 @@ where
             b"PAM_TYPE" => &mut env.pam_type,
             b"PAM_USER" => &mut env.user,
             b"PAM_RHOST" => &mut env.rhost,
+            b"SSH_CONNECTION" => &mut env.connection,
             b"SSH_AUTH_INFO_0" => &mut env.auth_info,
             b"XDG_SESSION_ID" => {
                 let id = value
@@ -275,6 +292,10 @@ pub fn resolve_mode(args: &Args, env: &Result<Env, String>) -> Result<Option<Mod
 
 /// Runs the hook; the one place where outcomes become the exit code PAM sees.
 pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
+    // The helper that reads the owner's key files as the owner.
+    if args.get(1).is_some_and(|a| a == as_user::READ_FLAG) {
+        return as_user::serve(&args);
+    }
     let env = read_env(std::env::vars_os());
     let args = match parse_args(&args) {
         Ok(a) => a,
@@ -316,14 +337,15 @@ fn open_session(config_path: Option<PathBuf>, env: &Env) -> ExitCode {
         Err(e) => {
             // Without configuration nothing can be granted, but the owner's
             // own key still gets in.
-            let owners = owners_own_checker(&Config::default(), &env.user);
+            let fallback = Config::default();
+            let owners = owners_own_checker(&fallback, env);
             return finish(
                 env,
                 classify(&keys, &Err(format!("bad configuration: {e}")), &owners),
             );
         }
     };
-    let owners = owners_own_checker(&config, &env.user);
+    let owners = owners_own_checker(&config, env);
     let lines = owner_lines(&config, &env.user, &SystemAccounts).map(|a| a.lines);
     match classify(&keys, &lines, &owners) {
         Decision::Guest { guest, key } => match admit_guest(&config, env, &guest, &key) {
@@ -369,22 +391,94 @@ fn finish(env: &Env, decision: Decision) -> ExitCode {
 /// file this large is a mistake or an attack).
 const OWNER_KEYS_LIMIT: u64 = 16 << 20;
 
-fn owners_own_checker(config: &Config, user: &str) -> impl Fn(&AuthKey) -> bool {
-    let files = match nix::unistd::User::from_name(user) {
-        Ok(Some(u)) => owner_key_files(
-            &config.authorized_keys_files,
-            user,
-            &u.dir.to_string_lossy(),
-        ),
-        _ => Vec::new(),
+/// Longest the hook waits for one of the owner's key files.
+const OWNER_KEYS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether sshd would have let a key in through the owner's own key files
+/// for this login. The files are read on first use only: a guest's login
+/// never needs them.
+fn owners_own_checker<'a>(config: &'a Config, env: &'a Env) -> impl Fn(&AuthKey) -> bool + 'a {
+    let texts = std::cell::OnceCell::new();
+    let client = client(env);
+    let when = When {
+        now: unix_now(),
+        utc_offset: crate::sys::timezone::fixed_utc_offset(),
     };
-    // The owner (and so any guest) controls these files: read them as
-    // untrusted, never blocking, never unbounded.
-    let texts: Vec<String> = files
-        .iter()
-        .filter_map(|f| crate::sys::fsutil::read_user_file(f, OWNER_KEYS_LIMIT))
-        .collect();
-    move |key: &AuthKey| texts.iter().any(|t| authorized_keys_contains(t, key))
+    move |key: &AuthKey| {
+        texts
+            .get_or_init(|| owner_key_texts(config, &env.user))
+            .iter()
+            .any(|text: &String| owner_keys::accepts(text, key, &client, &when))
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The client as sshd's `from=` sees it: `PAM_RHOST` (set by sshd, not
+/// forgeable from the PAM environment) is the address unless `UseDNS`
+/// made it a name; then the address comes from `SSH_CONNECTION`.
+fn client(env: &Env) -> Client {
+    let connected = env
+        .connection
+        .split_ascii_whitespace()
+        .next()
+        .and_then(|a| a.parse::<std::net::IpAddr>().ok());
+    let ip = env.rhost.parse().ok().or(connected);
+    let host = match (env.rhost.is_empty(), ip) {
+        (true, Some(ip)) => ip.to_string(),
+        _ => env.rhost.clone(),
+    };
+    Client { host, ip }
+}
+
+/// The texts of the owner's key files, each read as the owner. A file that
+/// cannot be read, or that sshd would refuse, contributes nothing.
+fn owner_key_texts(config: &Config, user: &str) -> Vec<String> {
+    let Ok(Some(account)) = nix::unistd::User::from_name(user) else {
+        return Vec::new();
+    };
+    let program = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            log_unread(user, &format!("cannot find this program: {e}"));
+            return Vec::new();
+        }
+    };
+    let reader = Reader {
+        program: &program,
+        uid: account.uid.as_raw(),
+        gid: account.gid.as_raw(),
+        home: &account.dir,
+        limit: OWNER_KEYS_LIMIT,
+        timeout: OWNER_KEYS_TIMEOUT,
+    };
+    owner_key_files(
+        &config.authorized_keys_files,
+        user,
+        &account.dir.to_string_lossy(),
+    )
+    .iter()
+    .filter_map(|file| match reader.read(file) {
+        UserFile::Text(text) => Some(text),
+        UserFile::Missing => None,
+        UserFile::Refused(why) => {
+            log_unread(user, &why);
+            None
+        }
+    })
+    .collect()
+}
+
+fn log_unread(user: &str, why: &str) {
+    crate::sys::log::syslog::log(
+        IDENT,
+        Level::Notice,
+        &format!("{user}'s key file does not count as the owner's: {why}"),
+    );
 }
 
 /// Drops the refused connection. A failed PAM session alone does not:
@@ -451,9 +545,7 @@ fn admit_guest(
         key_algorithm: key.algorithm.clone(),
         key_blob: key.blob.clone(),
         remote: env.rhost.clone(),
-        since: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64),
+        since: unix_now(),
         monitor_pid: monitor.pid,
         monitor_start: monitor.start,
         uid,
@@ -603,11 +695,68 @@ mod tests {
     }
 
     #[test]
-    fn authorized_keys_lines_with_options_match() {
-        let text = "# c\nrestrict,command=\"x\" ssh-ed25519 A me\nssh-rsa B\n";
-        assert!(authorized_keys_contains(text, &key("A")));
-        assert!(!authorized_keys_contains(text, &key("B")));
-        assert!(!authorized_keys_contains(text, &key("AB")));
+    fn a_granted_key_is_a_guest_even_in_the_owners_files() {
+        // bob wrote his key into the owner's authorized_keys.
+        let lines = Ok("ssh-ed25519 A vmshare:bob\n".to_string());
+        let d = classify(&[key("A")], &lines, &|_| true);
+        assert!(matches!(d, Decision::Guest { guest, .. } if guest == "bob"));
+    }
+
+    #[test]
+    fn every_authenticating_key_counts() {
+        let lines = Ok(
+            "ssh-ed25519 B vmshare:bob\nssh-ed25519 C vmshare:carol\nssh-ed25519 D vmshare:bob\n"
+                .to_string(),
+        );
+        let own = |k: &AuthKey| k.blob == "O";
+        // The owner's key first, a guest's second: still the guest's login.
+        let d = classify(&[key("O"), key("B")], &lines, &own);
+        assert!(matches!(d, Decision::Guest { guest, key } if guest == "bob" && key.blob == "B"));
+        // Two keys of one guest: that guest.
+        let d = classify(&[key("B"), key("D")], &lines, &own);
+        assert!(matches!(d, Decision::Guest { guest, .. } if guest == "bob"));
+        // Two guests' keys: refused, whatever else authenticated.
+        for keys in [vec![key("B"), key("C")], vec![key("O"), key("C"), key("B")]] {
+            let d = classify(&keys, &lines, &own);
+            assert!(
+                matches!(&d, Decision::Deny(why) if why.contains("two guests")),
+                "{d:?}"
+            );
+        }
+        // No key granted: all must be the owner's.
+        assert!(matches!(
+            classify(&[key("O"), key("X")], &lines, &own),
+            Decision::Deny(_)
+        ));
+        assert!(matches!(
+            classify(&[key("O"), key("O")], &lines, &own),
+            Decision::Owner(_)
+        ));
+    }
+
+    #[test]
+    fn the_client_address_comes_from_sshd() {
+        let env = |rhost: &str, connection: &str| Env {
+            rhost: rhost.into(),
+            connection: connection.into(),
+            ..Env::default()
+        };
+        let c = client(&env("192.0.2.1", "192.0.2.9 5000 192.0.2.2 22"));
+        assert_eq!(
+            (c.host.as_str(), c.ip),
+            ("192.0.2.1", "192.0.2.1".parse().ok())
+        );
+        let c = client(&env("laptop.example.org", "192.0.2.9 5000 192.0.2.2 22"));
+        assert_eq!(
+            (c.host.as_str(), c.ip),
+            ("laptop.example.org", "192.0.2.9".parse().ok())
+        );
+        let c = client(&env("", "2001:db8::1 5000 ::1 22"));
+        assert_eq!(
+            (c.host.as_str(), c.ip),
+            ("2001:db8::1", "2001:db8::1".parse().ok())
+        );
+        assert_eq!(client(&env("", "")).ip, None);
     }
 
     #[test]

@@ -4,3 +4,4 @@
 pub mod backend;
 pub mod hook;
 pub mod membership;
+pub mod owner_keys;

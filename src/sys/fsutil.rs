@@ -101,24 +101,6 @@ pub fn read_strict(path: &Path, limit: u64) -> Result<Option<(String, Metadata)>
     Ok(Some((text, meta)))
 }
 
-/// Reads a file a user controls (an owner's `authorized_keys`), as root,
-/// without trusting it: opened without blocking (a FIFO cannot hang us),
-/// refused unless a regular file (not `/dev/zero` behind a symlink), at
-/// most `limit` bytes, invalid UTF-8 replaced. `None` if it cannot be read.
-pub fn read_user_file(path: &Path, limit: u64) -> Option<String> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(path)
-        .ok()?;
-    if !file.metadata().ok()?.file_type().is_file() {
-        return None;
-    }
-    let mut bytes = Vec::new();
-    file.take(limit).read_to_end(&mut bytes).ok()?;
-    Some(String::from_utf8_lossy(&bytes).into_owned())
-}
-
 /// Writes `data` to `path` atomically: a temp file in the same directory,
 /// fsync, rename over, fsync of the directory. The new file gets `mode` and,
 /// when given, the owner `(uid, gid)`.
@@ -214,26 +196,6 @@ pub(crate) mod tests {
             .prefix("vmshare-test")
             .tempdir_in(base)
             .unwrap()
-    }
-
-    #[test]
-    fn user_files_are_read_without_trusting_them() {
-        let d = scratch();
-        let p = d.path().join("authorized_keys");
-        fs::write(&p, "ssh-ed25519 AAAA me\n").unwrap();
-        assert_eq!(
-            read_user_file(&p, 1 << 20).unwrap(),
-            "ssh-ed25519 AAAA me\n"
-        );
-        assert_eq!(read_user_file(&p, 4).unwrap(), "ssh-");
-        // A FIFO neither hangs nor counts; a device behind a symlink neither.
-        let fifo = d.path().join("fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        assert_eq!(read_user_file(&fifo, 1 << 20), None);
-        let link = d.path().join("zero");
-        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
-        assert_eq!(read_user_file(&link, 1 << 20), None);
-        assert_eq!(read_user_file(&d.path().join("missing"), 1 << 20), None);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! /proc, the account database, and logging.
 
 pub mod accounts;
+pub mod as_user;
 pub mod fsutil;
 pub mod log;
 pub mod procfs;
 pub mod sockets;
+pub mod timezone;

@@ -117,9 +117,10 @@ pub enum Choice {
 }
 
 /// The choice itself. `auto`: logind where systemd is PID 1 and the session
-/// has a logind id; on a systemd host without one, signals, since moving
-/// processes out of systemd's tree breaks its bookkeeping; elsewhere cgroup
-/// v2 where mounted, else signals.
+/// has a logind id; elsewhere cgroup v2 where mounted, else signals. On a
+/// systemd host a guest session without a logind id is refused: moving
+/// processes out of systemd's tree breaks its bookkeeping, and signals
+/// cannot reach what escaped with `setsid`, so it could outlive a revoke.
 pub fn choose(
     backend: Configured,
     systemd_booted: bool,
@@ -137,7 +138,12 @@ pub fn choose(
              (is pam_systemd in the session stack before vmshare?)"
                 .to_string()
         }),
-        Configured::Auto if systemd_booted => Ok(logind.unwrap_or(Choice::Signal)),
+        Configured::Auto if systemd_booted => logind.ok_or_else(|| {
+            "systemd runs this host but the login has no logind session \
+             (is pam_systemd in the session stack before vmshare?); a guest \
+             session that cannot be ended as a whole is refused"
+                .to_string()
+        }),
         Configured::Auto => Ok(match cgroup_root() {
             Some(root) => Choice::Cgroup(root),
             None => Choice::Signal,
@@ -192,11 +198,9 @@ mod tests {
         let logind = Choice::Logind("4".into());
         let cgroup = Choice::Cgroup(PathBuf::from("/sys/fs/cgroup/vmshare"));
         assert_eq!(choose(Configured::Auto, true, Some("4"), root), Ok(logind));
-        // Never out of systemd's tree, even without a logind session.
-        assert_eq!(
-            choose(Configured::Auto, true, None, root),
-            Ok(Choice::Signal)
-        );
+        // Never out of systemd's tree, and never signals alone there: a
+        // guest without a logind session is refused.
+        assert!(choose(Configured::Auto, true, None, root).is_err());
         assert_eq!(choose(Configured::Auto, false, Some("4"), root), Ok(cgroup));
         assert_eq!(
             choose(Configured::Auto, false, None, || None),
