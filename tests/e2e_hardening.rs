@@ -435,3 +435,98 @@ fn a_login_with_two_guests_keys_is_refused() {
         "{out:?}"
     );
 }
+
+/// Puts `key`'s private half in alice's home, as a guest with a forwarded
+/// agent (or an owner who left a key there) would have it.
+fn key_in_home(host: &Host, key: &Key, name: &str) -> String {
+    let path = format!("/home/alice/.ssh/{name}");
+    host.run_ok(&[
+        "install",
+        "-o",
+        "alice",
+        "-g",
+        "alice",
+        "-m",
+        "600",
+        &key.private,
+        &path,
+    ]);
+    path
+}
+
+/// An ssh login to alice@127.0.0.1 run from inside a session, leaving a
+/// `setsid` child marked `escapee`; prints "nested" if it ran.
+fn nested_login(identity: &str, escapee: &str) -> String {
+    format!(
+        "ssh -F /dev/null -i {identity} -o BatchMode=yes -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o LogLevel=ERROR \
+         alice@127.0.0.1 'setsid nohup sleep {escapee} >/dev/null 2>&1 </dev/null & echo nested'"
+    )
+}
+
+/// carol, from inside her session, logs in again as alice with the owner's
+/// own key: that nested login is carol's (recorded as hers, ended by her
+/// revoke), not the owner's. With bob's key it is refused.
+#[test]
+fn a_login_from_inside_a_guest_session_is_that_guests() {
+    let (host, c) = setup();
+    let own = host.keypair("alice-own");
+    host.authorize_owner_key("alice", &own.public);
+    let _daemon = host.start_daemon();
+    let owner_key = key_in_home(&host, &own, "id_owner");
+    let bob_key = key_in_home(&host, &c.bob, "id_bob");
+
+    // carol's own session, kept open while she works from it.
+    let carol = harness::LiveSession::open(&host, "alice", &c.carol);
+
+    let escapee = format!("{}1", harness::unique_marker());
+    let out = host.ssh("alice", &c.carol, &nested_login(&owner_key, &escapee));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "nested",
+        "the nested login with the owner's key did not run: {out:?}\n{}",
+        host.sshd_log()
+    );
+    assert!(wait_until(Duration::from_secs(10), || pids_with_cmdline(
+        &["sleep", &escapee]
+    )
+    .len()
+        == 1));
+    // The nested login's child is confined in a session recorded as carol's.
+    let pid = pids_with_cmdline(&["sleep", &escapee])[0];
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let records = host.session_records();
+    let holder = records
+        .iter()
+        .find(|r| cgroup.contains(&format!("/{}\n", r.id)));
+    assert_eq!(
+        holder.map(|r| r.guest.as_str()),
+        Some("carol"),
+        "the nested login's child ({cgroup:?}) is in no session of carol's: {records:?}"
+    );
+
+    // With bob's key from inside carol's session: refused.
+    let bobs = format!("{}1", harness::unique_marker());
+    let out = host.ssh("alice", &c.carol, &nested_login(&bob_key, &bobs));
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "nested",
+        "a login with bob's key from inside carol's session ran"
+    );
+    assert!(pids_with_cmdline(&["sleep", &bobs]).is_empty());
+
+    // carol is revoked: her session and the nested one's child end.
+    host.write_grants(&format!(
+        "[owners.alice]\nsharing = true\n\n[owners.alice.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{}\"]\n",
+        c.bob.public
+    ));
+    assert!(
+        wait_until(GONE_WITHIN, || pids_with_cmdline(&["sleep", &escapee])
+            .is_empty()),
+        "the nested login's child survived carol's revoke:\n{}",
+        host.daemon_log()
+    );
+    drop(carol);
+    // The owner's own key from outside any guest session is still the owner's.
+    host.assert_logs_in_as("alice", &own, "alice");
+}

@@ -329,9 +329,6 @@ fn refuse_unparsed(why: &str) -> ExitCode {
 
 fn open_session(config_path: Option<PathBuf>, env: &Env) -> ExitCode {
     let keys = parse_auth_info(&env.auth_info);
-    if keys.is_empty() {
-        return ExitCode::SUCCESS;
-    }
     let config = match Config::load(config_path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -347,13 +344,54 @@ fn open_session(config_path: Option<PathBuf>, env: &Env) -> ExitCode {
     };
     let owners = owners_own_checker(&config, env);
     let lines = owner_lines(&config, &env.user, &SystemAccounts).map(|a| a.lines);
-    match classify(&keys, &lines, &owners) {
-        Decision::Guest { guest, key } => match admit_guest(&config, env, &guest, &key) {
+    let decision = classify(&keys, &lines, &owners);
+    // A login whose ssh client runs inside a guest session (through a
+    // forwarded agent, or a key left in the owner's home) is that guest's.
+    let origin = match monitor() {
+        Ok(m) => nested_origin(&config, m.pid),
+        Err(_) => None,
+    };
+    match (decision, origin) {
+        (Decision::Deny(why), _) => finish(env, Decision::Deny(why)),
+        (Decision::Guest { guest, .. }, Some(parent)) if parent.guest != guest => finish(
+            env,
+            Decision::Deny(format!(
+                "a login from inside guest {}'s session with guest {guest}'s key",
+                parent.guest
+            )),
+        ),
+        (Decision::Guest { guest, key }, _) => match admit_guest(&config, env, &guest, &key) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => finish(env, Decision::Deny(e)),
         },
-        other => finish(env, other),
+        // The owner's own key (or no key) used from inside a guest's session:
+        // the guest's login, held to the guest's grant with the key the
+        // guest's own session authenticated with.
+        (Decision::Owner(_), Some(parent)) => {
+            let key = AuthKey {
+                algorithm: parent.key_algorithm.clone(),
+                blob: parent.key_blob.clone(),
+            };
+            match admit_guest(&config, env, &parent.guest, &key) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => finish(env, Decision::Deny(e)),
+            }
+        }
+        (Decision::Owner(_), None) => ExitCode::SUCCESS,
     }
+}
+
+/// The guest session holding the ssh client of this connection, when that
+/// client runs on this host.
+fn nested_origin(config: &Config, monitor: i32) -> Option<SessionRecord> {
+    let clients = crate::sys::sockets::local_clients(monitor);
+    if clients.is_empty() {
+        return None;
+    }
+    let (records, _) = records::list(&config.sessions_dir());
+    clients
+        .iter()
+        .find_map(|&pid| crate::session::membership::session_of(&records, pid).cloned())
 }
 
 fn finish(env: &Env, decision: Decision) -> ExitCode {
