@@ -517,6 +517,79 @@ fn check_grants(config: &Config) -> Vec<Finding> {
     out
 }
 
+/// What the host offers a guest (who runs as the owner) to keep access or
+/// reach past its session. None of these stops enforcement; each is a way
+/// around it that revoke cannot undo, so each is a warning.
+pub struct HostFacts<'a> {
+    /// `sshd -T` output, when sshd could be asked.
+    pub sshd_t: Option<&'a str>,
+    /// /proc/sys/kernel/yama/ptrace_scope, when Yama is there.
+    pub ptrace_scope: Option<&'a str>,
+    /// Owners whose sharing is on.
+    pub sharing_owners: &'a [String],
+    /// Whether systemd keeps an owner's user manager running while logged out.
+    pub lingers: &'a dyn Fn(&str) -> bool,
+}
+
+pub fn check_escapes(facts: &HostFacts) -> Vec<Finding> {
+    let mut out = Vec::new();
+    match facts.ptrace_scope.map(str::trim) {
+        Some("1" | "2" | "3") => out.push(ok("escapes", "ptrace is limited to a process's own descendants (Yama)")),
+        Some(scope) => out.push(bad(
+            "escapes",
+            Verdict::Warning,
+            format!("kernel.yama.ptrace_scope is {scope}: a guest can attach to the owner's (and other guests') processes and act inside them"),
+            "set `kernel.yama.ptrace_scope = 1` in /etc/sysctl.d/ and run `sysctl --system`",
+        )),
+        None => out.push(bad(
+            "escapes",
+            Verdict::Warning,
+            "the kernel has no Yama ptrace restriction: a guest can attach to any process of the owner's account",
+            "use a kernel with Yama (CONFIG_SECURITY_YAMA) and `kernel.yama.ptrace_scope = 1`",
+        )),
+    }
+    if let Some(sshd_t) = facts.sshd_t {
+        if sshd_value(sshd_t, "permituserrc") != Some("no") {
+            out.push(bad(
+                "escapes",
+                Verdict::Warning,
+                "PermitUserRC is on: a guest can plant ~/.ssh/rc, which runs at every later login of the account, the owner's and other guests' included",
+                "set `PermitUserRC no` in sshd_config (owners lose ~/.ssh/rc too), then reload sshd",
+            ));
+        }
+        let files = match sshd_value(sshd_t, "authorizedkeysfile") {
+            None | Some("none") => Vec::new(),
+            Some(v) => v.split_ascii_whitespace().collect(),
+        };
+        let in_home: Vec<&str> = files
+            .into_iter()
+            .filter(|f| !f.starts_with('/') || f.starts_with("%h") || f.starts_with("/home/"))
+            .collect();
+        if !in_home.is_empty() {
+            out.push(bad(
+                "escapes",
+                Verdict::Warning,
+                format!(
+                    "AuthorizedKeysFile `{}` is in the owner's home: a guest, running as the owner, can add keys there that outlive the guest's revoke",
+                    in_home.join(" ")
+                ),
+                "keep owners' keys root-owned: e.g. `AuthorizedKeysFile /etc/vmshare/owner_keys/%u` in sshd_config and the same in authorized_keys_files",
+            ));
+        }
+    }
+    for owner in facts.sharing_owners {
+        if (facts.lingers)(owner) {
+            out.push(bad(
+                "escapes",
+                Verdict::Warning,
+                format!("owner `{owner}` shares and has lingering on: jobs a guest starts in the owner's user manager keep running after logout"),
+                format!("`loginctl disable-linger {owner}` unless the owner needs it"),
+            ));
+        }
+    }
+    out
+}
+
 /// (d) the daemon answers on its control socket.
 fn check_daemon(config: &Config) -> Finding {
     let socket = config.socket_path();
@@ -562,10 +635,11 @@ fn read_optional(path: &Path) -> Result<Option<String>, String> {
 
 pub fn run(config: &Config, args: &DoctorArgs) -> ExitCode {
     let mut findings = Vec::new();
-    match sshd_t(args.sshd_config.as_deref()) {
+    let sshd_text = sshd_t(args.sshd_config.as_deref());
+    match &sshd_text {
         Ok(text) => {
             let exists = |name: &str| matches!(SystemAccounts.lookup(name), Ok(Some(_)));
-            findings.extend(check_sshd(&text, &exists, &config.authorized_keys_files));
+            findings.extend(check_sshd(text, &exists, &config.authorized_keys_files));
         }
         Err(why) => findings.push(bad(
             "sshd",
@@ -612,6 +686,23 @@ pub fn run(config: &Config, args: &DoctorArgs) -> ExitCode {
             "run doctor as root on the host",
         )),
     }
+    let ptrace = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok();
+    let sharing: Vec<String> = match &source::load(&config.grants, &SystemAccounts).outcome {
+        Outcome::Valid { grants, .. } => grants
+            .owners
+            .iter()
+            .filter(|o| o.sharing)
+            .map(|o| o.name.clone())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let lingers = |owner: &str| Path::new("/var/lib/systemd/linger").join(owner).exists();
+    findings.extend(check_escapes(&HostFacts {
+        sshd_t: sshd_text.as_deref().ok(),
+        ptrace_scope: ptrace.as_deref(),
+        sharing_owners: &sharing,
+        lingers: &lingers,
+    }));
     print!("{}", render(&findings));
     if findings.iter().any(|f| f.verdict == Verdict::Problem) {
         ExitCode::FAILURE
@@ -810,5 +901,48 @@ mod tests {
         let v1 = "30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
         assert_eq!(check_cgroup(v1, Backend::Cgroup).verdict, Verdict::Problem);
         assert_eq!(check_cgroup(v1, Backend::Auto).verdict, Verdict::Warning);
+    }
+
+    #[test]
+    fn escapes_the_host_offers_are_warnings() {
+        let sharing = vec!["alice".to_string(), "dave".to_string()];
+        let lingers = |o: &str| o == "dave";
+        let strict = "permituserrc no\nauthorizedkeysfile /etc/vmshare/owner_keys/%u\n";
+        let f = check_escapes(&HostFacts {
+            sshd_t: Some(strict),
+            ptrace_scope: Some("1\n"),
+            sharing_owners: &sharing,
+            lingers: &|_| false,
+        });
+        assert!(f.iter().all(|f| f.verdict == Verdict::Ok), "{f:?}");
+
+        let loose = "permituserrc yes\nauthorizedkeysfile .ssh/authorized_keys /etc/keys/%u\n";
+        let f = check_escapes(&HostFacts {
+            sshd_t: Some(loose),
+            ptrace_scope: Some("0"),
+            sharing_owners: &sharing,
+            lingers: &lingers,
+        });
+        let warned = |what: &str| {
+            f.iter()
+                .any(|x| x.verdict == Verdict::Warning && x.message.contains(what))
+        };
+        assert!(warned("ptrace_scope is 0"), "{f:?}");
+        assert!(warned("PermitUserRC is on"), "{f:?}");
+        assert!(
+            warned("`.ssh/authorized_keys` is in the owner's home"),
+            "{f:?}"
+        );
+        assert!(warned("owner `dave` shares and has lingering on"), "{f:?}");
+        assert!(!warned("owner `alice`"), "{f:?}");
+        assert!(f.iter().all(|x| x.verdict != Verdict::Problem));
+
+        let f = check_escapes(&HostFacts {
+            sshd_t: None,
+            ptrace_scope: None,
+            sharing_owners: &[],
+            lingers: &|_| false,
+        });
+        assert!(f[0].message.contains("no Yama"), "{f:?}");
     }
 }
