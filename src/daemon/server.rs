@@ -3,6 +3,12 @@
 //! the blocking pool, so a slow one (a `leave` waiting for the edit lock)
 //! never holds up the main loop. A request that changed the grant file asks
 //! the loop for a pass once its answer is out.
+//!
+//! The caller is pinned when accepted: its uid, and its pid with that
+//! process's start time, so a request whose process exited (and whose pid
+//! may be someone else's by then) is refused.
+//! Linux 6.5's SO_PEERPIDFD would pin the process itself, but nix has no
+//! safe wrapper for it and the crate has no unsafe code.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -11,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::UCred;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -47,9 +54,16 @@ pub async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let caller = match stream.peer_cred() {
+                    Ok(cred) => Caller::pin(cred),
+                    Err(e) => {
+                        warn!("control connection: no peer credentials: {e}");
+                        continue;
+                    }
+                };
                 let (config, passes) = (Arc::clone(&config), passes.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve(stream, config, passes).await {
+                    if let Err(e) = serve(stream, caller, config, passes).await {
                         warn!("control connection: {e}");
                     }
                 });
@@ -62,12 +76,49 @@ pub async fn accept_loop(
     }
 }
 
+/// Who called, as fixed when the connection was accepted.
+#[derive(Debug, Clone, Copy)]
+struct Caller {
+    uid: u32,
+    process: Process,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Process {
+    /// The pid and the start time it had at accept.
+    Pinned { pid: i32, start: u64 },
+    /// It had exited by then.
+    Gone,
+    /// The kernel did not say.
+    Unknown,
+}
+
+impl Caller {
+    /// The caller as it is now: read as soon as the connection is accepted.
+    fn pin(cred: UCred) -> Caller {
+        let process = match cred.pid() {
+            Some(pid) => match procfs::stat(pid) {
+                Ok(s) => Process::Pinned {
+                    pid,
+                    start: s.start,
+                },
+                Err(_) => Process::Gone,
+            },
+            None => Process::Unknown,
+        };
+        Caller {
+            uid: cred.uid(),
+            process,
+        }
+    }
+}
+
 async fn serve(
     mut stream: UnixStream,
+    caller: Caller,
     config: Arc<Config>,
     passes: mpsc::Sender<&'static str>,
 ) -> io::Result<()> {
-    let cred = stream.peer_cred()?;
     let read = async {
         let mut prefix = [0u8; 4];
         stream.read_exact(&mut prefix).await?;
@@ -91,8 +142,7 @@ async fn serve(
             ))
         }
     };
-    let (uid, pid) = (cred.uid(), cred.pid());
-    let answered = tokio::task::spawn_blocking(move || answer(&config, request, uid, pid)).await;
+    let answered = tokio::task::spawn_blocking(move || answer(&config, request, caller)).await;
     let (response, reapply) = answered.unwrap_or_else(|e| {
         let message = format!("internal error: {e}");
         (Response::Error { message }, None)
@@ -110,16 +160,18 @@ async fn write(stream: &mut UnixStream, response: &Response) -> io::Result<()> {
     stream.flush().await
 }
 
-/// Answers one request from `uid` (process `pid`); blocks (a `leave`
-/// waits up to [`LEAVE_LOCK_WAIT`] for the edit lock). Returns a reason to
-/// re-apply the grant file when the request changed it.
-fn answer(
-    config: &Config,
-    request: Request,
-    uid: u32,
-    pid: Option<i32>,
-) -> (Response, Option<&'static str>) {
-    let session = pid.and_then(|pid| session_of(config, pid, uid));
+/// Answers one request from `caller`; blocks (a `leave` waits up to
+/// [`LEAVE_LOCK_WAIT`] for the edit lock). Returns a reason to re-apply the
+/// grant file when the request changed it.
+fn answer(config: &Config, request: Request, caller: Caller) -> (Response, Option<&'static str>) {
+    let uid = caller.uid;
+    let session = match caller_session(config, caller) {
+        Ok(session) => session,
+        Err(CallerGone) => {
+            let message = "caller went away before its request was answered".into();
+            return (Response::Error { message }, None);
+        }
+    };
     match request {
         Request::Whoami => (
             match &session {
@@ -197,6 +249,26 @@ fn info_of(r: &SessionRecord) -> SessionInfo {
         since: r.since,
     }
 }
+
+/// The live guest session the caller is in, or the refusal for a caller
+/// whose process is gone: its pid may name another process by now. The pin
+/// is checked after the session is found, so what was found is the
+/// caller's (a pid is not reused while its process exists).
+fn caller_session(config: &Config, caller: Caller) -> Result<Option<SessionRecord>, CallerGone> {
+    match caller.process {
+        Process::Pinned { pid, start } => {
+            let session = session_of(config, pid, caller.uid);
+            procfs::is_alive(pid, start)
+                .then_some(session)
+                .ok_or(CallerGone)
+        }
+        Process::Gone => Err(CallerGone),
+        Process::Unknown => Ok(None),
+    }
+}
+
+/// The caller's process exited before its request was answered.
+struct CallerGone;
 
 /// The live guest session process `pid` belongs to: by its cgroup (its own
 /// or logind's scope), or by descent from the session's sshd monitor. Nothing the caller can set
