@@ -2,8 +2,10 @@
 //! revoked sessions, and answers the control socket.
 
 mod backstop;
+mod fdlimit;
 mod pass;
 mod server;
+mod slots;
 mod watch;
 
 pub use pass::{apply, compile_grant_file, now_ns, Compiled, Pass};
@@ -182,6 +184,11 @@ impl Passes {
 }
 
 async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String> {
+    let (nofile, raise_failed) = fdlimit::raise();
+    if let Some(e) = raise_failed {
+        warn!("cannot raise the descriptor limit: {e}; keeping {nofile}");
+    }
+    let caps = fdlimit::caps(nofile);
     pass::prepare_run_dir(&config)
         .map_err(|e| format!("cannot create run dir {}: {e}", config.run_dir.display()))?;
     let first = apply(&config, config_path.as_deref(), "start");
@@ -189,9 +196,18 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
         .map_err(|e| format!("cannot watch {}: {e}", config.grants.display()))?;
     let config = Arc::new(config);
     let (pass_tx, mut pass_rx) = mpsc::channel(64);
+    // Enforcement never waits on the control socket: if it cannot be bound,
+    // the server binds it later while the passes go on.
     let listener = server::bind(&config.socket_path())
-        .map_err(|e| format!("cannot listen on {}: {e}", config.socket_path().display()))?;
-    tokio::spawn(server::accept_loop(listener, Arc::clone(&config), pass_tx));
+        .map_err(|e| {
+            error!(
+                "cannot listen on {}: {e}; retrying",
+                config.socket_path().display()
+            )
+        })
+        .ok();
+    let slots = slots::Shared::new(caps);
+    tokio::spawn(server::run(listener, Arc::clone(&config), pass_tx, slots));
 
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -212,7 +228,11 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     };
 
     sdnotify::notify("READY=1");
-    info!(grants = %config.grants.display(), socket = %config.socket_path().display(), "vmshared ready");
+    info!(
+        grants = %config.grants.display(), socket = %config.socket_path().display(),
+        nofile, connections = caps.total, per_uid = caps.per_uid,
+        "vmshared ready"
+    );
 
     loop {
         let wake = tokio::select! {

@@ -4,9 +4,10 @@
 //! never holds up the main loop. A request that changed the grant file asks
 //! the loop for a pass once its answer is out.
 //!
-//! The caller is pinned when accepted: its uid, and its pid with that
-//! process's start time, so a request whose process exited (and whose pid
-//! may be someone else's by then) is refused.
+//! Connections are capped in all and per uid ([`slots`]); one over a cap is
+//! closed as soon as it is accepted. The caller is pinned when accepted: its
+//! uid, and its pid with that process's start time, so a request whose
+//! process exited (and whose pid may be someone else's by then) is refused.
 //! Linux 6.5's SO_PEERPIDFD would pin the process itself, but nix has no
 //! safe wrapper for it and the crate has no unsafe code.
 
@@ -22,6 +23,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::slots::{self, Slot};
 use crate::control::{self, Request, Response, SessionInfo, TIMEOUT};
 use crate::session::backend::cgroup;
 use crate::store::config::Config;
@@ -45,34 +47,55 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves every connection; `passes` asks the main loop for a pass.
-pub async fn accept_loop(
-    listener: UnixListener,
+/// After accepting failed (out of descriptors, say), wait this long: the
+/// backlog waits, the loop does not spin.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// After binding the control socket failed, bind again this often;
+/// enforcement goes on meanwhile.
+const REBIND: Duration = Duration::from_secs(1);
+
+/// Serves the control socket for as long as the daemon runs: `listener`
+/// if binding it at start worked, else it is bound again until that works.
+/// `passes` asks the main loop for a pass.
+pub async fn run(
+    listener: Option<UnixListener>,
     config: Arc<Config>,
     passes: mpsc::Sender<&'static str>,
+    slots: slots::Shared,
 ) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let caller = match stream.peer_cred() {
-                    Ok(cred) => Caller::pin(cred),
-                    Err(e) => {
-                        warn!("control connection: no peer credentials: {e}");
-                        continue;
-                    }
-                };
-                let (config, passes) = (Arc::clone(&config), passes.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = serve(stream, caller, config, passes).await {
-                        warn!("control connection: {e}");
-                    }
-                });
+    let listener = match listener {
+        Some(l) => l,
+        None => loop {
+            tokio::time::sleep(REBIND).await;
+            match bind(&config.socket_path()) {
+                Ok(l) => break l,
+                Err(e) => warn!("control socket: cannot bind yet: {e}"),
             }
+        },
+    };
+    let mut refusals = Refusals {
+        count: 0,
+        reported: None,
+    };
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
             Err(e) => {
                 warn!("control socket accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
             }
-        }
+        };
+        let Some((caller, slot)) = admit(&stream, &slots, &mut refusals) else {
+            continue;
+        };
+        let (config, passes) = (Arc::clone(&config), passes.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve(stream, caller, config, passes).await {
+                warn!("control connection: {e}");
+            }
+            drop(slot);
+        });
     }
 }
 
@@ -110,6 +133,64 @@ impl Caller {
             uid: cred.uid(),
             process,
         }
+    }
+}
+
+/// Takes a slot and pins the caller, or refuses the connection: a short
+/// error frame if the socket buffer takes it (never waiting), then close.
+fn admit(
+    stream: &UnixStream,
+    slots: &slots::Shared,
+    refusals: &mut Refusals,
+) -> Option<(Caller, Slot)> {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("control connection: no peer credentials: {e}");
+            return None;
+        }
+    };
+    let slot = match slots.take(cred.uid()) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            refusals.note(cred.uid(), refused);
+            let reply = Response::Error {
+                message: refused.message().into(),
+            };
+            if let Ok(frame) = control::encode(&reply) {
+                let _ = stream.try_write(&frame);
+            }
+            return None;
+        }
+    };
+    Some((Caller::pin(cred), slot))
+}
+
+/// Connections refused over the caps, logged at most once per
+/// [`REPORT_REFUSALS`]: a flood must not flood the log too.
+struct Refusals {
+    count: u64,
+    reported: Option<tokio::time::Instant>,
+}
+
+const REPORT_REFUSALS: Duration = Duration::from_secs(10);
+
+impl Refusals {
+    fn note(&mut self, uid: u32, why: slots::Refused) {
+        self.count += 1;
+        if self
+            .reported
+            .is_some_and(|at| at.elapsed() < REPORT_REFUSALS)
+        {
+            return;
+        }
+        warn!(
+            uid,
+            "refused {} control connection(s) over the caps since the last report ({why:?})",
+            self.count
+        );
+        self.count = 0;
+        self.reported = Some(tokio::time::Instant::now());
     }
 }
 
