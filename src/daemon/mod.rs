@@ -35,6 +35,10 @@ pub const SETTLE: Duration = Duration::from_millis(200);
 /// watchdog, so systemd restarts the daemon, which rebuilds everything from
 /// the grant file and the run dir.
 const PASS_STALLED: Duration = Duration::from_secs(120);
+/// A pass that could not judge every session (out of descriptors, the
+/// sessions directory unreadable) runs again this soon, then less often
+/// while it keeps failing (up to 16 times this).
+const RETRY: Duration = Duration::from_millis(100);
 
 #[derive(clap::Parser, Debug)]
 #[command(name = "vmshared", version, about = "The vmshare daemon")]
@@ -220,6 +224,8 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     // makes every lookup hash the file; rewrite it once the window passes.
     let mut racy_at = first.racy.then(racy_deadline);
     let mut settle_at: Option<tokio::time::Instant> = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut failed_passes: u32 = 0;
     let mut passes = Passes {
         config: Arc::clone(&config),
         config_path,
@@ -265,6 +271,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
             },
             _ = sleep_until(settle_at) => Wake::Changed("grant file settled"),
             _ = sleep_until(racy_at) => Wake::Changed("snapshot refresh"),
+            _ = sleep_until(retry_at) => Wake::Changed("retrying an incomplete pass"),
             _ = hup.recv() => Wake::Changed("SIGHUP"),
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 if passes.stalled() {
@@ -285,18 +292,32 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
                 // do not fire again while it runs.
                 settle_at = None;
                 racy_at = None;
+                retry_at = None;
                 passes.request(reason);
             }
             Wake::Unsettled => {
                 settle_at.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE);
             }
             Wake::Passed(done) => {
-                match done {
-                    Ok(pass) => racy_at = pass.racy.then(racy_deadline),
-                    // The backstop's re-read retries.
-                    Err(e) => error!("grant-file pass failed: {e}"),
-                }
+                let complete = match done {
+                    Ok(pass) => {
+                        racy_at = pass.racy.then(racy_deadline);
+                        !pass.retry
+                    }
+                    Err(e) => {
+                        error!("grant-file pass failed: {e}");
+                        false
+                    }
+                };
+                failed_passes = if complete {
+                    0
+                } else {
+                    failed_passes.saturating_add(1)
+                };
                 passes.finished();
+                // A queued pass, if one started, is the retry.
+                retry_at = (failed_passes > 0 && !passes.is_running())
+                    .then(|| tokio::time::Instant::now() + retry_delay(failed_passes));
             }
         }
     }
@@ -311,9 +332,27 @@ fn racy_deadline() -> tokio::time::Instant {
         + Duration::from_millis(100)
 }
 
+/// How long to wait before the next try after `failed` incomplete passes
+/// in a row.
+fn retry_delay(failed: u32) -> Duration {
+    RETRY * 2u32.pow(failed.saturating_sub(1).min(4))
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incomplete_pass_is_retried_soon_then_less_often() {
+        let delays: Vec<u128> = (1..=7).map(|n| retry_delay(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 1600, 1600]);
+        assert_eq!(retry_delay(u32::MAX), Duration::from_millis(1600));
     }
 }
