@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// How many control connections may be open at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caps {
-    /// All uids together, root aside.
+    /// All uids together, root aside; root alone may hold as many again.
+    /// Root is not counted here, so other users together cannot lock the
+    /// operator out.
     pub total: usize,
-    /// Any one uid, root included. Root is not counted in `total`, so
-    /// other users together cannot lock the operator out.
+    /// Any one uid but root.
     pub per_uid: usize,
 }
 
@@ -54,7 +55,12 @@ impl Slots {
     /// Takes a slot for `uid`, or says why not.
     pub fn take(&mut self, uid: u32) -> Result<(), Refused> {
         let mine = self.by_uid.get(&uid).copied().unwrap_or(0);
-        if mine >= self.caps.per_uid {
+        let share = if uid == 0 {
+            self.caps.total
+        } else {
+            self.caps.per_uid
+        };
+        if mine >= share {
             return Err(Refused::UidFull);
         }
         if uid != 0 && self.total >= self.caps.total {
@@ -153,8 +159,9 @@ mod tests {
             assert_eq!(slots.take(uid), Ok(()));
         }
         assert_eq!(slots.take(4), Err(Refused::Full));
-        assert_eq!(slots.take(0), Ok(()));
-        assert_eq!(slots.take(0), Ok(()));
+        for _ in 0..5 {
+            assert_eq!(slots.take(0), Ok(()));
+        }
         assert_eq!(slots.take(0), Err(Refused::UidFull));
         assert_eq!(slots.taken(), 5);
         slots.give_back(0);
