@@ -56,6 +56,39 @@ fn frame(body: &[u8]) -> Vec<u8> {
     f
 }
 
+/// One local user holding far more control connections than the daemon has
+/// descriptors (its limit is 1024, systemd's default) takes only its own
+/// share: root and a guest still get their answers meanwhile.
+#[test]
+fn one_users_connection_flood_leaves_other_users_their_answers() {
+    let host = Host::start();
+    owner(&host, "alice");
+    host.add_user("mallory");
+    let bob = host.keypair("bob");
+    let carol = host.keypair("carol");
+    host.write_grants(&grants(&bob, &carol));
+    let _daemon = host.start_daemon_with(&["prlimit", "--nofile=1024:1024", "--"]);
+
+    let _flood = host.flood_control_socket("mallory", 1500);
+    std::thread::sleep(Duration::from_secs(2));
+    for round in 0..3 {
+        let started = Instant::now();
+        let root = vmshare::control::call(&host.path(SOCKET), &vmshare::control::Request::Whoami);
+        assert!(
+            matches!(root, Ok(vmshare::control::Response::NotAGuest { uid: 0 })),
+            "round {round}: root's whoami under the flood: {root:?}\n{}",
+            host.daemon_log()
+        );
+        let guest = host.ssh("alice", &bob, "vmshare whoami");
+        let text = String::from_utf8_lossy(&guest.stdout);
+        assert!(
+            guest.status.success() && text.contains("guest bob in alice's account"),
+            "round {round}: bob's whoami under the flood: {guest:?}"
+        );
+        eprintln!("round {round}: both answered in {:?}", started.elapsed());
+    }
+}
+
 #[test]
 fn hostile_clients_are_refused_and_the_daemon_keeps_serving() {
     let host = Host::start();

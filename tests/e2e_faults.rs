@@ -684,3 +684,50 @@ fn sshd_restart_keeps_live_sessions_recorded_and_killable() {
         "bob's records are left: {records:?}"
     );
 }
+
+/// Sets the soft descriptor limit of process `pid` (the hard one stays).
+fn set_soft_nofile(pid: u32, soft: usize) {
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+        .output()
+        .expect("running prlimit");
+    assert!(out.status.success(), "prlimit: {out:?}");
+}
+
+/// A pass that cannot read the session records (the daemon is out of
+/// descriptors) is retried: once descriptors are free again, the revoke it
+/// missed takes effect within a second or two, with no further edit and
+/// long before the 30 s backstop.
+#[test]
+fn a_pass_out_of_descriptors_is_retried_without_waiting_for_the_backstop() {
+    let (host, c) = setup();
+    let both = [("bob", Grant::Accepted), ("carol", Grant::Accepted)];
+    host.write_grants(&grants(&c, &both));
+    let daemon = host.start_daemon();
+    let mut bob = LiveSession::open(&host, "alice", c.guest("bob"));
+
+    // Descriptors 0 to 2 are open: the pass can open nothing (EMFILE), not
+    // even the sessions directory.
+    set_soft_nofile(daemon.pid(), 3);
+    host.write_grants(&grants(
+        &c,
+        &[("bob", Grant::Rejected), ("carol", Grant::Accepted)],
+    ));
+    assert!(
+        wait_until(Duration::from_secs(10), || host
+            .daemon_log()
+            .contains("Too many open files")),
+        "the daemon did not run short of descriptors:\n{}",
+        host.daemon_log()
+    );
+    thread::sleep(Duration::from_millis(500));
+
+    set_soft_nofile(daemon.pid(), 1024);
+    let took = bob.wait_gone(Duration::from_secs(3));
+    eprintln!("out of descriptors: bob gone {took:?} after they were free again");
+    assert!(
+        took.is_some(),
+        "the failed pass was not retried:\n{}",
+        host.daemon_log()
+    );
+}

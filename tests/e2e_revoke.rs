@@ -334,6 +334,46 @@ fn a_held_edit_lock_neither_stalls_revokes_nor_hangs_leave() {
     bob_leaves(&host, &c, &mut bob);
 }
 
+/// The daemon runs with the descriptor limit systemd gives a unit that
+/// sets none (1024), and a local user who is no guest holds more control
+/// connections than that: a revoke still ends bob's session at once, and
+/// the daemon answers again once the flood stops.
+#[test]
+fn a_local_users_connection_flood_does_not_stop_a_revoke() {
+    let (host, c) = setup();
+    host.add_user("mallory");
+    let _daemon = host.start_daemon_with(&["prlimit", "--nofile=1024:1024", "--"]);
+    let mut bob = LiveSession::open(&host, "alice", &c.bob);
+    let carol = LiveSession::open(&host, "alice", &c.carol);
+
+    let flood = host.flood_control_socket("mallory", 1500);
+    // Let the flood reach the daemon's limit (or its caps).
+    std::thread::sleep(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    host.write_grants(&grants(&c, "left", true, true));
+    let took = bob.wait_gone(Duration::from_secs(3));
+    eprintln!(
+        "under the flood, bob's session gone after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        took.is_some(),
+        "bob's session outlived the revoke by 3 s under a connection flood:\n{}",
+        host.daemon_log()
+    );
+    assert_eq!(carol.processes(), 2, "carol's session was hit");
+
+    drop(flood);
+    let socket = host.path("/run/vmshare/control.sock");
+    let answers = harness::wait_until(Duration::from_secs(10), || {
+        matches!(
+            vmshare::control::call(&socket, &vmshare::control::Request::Whoami),
+            Ok(vmshare::control::Response::NotAGuest { uid: 0 })
+        )
+    });
+    assert!(answers, "the daemon does not answer after the flood");
+}
+
 /// bob leaves from a new session; `bob`, his other session, ends with it.
 fn bob_leaves(host: &Host, c: &Cast, bob: &mut LiveSession) {
     let left = host.ssh("alice", &c.bob, "vmshare leave");

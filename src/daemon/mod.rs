@@ -2,8 +2,10 @@
 //! revoked sessions, and answers the control socket.
 
 mod backstop;
+mod fdlimit;
 mod pass;
 mod server;
+mod slots;
 mod watch;
 
 pub use pass::{apply, compile_grant_file, now_ns, Compiled, Pass};
@@ -33,6 +35,10 @@ pub const SETTLE: Duration = Duration::from_millis(200);
 /// watchdog, so systemd restarts the daemon, which rebuilds everything from
 /// the grant file and the run dir.
 const PASS_STALLED: Duration = Duration::from_secs(120);
+/// A pass that could not judge every session (out of descriptors, the
+/// sessions directory unreadable) runs again this soon, then less often
+/// while it keeps failing (up to 16 times this).
+const RETRY: Duration = Duration::from_millis(100);
 
 #[derive(clap::Parser, Debug)]
 #[command(name = "vmshared", version, about = "The vmshare daemon")]
@@ -182,6 +188,11 @@ impl Passes {
 }
 
 async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String> {
+    let (nofile, raise_failed) = fdlimit::raise();
+    if let Some(e) = raise_failed {
+        warn!("cannot raise the descriptor limit: {e}; keeping {nofile}");
+    }
+    let caps = fdlimit::caps(nofile);
     pass::prepare_run_dir(&config)
         .map_err(|e| format!("cannot create run dir {}: {e}", config.run_dir.display()))?;
     let first = apply(&config, config_path.as_deref(), "start");
@@ -189,9 +200,18 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
         .map_err(|e| format!("cannot watch {}: {e}", config.grants.display()))?;
     let config = Arc::new(config);
     let (pass_tx, mut pass_rx) = mpsc::channel(64);
+    // Enforcement never waits on the control socket: if it cannot be bound,
+    // the server binds it later while the passes go on.
     let listener = server::bind(&config.socket_path())
-        .map_err(|e| format!("cannot listen on {}: {e}", config.socket_path().display()))?;
-    tokio::spawn(server::accept_loop(listener, Arc::clone(&config), pass_tx));
+        .map_err(|e| {
+            error!(
+                "cannot listen on {}: {e}; retrying",
+                config.socket_path().display()
+            )
+        })
+        .ok();
+    let slots = slots::Shared::new(caps);
+    tokio::spawn(server::run(listener, Arc::clone(&config), pass_tx, slots));
 
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -204,6 +224,8 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     // makes every lookup hash the file; rewrite it once the window passes.
     let mut racy_at = first.racy.then(racy_deadline);
     let mut settle_at: Option<tokio::time::Instant> = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut failed_passes: u32 = 0;
     let mut passes = Passes {
         config: Arc::clone(&config),
         config_path,
@@ -212,7 +234,11 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     };
 
     sdnotify::notify("READY=1");
-    info!(grants = %config.grants.display(), socket = %config.socket_path().display(), "vmshared ready");
+    info!(
+        grants = %config.grants.display(), socket = %config.socket_path().display(),
+        nofile, connections = caps.total, per_uid = caps.per_uid,
+        "vmshared ready"
+    );
 
     loop {
         let wake = tokio::select! {
@@ -245,6 +271,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
             },
             _ = sleep_until(settle_at) => Wake::Changed("grant file settled"),
             _ = sleep_until(racy_at) => Wake::Changed("snapshot refresh"),
+            _ = sleep_until(retry_at) => Wake::Changed("retrying an incomplete pass"),
             _ = hup.recv() => Wake::Changed("SIGHUP"),
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 if passes.stalled() {
@@ -265,18 +292,32 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
                 // do not fire again while it runs.
                 settle_at = None;
                 racy_at = None;
+                retry_at = None;
                 passes.request(reason);
             }
             Wake::Unsettled => {
                 settle_at.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE);
             }
             Wake::Passed(done) => {
-                match done {
-                    Ok(pass) => racy_at = pass.racy.then(racy_deadline),
-                    // The backstop's re-read retries.
-                    Err(e) => error!("grant-file pass failed: {e}"),
-                }
+                let complete = match done {
+                    Ok(pass) => {
+                        racy_at = pass.racy.then(racy_deadline);
+                        !pass.retry
+                    }
+                    Err(e) => {
+                        error!("grant-file pass failed: {e}");
+                        false
+                    }
+                };
+                failed_passes = if complete {
+                    0
+                } else {
+                    failed_passes.saturating_add(1)
+                };
                 passes.finished();
+                // A queued pass, if one started, is the retry.
+                retry_at = (failed_passes > 0 && !passes.is_running())
+                    .then(|| tokio::time::Instant::now() + retry_delay(failed_passes));
             }
         }
     }
@@ -291,9 +332,27 @@ fn racy_deadline() -> tokio::time::Instant {
         + Duration::from_millis(100)
 }
 
+/// How long to wait before the next try after `failed` incomplete passes
+/// in a row.
+fn retry_delay(failed: u32) -> Duration {
+    RETRY * 2u32.pow(failed.saturating_sub(1).min(4))
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incomplete_pass_is_retried_soon_then_less_often() {
+        let delays: Vec<u128> = (1..=7).map(|n| retry_delay(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 1600, 1600]);
+        assert_eq!(retry_delay(u32::MAX), Duration::from_millis(1600));
     }
 }

@@ -28,6 +28,10 @@ pub struct Pass {
     pub racy: bool,
     pub killed: Vec<String>,
     pub forgotten: Vec<String>,
+    /// Some sessions could not be judged (the sessions directory could not
+    /// be read, or the daemon was short of descriptors or memory): the
+    /// loop runs another pass soon.
+    pub retry: bool,
 }
 
 pub fn now_ns() -> i64 {
@@ -270,6 +274,14 @@ pub fn apply(config: &Config, config_path: Option<&Path>, reason: &str) -> Pass 
 fn enforce_sessions(config: &Config, judge: &mut Judge, pass: &mut Pass) {
     let dir = config.sessions_dir();
     let (records, bad) = records::list(&dir);
+    let (unjudged, bad): (Vec<_>, Vec<_>) = bad
+        .into_iter()
+        .partition(|(path, e)| *path == dir || short_of_resources(e));
+    for (path, e) in &unjudged {
+        // Not the record's fault: judge it on the retry.
+        error!(path = %path.display(), "cannot read session records now: {e}; retrying");
+        pass.retry = true;
+    }
     for (path, e) in bad {
         // A record we cannot read is a session we cannot judge: end it.
         error!(record = %path.display(), "unreadable session record: {e}; ending that session");
@@ -326,6 +338,21 @@ fn enforce_sessions(config: &Config, judge: &mut Judge, pass: &mut Pass) {
         }
     }
     sweep_empty_groups(config, &dir);
+}
+
+/// Whether reading failed for want of descriptors or memory, which passes.
+fn short_of_resources(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    e.raw_os_error().is_some_and(|n| {
+        [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ENOMEM,
+            Errno::EAGAIN,
+            Errno::EINTR,
+        ]
+        .contains(&Errno::from_raw(n))
+    })
 }
 
 fn forget(dir: &Path, record: &SessionRecord) {

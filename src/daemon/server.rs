@@ -3,6 +3,13 @@
 //! the blocking pool, so a slow one (a `leave` waiting for the edit lock)
 //! never holds up the main loop. A request that changed the grant file asks
 //! the loop for a pass once its answer is out.
+//!
+//! Connections are capped in all and per uid ([`slots`]); one over a cap is
+//! closed as soon as it is accepted. The caller is pinned when accepted: its
+//! uid, and its pid with that process's start time, so a request whose
+//! process exited (and whose pid may be someone else's by then) is refused.
+//! Linux 6.5's SO_PEERPIDFD would pin the process itself, but nix has no
+//! safe wrapper for it and the crate has no unsafe code.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -11,10 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::UCred;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::slots::{self, Slot};
 use crate::control::{self, Request, Response, SessionInfo, TIMEOUT};
 use crate::session::backend::cgroup;
 use crate::store::config::Config;
@@ -38,36 +47,159 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves every connection; `passes` asks the main loop for a pass.
-pub async fn accept_loop(
-    listener: UnixListener,
+/// After accepting failed (out of descriptors, say), wait this long: the
+/// backlog waits, the loop does not spin.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// After binding the control socket failed, bind again this often;
+/// enforcement goes on meanwhile.
+const REBIND: Duration = Duration::from_secs(1);
+
+/// Serves the control socket for as long as the daemon runs: `listener`
+/// if binding it at start worked, else it is bound again until that works.
+/// `passes` asks the main loop for a pass.
+pub async fn run(
+    listener: Option<UnixListener>,
     config: Arc<Config>,
     passes: mpsc::Sender<&'static str>,
+    slots: slots::Shared,
 ) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let (config, passes) = (Arc::clone(&config), passes.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = serve(stream, config, passes).await {
-                        warn!("control connection: {e}");
-                    }
-                });
+    let listener = match listener {
+        Some(l) => l,
+        None => loop {
+            tokio::time::sleep(REBIND).await;
+            match bind(&config.socket_path()) {
+                Ok(l) => break l,
+                Err(e) => warn!("control socket: cannot bind yet: {e}"),
             }
+        },
+    };
+    let mut refusals = Refusals {
+        count: 0,
+        reported: None,
+    };
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
             Err(e) => {
                 warn!("control socket accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
             }
+        };
+        let Some((caller, slot)) = admit(&stream, &slots, &mut refusals) else {
+            continue;
+        };
+        let (config, passes) = (Arc::clone(&config), passes.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve(stream, caller, config, passes).await {
+                warn!("control connection: {e}");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Who called, as fixed when the connection was accepted.
+#[derive(Debug, Clone, Copy)]
+struct Caller {
+    uid: u32,
+    process: Process,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Process {
+    /// The pid and the start time it had at accept.
+    Pinned { pid: i32, start: u64 },
+    /// It had exited by then.
+    Gone,
+    /// The kernel did not say.
+    Unknown,
+}
+
+impl Caller {
+    /// The caller as it is now: read as soon as the connection is accepted.
+    fn pin(cred: UCred) -> Caller {
+        let process = match cred.pid() {
+            Some(pid) => match procfs::stat(pid) {
+                Ok(s) => Process::Pinned {
+                    pid,
+                    start: s.start,
+                },
+                Err(_) => Process::Gone,
+            },
+            None => Process::Unknown,
+        };
+        Caller {
+            uid: cred.uid(),
+            process,
         }
+    }
+}
+
+/// Takes a slot and pins the caller, or refuses the connection: a short
+/// error frame if the socket buffer takes it (never waiting), then close.
+fn admit(
+    stream: &UnixStream,
+    slots: &slots::Shared,
+    refusals: &mut Refusals,
+) -> Option<(Caller, Slot)> {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("control connection: no peer credentials: {e}");
+            return None;
+        }
+    };
+    let slot = match slots.take(cred.uid()) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            refusals.note(cred.uid(), refused);
+            let reply = Response::Error {
+                message: refused.message().into(),
+            };
+            if let Ok(frame) = control::encode(&reply) {
+                let _ = stream.try_write(&frame);
+            }
+            return None;
+        }
+    };
+    Some((Caller::pin(cred), slot))
+}
+
+/// Connections refused over the caps, logged at most once per
+/// [`REPORT_REFUSALS`]: a flood must not flood the log too.
+struct Refusals {
+    count: u64,
+    reported: Option<tokio::time::Instant>,
+}
+
+const REPORT_REFUSALS: Duration = Duration::from_secs(10);
+
+impl Refusals {
+    fn note(&mut self, uid: u32, why: slots::Refused) {
+        self.count += 1;
+        if self
+            .reported
+            .is_some_and(|at| at.elapsed() < REPORT_REFUSALS)
+        {
+            return;
+        }
+        warn!(
+            uid,
+            "refused {} control connection(s) over the caps since the last report ({why:?})",
+            self.count
+        );
+        self.count = 0;
+        self.reported = Some(tokio::time::Instant::now());
     }
 }
 
 async fn serve(
     mut stream: UnixStream,
+    caller: Caller,
     config: Arc<Config>,
     passes: mpsc::Sender<&'static str>,
 ) -> io::Result<()> {
-    let cred = stream.peer_cred()?;
     let read = async {
         let mut prefix = [0u8; 4];
         stream.read_exact(&mut prefix).await?;
@@ -91,8 +223,7 @@ async fn serve(
             ))
         }
     };
-    let (uid, pid) = (cred.uid(), cred.pid());
-    let answered = tokio::task::spawn_blocking(move || answer(&config, request, uid, pid)).await;
+    let answered = tokio::task::spawn_blocking(move || answer(&config, request, caller)).await;
     let (response, reapply) = answered.unwrap_or_else(|e| {
         let message = format!("internal error: {e}");
         (Response::Error { message }, None)
@@ -110,16 +241,18 @@ async fn write(stream: &mut UnixStream, response: &Response) -> io::Result<()> {
     stream.flush().await
 }
 
-/// Answers one request from `uid` (process `pid`); blocks (a `leave`
-/// waits up to [`LEAVE_LOCK_WAIT`] for the edit lock). Returns a reason to
-/// re-apply the grant file when the request changed it.
-fn answer(
-    config: &Config,
-    request: Request,
-    uid: u32,
-    pid: Option<i32>,
-) -> (Response, Option<&'static str>) {
-    let session = pid.and_then(|pid| session_of(config, pid, uid));
+/// Answers one request from `caller`; blocks (a `leave` waits up to
+/// [`LEAVE_LOCK_WAIT`] for the edit lock). Returns a reason to re-apply the
+/// grant file when the request changed it.
+fn answer(config: &Config, request: Request, caller: Caller) -> (Response, Option<&'static str>) {
+    let uid = caller.uid;
+    let session = match caller_session(config, caller) {
+        Ok(session) => session,
+        Err(CallerGone) => {
+            let message = "caller went away before its request was answered".into();
+            return (Response::Error { message }, None);
+        }
+    };
     match request {
         Request::Whoami => (
             match &session {
@@ -197,6 +330,26 @@ fn info_of(r: &SessionRecord) -> SessionInfo {
         since: r.since,
     }
 }
+
+/// The live guest session the caller is in, or the refusal for a caller
+/// whose process is gone: its pid may name another process by now. The pin
+/// is checked after the session is found, so what was found is the
+/// caller's (a pid is not reused while its process exists).
+fn caller_session(config: &Config, caller: Caller) -> Result<Option<SessionRecord>, CallerGone> {
+    match caller.process {
+        Process::Pinned { pid, start } => {
+            let session = session_of(config, pid, caller.uid);
+            procfs::is_alive(pid, start)
+                .then_some(session)
+                .ok_or(CallerGone)
+        }
+        Process::Gone => Err(CallerGone),
+        Process::Unknown => Ok(None),
+    }
+}
+
+/// The caller's process exited before its request was answered.
+struct CallerGone;
 
 /// The live guest session process `pid` belongs to: by its cgroup (its own
 /// or logind's scope), or by descent from the session's sshd monitor. Nothing the caller can set

@@ -44,14 +44,18 @@ impl Drop for Daemon {
 }
 
 impl Host {
-    /// Starts `vmshared` with the host's agent config and waits until it
-    /// says it is ready.
-    pub fn start_daemon(&self) -> Daemon {
+    /// Starts `vmshared` with the host's agent config, through `wrapper`
+    /// (e.g. `prlimit --nofile=…`; empty: none), and waits until it says
+    /// it is ready.
+    pub fn start_daemon_with(&self, wrapper: &[&str]) -> Daemon {
         let before = self.daemon_log().matches("vmshared ready").count();
         let mut cmd = self.command(&[
             "sh",
             "-c",
-            &format!("exec /usr/sbin/vmshared 2>>{DAEMON_LOG}"),
+            &format!(
+                "exec {} /usr/sbin/vmshared 2>>{DAEMON_LOG}",
+                wrapper.join(" ")
+            ),
         ]);
         cmd.env("VMSHARE_LOG", "debug")
             .stdin(Stdio::null())
@@ -127,5 +131,80 @@ impl Host {
     /// The session records in the run dir (unreadable ones are skipped).
     pub fn session_records(&self) -> Vec<records::SessionRecord> {
         records::list(&self.path(SESSIONS_DIR)).0
+    }
+}
+
+impl Host {
+    /// Starts `vmshared` with the host's agent config and waits until it
+    /// says it is ready.
+    pub fn start_daemon(&self) -> Daemon {
+        self.start_daemon_with(&[])
+    }
+
+    /// Local account `user` (with a group of its name) holds `count` idle connections to the control
+    /// socket, opening a new one whenever the daemon closes one, until the
+    /// returned flood is dropped. Returns once the first round is open.
+    pub fn flood_control_socket(&self, user: &str, count: usize) -> Flood {
+        let script = r#"
+import resource, selectors, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+path, count = sys.argv[1], int(sys.argv[2])
+sel = selectors.DefaultSelector()
+def connect():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setblocking(False)
+    try:
+        s.connect(path)
+    except OSError:
+        s.close()
+        return 0
+    sel.register(s, selectors.EVENT_READ)
+    return 1
+print("up", sum(connect() for _ in range(count)), flush=True)
+while True:
+    for _ in range(count - len(sel.get_map())):
+        connect()
+    for key, _ in sel.select(timeout=0.05):
+        sel.unregister(key.fileobj)
+        key.fileobj.close()
+"#;
+        let mut cmd = self.command(&[
+            "setpriv",
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--clear-groups",
+            "python3",
+            "-c",
+            script,
+            "/run/vmshare/control.sock",
+            &count.to_string(),
+        ]);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the flood as {user}: {e}"));
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+        }
+        let flood = Flood { child };
+        let held: Option<usize> = line.strip_prefix("up ").and_then(|n| n.trim().parse().ok());
+        assert!(held.is_some(), "the flood did not start: {line:?}");
+        eprintln!("flood: {line}");
+        flood
+    }
+}
+
+/// A local user's connection flood on the control socket; dropping it ends
+/// the flood.
+pub struct Flood {
+    child: Child,
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
