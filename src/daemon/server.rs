@@ -25,7 +25,6 @@ use tracing::warn;
 
 use super::slots::{self, Slot};
 use crate::control::{self, Request, Response, SessionInfo, TIMEOUT};
-use crate::session::backend::cgroup;
 use crate::store::config::Config;
 use crate::store::records::{self, SessionRecord};
 use crate::sys::procfs;
@@ -356,15 +355,7 @@ struct CallerGone;
 /// (environment, arguments) plays a part.
 fn session_of(config: &Config, pid: i32, uid: u32) -> Option<SessionRecord> {
     let (records, _) = records::list(&config.sessions_dir());
-    let group = cgroup::group_of(pid);
-    let ancestors = procfs::ancestors(pid);
-    records.into_iter().find(|r| {
-        let by_group = group
-            .as_deref()
-            .is_some_and(|g| r.placement.backend().holds(r, g));
-        let by_descent = ancestors
-            .iter()
-            .any(|a| a.pid == r.monitor_pid && a.start == r.monitor_start);
-        (by_group || by_descent) && (uid == r.uid || uid == 0)
-    })
+    crate::session::membership::session_of(&records, pid)
+        .filter(|r| uid == r.uid || uid == 0)
+        .cloned()
 }
