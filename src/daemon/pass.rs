@@ -123,12 +123,12 @@ impl Judge {
     }
 
     fn allows(&mut self, config: &Config, record: &SessionRecord) -> bool {
-        let source = &self.source;
-        let index = self
-            .owners
-            .entry(record.owner.clone())
-            .or_insert_with(|| source.owner_keys(config, &record.owner));
-        index.as_ref().is_some_and(|keys| {
+        if !self.owners.contains_key(&record.owner) {
+            let keys = self.source.owner_keys(config, &record.owner);
+            self.owners.insert(record.owner.clone(), keys);
+        }
+        let index = self.owners.get(&record.owner).and_then(Option::as_ref);
+        index.is_some_and(|keys| {
             keys.guest(&record.key_algorithm, &record.key_blob) == Some(record.guest.as_str())
         })
     }
@@ -292,20 +292,21 @@ fn enforce_sessions(config: &Config, judge: &mut Judge, pass: &mut Pass) {
         }
         let _ = fs::remove_file(&path);
     }
-    // Start every kill before waiting on any, so one slow session does not
-    // delay the others.
+    // Judge first (in memory), and start every kill before waiting on any or
+    // looking at the sessions that stay, so neither one slow session nor
+    // many live ones delay a revoke.
     let mut ending = Vec::new();
+    let mut staying = Vec::new();
     for record in records {
-        if !backend::is_live(&record) {
+        if judge.allows(config, &record) {
+            staying.push(record);
+        } else if !backend::is_live(&record) {
             forget(&dir, &record);
             pass.forgotten.push(record.id.clone());
-            continue;
+        } else {
+            record.placement.backend().start_end(&record);
+            ending.push(record);
         }
-        if judge.allows(config, &record) {
-            continue;
-        }
-        record.placement.backend().start_end(&record);
-        ending.push(record);
     }
     for record in ending {
         let started = Instant::now();
@@ -335,6 +336,13 @@ fn enforce_sessions(config: &Config, judge: &mut Judge, pass: &mut Pass) {
                 owner = %record.owner, guest = %record.guest, session = %record.id,
                 "could not end revoked session: {e}"
             ),
+        }
+    }
+    // Sessions that may stay but are over: their records go.
+    for record in staying {
+        if !backend::is_live(&record) {
+            forget(&dir, &record);
+            pass.forgotten.push(record.id.clone());
         }
     }
     sweep_empty_groups(config, &dir);

@@ -79,42 +79,46 @@ pub fn guest_in_lines<'a>(lines: &'a str, algorithm: &str, blob: &str) -> Option
 }
 
 /// An owner's key lines indexed by key, for judging many sessions at once:
-/// `(algorithm, blob)` → guest, the same answer as [`guest_in_lines`].
+/// the same answer as [`guest_in_lines`]. Keyed by the blob (which encodes
+/// the key type too), so a lookup allocates nothing.
 #[derive(Debug, Default)]
-pub struct KeyIndex(HashMap<(String, String), String>);
+pub struct KeyIndex(HashMap<String, (String, String)>);
 
 impl KeyIndex {
     pub fn from_lines(lines: &str) -> Self {
-        let mut index = HashMap::new();
+        let mut index = KeyIndex::default();
         for line in lines.lines() {
             let mut parts = line.splitn(3, ' ');
             if let (Some(a), Some(b), Some(tag)) = (parts.next(), parts.next(), parts.next()) {
                 if let Some(guest) = tag.strip_prefix(GUEST_TAG) {
-                    // The first line for a key wins, as in `guest_in_lines`.
-                    index
-                        .entry((a.to_string(), b.to_string()))
-                        .or_insert_with(|| guest.to_string());
+                    index.add(a, b, guest);
                 }
             }
         }
-        KeyIndex(index)
+        index
     }
 
     pub fn from_access(access: &OwnerAccess) -> Self {
-        let mut index = HashMap::new();
+        let mut index = KeyIndex::default();
         for k in &access.keys {
-            index
-                .entry((k.algorithm.clone(), k.blob.clone()))
-                .or_insert_with(|| k.guest.clone());
+            index.add(&k.algorithm, &k.blob, &k.guest);
         }
-        KeyIndex(index)
+        index
+    }
+
+    /// The first line for a key wins, as in `guest_in_lines`.
+    fn add(&mut self, algorithm: &str, blob: &str, guest: &str) {
+        self.0
+            .entry(blob.to_string())
+            .or_insert_with(|| (algorithm.to_string(), guest.to_string()));
     }
 
     /// The guest key (`algorithm`, `blob`) belongs to, if any.
     pub fn guest(&self, algorithm: &str, blob: &str) -> Option<&str> {
         self.0
-            .get(&(algorithm.to_string(), blob.to_string()))
-            .map(String::as_str)
+            .get(blob)
+            .filter(|(a, _)| a == algorithm)
+            .map(|(_, guest)| guest.as_str())
     }
 }
 
