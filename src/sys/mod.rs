@@ -6,3 +6,4 @@ pub mod fsutil;
 pub mod log;
 pub mod procfs;
 pub mod sockets;
+pub mod tty;
