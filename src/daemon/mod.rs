@@ -2,6 +2,7 @@
 //! revoked sessions, and answers the control socket.
 
 mod backstop;
+mod leave;
 mod pass;
 mod server;
 mod watch;

@@ -8,23 +8,18 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::leave;
 use crate::control::{self, Request, Response, SessionInfo, TIMEOUT};
 use crate::session::backend::cgroup;
 use crate::store::config::Config;
 use crate::store::records::{self, SessionRecord};
 use crate::sys::procfs;
-
-/// How long a `leave` waits for another edit of the grant file to finish:
-/// below the client's own [`TIMEOUT`], so the guest hears "busy" rather
-/// than a timeout.
-const LEAVE_LOCK_WAIT: Duration = Duration::from_secs(2);
 
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
     match std::fs::remove_file(path) {
@@ -110,8 +105,8 @@ async fn write(stream: &mut UnixStream, response: &Response) -> io::Result<()> {
     stream.flush().await
 }
 
-/// Answers one request from `uid` (process `pid`); blocks (a `leave`
-/// waits up to [`LEAVE_LOCK_WAIT`] for the edit lock). Returns a reason to
+/// Answers one request from `uid` (process `pid`); blocks (a confirmed
+/// `leave` waits a little for the edit lock). Returns a reason to
 /// re-apply the grant file when the request changed it.
 fn answer(
     config: &Config,
@@ -137,54 +132,21 @@ fn answer(
             },
             None,
         ),
-        Request::Leave => match &session {
-            None => (
-                Response::Error {
-                    message:
-                        "not in a guest session: only a guest can leave, from inside their session"
-                            .into(),
-                },
-                None,
-            ),
-            Some(r) => match crate::store::edit::edit_file_within(
-                &config.grants,
-                &crate::grant::lifecycle::Change::Leave {
-                    owner: r.owner.clone(),
-                    guest: r.guest.clone(),
-                },
-                &crate::sys::accounts::SystemAccounts,
-                LEAVE_LOCK_WAIT,
-            ) {
-                Ok(_) => {
-                    super::audit_event(
-                        &crate::sys::log::audit::Event {
-                            kind: Some(crate::sys::log::audit::Kind::Leave),
-                            owner: &r.owner,
-                            guest: &r.guest,
-                            fingerprint: &r.fingerprint,
-                            remote: &r.remote,
-                            session: &r.id,
-                            message: "guest left the shared VM",
-                        },
-                        "",
-                    );
-                    (
-                        Response::Left {
-                            owner: r.owner.clone(),
-                            guest: r.guest.clone(),
-                        },
-                        Some("guest left"),
-                    )
-                }
-                Err(e) => (
-                    Response::Error {
-                        message: format!("cannot leave: {e}"),
-                    },
-                    None,
-                ),
-            },
+        Request::Leave => match (&session, pid) {
+            (Some(r), Some(pid)) => (leave::start(r, pid), None),
+            _ => not_in_a_guest_session(),
+        },
+        Request::ConfirmLeave { code } => match &session {
+            Some(r) => leave::finish(config, r, &code),
+            None => not_in_a_guest_session(),
         },
     }
+}
+
+fn not_in_a_guest_session() -> (Response, Option<&'static str>) {
+    let message = "not in a guest session: only a guest can leave, from inside their session";
+    let message = message.into();
+    (Response::Error { message }, None)
 }
 
 fn info_of(r: &SessionRecord) -> SessionInfo {
