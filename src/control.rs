@@ -20,8 +20,11 @@ pub const TIMEOUT: Duration = Duration::from_secs(3);
 pub enum Request {
     /// Which guest session is the caller in?
     Whoami,
-    /// The calling guest leaves: status `left`, sessions end.
+    /// The calling guest asks to leave: the daemon shows a one-time code
+    /// on the terminal of the caller's SSH login and answers `confirm`.
     Leave,
+    /// The code typed back: status `left`, sessions end.
+    ConfirmLeave { code: String },
     /// Root only: re-read the grant file now.
     Reload,
 }
@@ -44,6 +47,13 @@ pub enum Response {
     /// The caller is in no guest session (an owner's own, or none).
     NotAGuest {
         uid: u32,
+    },
+    /// A code is on the caller's terminal; send it back with
+    /// [`Request::ConfirmLeave`] within `expires_in` seconds.
+    Confirm {
+        owner: String,
+        guest: String,
+        expires_in: u64,
     },
     Left {
         owner: String,
@@ -88,16 +98,27 @@ pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> io::Result<T> {
     serde_json::from_slice(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Decodes a request strictly: an object with `op` and nothing else (serde
-/// cannot deny unknown fields on unit variants of a tagged enum).
+/// Decodes a request strictly: an object with `op` and exactly the fields
+/// of that op (serde cannot deny unknown fields on unit variants of a
+/// tagged enum, so the fields are compared with the request's own).
 pub fn decode_request(body: &[u8]) -> io::Result<Request> {
     let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
     let value: serde_json::Value = decode(body)?;
-    match value.as_object() {
-        Some(fields) if fields.len() == 1 && fields.contains_key("op") => {}
-        _ => return Err(invalid("a request is an object with `op` only".into())),
+    let Some(fields) = value.as_object() else {
+        return Err(invalid("a request is an object with `op`".into()));
+    };
+    let names = |m: &serde_json::Map<String, serde_json::Value>| {
+        m.keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    let given = names(fields);
+    let request: Request = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+    let own = serde_json::to_value(&request).map_err(|e| invalid(e.to_string()))?;
+    match own.as_object() {
+        Some(own) if names(own) == given => Ok(request),
+        _ => Err(invalid("a request has only its op's fields".into())),
     }
-    serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
 }
 
 /// Sends one request to the daemon and waits for its response.
@@ -140,5 +161,31 @@ mod tests {
             decode_request(b"{\"op\":\"whoami\"}").unwrap(),
             Request::Whoami
         );
+    }
+
+    #[test]
+    fn confirm_leave_carries_its_code_and_nothing_else() {
+        let confirm = Request::ConfirmLeave {
+            code: "1234-5678".into(),
+        };
+        let frame = encode(&confirm).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&frame[4..]).unwrap(),
+            r#"{"op":"confirm_leave","code":"1234-5678"}"#
+        );
+        assert_eq!(decode_request(&frame[4..]).unwrap(), confirm);
+        for bad in [
+            &br#"{"op":"confirm_leave"}"#[..],
+            br#"{"op":"confirm_leave","code":1}"#,
+            br#"{"op":"confirm_leave","code":"1","guest":"bob"}"#,
+            br#"{"op":"leave","code":"1"}"#,
+            br#"["confirm_leave","1"]"#,
+        ] {
+            assert!(
+                decode_request(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

@@ -9,7 +9,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Host, Key, LiveSession};
+use harness::{Host, Key, LiveSession, TtySession};
 
 /// Generous bound for a kill in tests; the benchmark measures the real figure.
 const GONE_WITHIN: Duration = Duration::from_secs(10);
@@ -297,12 +297,7 @@ fn a_held_edit_lock_neither_stalls_revokes_nor_hangs_leave() {
 
     // bob asks to leave while the lock is held ...
     let started = std::time::Instant::now();
-    let leave = host.ssh_spawn("alice", &c.bob, "vmshare leave");
-    assert!(
-        harness::wait_until(Duration::from_secs(20), || host.session_records().len()
-            == 3),
-        "bob's leave session did not open"
-    );
+    let mut leave = leave_by_terminal(&host, &c.bob);
     std::thread::sleep(Duration::from_millis(500));
 
     // ... and carol is revoked meanwhile: she is gone at the usual pace.
@@ -314,12 +309,10 @@ fn a_held_edit_lock_neither_stalls_revokes_nor_hangs_leave() {
     );
 
     // The leave answers "busy" well before the lock's own 30 s timeout.
-    let out = output_within(leave, Duration::from_secs(10));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("being edited") && stderr.contains("try again"),
-        "leave under a held lock: {out:?}"
-    );
+    let busy = leave.wait_for(Duration::from_secs(10), |s| {
+        (s.contains("being edited") && s.contains("try again")).then_some(())
+    });
+    assert!(busy.is_some(), "leave under a held lock: {}", leave.shown);
     assert!(started.elapsed() < Duration::from_secs(15));
     let text = host.read_file(harness::GRANTS).unwrap();
     assert!(!text.contains("\"left\""), "{text}");
@@ -376,18 +369,208 @@ fn a_local_users_connection_flood_does_not_stop_a_revoke() {
 
 /// bob leaves from a new session; `bob`, his other session, ends with it.
 fn bob_leaves(host: &Host, c: &Cast, bob: &mut LiveSession) {
-    let left = host.ssh("alice", &c.bob, "vmshare leave");
-    assert!(
-        left.status.success() || left.status.code() == Some(255),
-        "leave: {left:?}"
-    );
+    let leave = leave_by_terminal(host, &c.bob);
+    assert_left(host, "bob", leave);
     assert!(
         bob.wait_gone(GONE_WITHIN).is_some(),
         "bob's other session survived leave:\n{}",
         host.daemon_log()
     );
+    assert_eq!(status_of(host, "bob"), "left");
+}
+
+/// What vmshared writes before the code on a guest's terminal.
+const CODE_SHOWN: &str = "type this code when asked: ";
+
+/// The leave code a terminal showed, if any.
+fn shown_code(screen: &str) -> Option<String> {
+    let at = screen.find(CODE_SHOWN)? + CODE_SHOWN.len();
+    let code = screen.get(at..at + 9)?;
+    let digits = code.chars().filter(char::is_ascii_digit).count();
+    (digits == 8).then(|| code.to_string())
+}
+
+/// A guest of alice runs `vmshare leave` in a new session with a terminal
+/// and types back the code shown there.
+fn leave_by_terminal(host: &Host, key: &Key) -> TtySession {
+    let mut session = TtySession::open(host, "alice", key, "vmshare leave");
+    let code = session
+        .wait_for(Duration::from_secs(20), shown_code)
+        .unwrap_or_else(|| {
+            panic!(
+                "no leave code shown:\n{}\n{}",
+                session.shown,
+                host.daemon_log()
+            )
+        });
+    session.type_in(&format!("{code}\n"));
+    session
+}
+
+/// Waits until `guest` is `left`. The leave's own session ends with the
+/// guest's others, so its last words may never reach the client.
+fn assert_left(host: &Host, guest: &str, leave: TtySession) {
+    let left = harness::wait_until(Duration::from_secs(20), || status_of(host, guest) == "left");
+    assert!(
+        left,
+        "{guest} did not leave: {}\n{}",
+        leave.shown,
+        host.daemon_log()
+    );
+}
+
+/// A guest of alice's status in the grant file.
+fn status_of(host: &Host, guest: &str) -> String {
     let text = host.read_file(harness::GRANTS).unwrap();
-    assert!(text.contains("status = \"left\""), "{text}");
+    let grants: toml::Table = text.parse().unwrap();
+    grants["owners"]["alice"]["guests"][guest]["status"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_guest_leaves_by_typing_the_code_shown_on_her_own_terminal() {
+    let (host, c) = setup();
+    let _daemon = host.start_daemon();
+    let mut carol = LiveSession::open(&host, "alice", &c.carol);
+    let bob = LiveSession::open(&host, "alice", &c.bob);
+
+    // Without a terminal there is nowhere to show a code: refused, with the
+    // ways that work.
+    let out = host.ssh("alice", &c.carol, "vmshare leave");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("ssh -t")
+            && err.contains("vmshare leave alice carol"),
+        "leave without a terminal: {out:?}"
+    );
+    assert_eq!(status_of(&host, "carol"), "accepted");
+    assert_eq!(carol.processes(), 2);
+
+    let leave = leave_by_terminal(&host, &c.carol);
+    assert_left(&host, "carol", leave);
+    assert!(
+        carol.wait_gone(GONE_WITHIN).is_some(),
+        "carol's other session survived leave:\n{}",
+        host.daemon_log()
+    );
+    assert_eq!(status_of(&host, "carol"), "left");
+    assert_eq!(status_of(&host, "bob"), "accepted");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(bob.processes(), 2, "bob was hit by carol's leave");
+}
+
+#[test]
+fn a_leave_planted_in_ssh_rc_does_not_make_another_guest_leave() {
+    let (host, c) = setup();
+    let _daemon = host.start_daemon();
+    // bob plants it in the owner's ~/.ssh/rc, which every login runs.
+    let planted = host.ssh(
+        "alice",
+        &c.bob,
+        "echo 'vmshare leave' > ~/.ssh/rc && echo planted",
+    );
+    assert!(String::from_utf8_lossy(&planted.stdout).contains("planted"));
+
+    // carol logs in without a terminal: the rc's leave is refused.
+    let out = host.ssh("alice", &c.carol, "echo carol-in");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("carol-in"),
+        "{out:?}"
+    );
+    assert_eq!(status_of(&host, "carol"), "accepted");
+
+    // With a terminal the code appears on carol's screen; the rc cannot
+    // answer it, and carol, who did not ask to leave, types nothing.
+    let mut login = TtySession::open(&host, "alice", &c.carol, "echo carol-shell; exec sleep 60");
+    assert!(
+        login
+            .wait_for(Duration::from_secs(20), shown_code)
+            .is_some(),
+        "no code on carol's terminal: {}",
+        login.shown
+    );
+    login.type_in("\n");
+    let shell = login.wait_for(Duration::from_secs(20), |s| {
+        s.contains("carol-shell").then_some(())
+    });
+    assert!(shell.is_some(), "carol's login: {}", login.shown);
+    assert_eq!(status_of(&host, "carol"), "accepted");
+    host.assert_logs_in_as("alice", &c.carol, "alice");
+    let log = host.daemon_log();
+    assert!(
+        log.matches("leave refused").count() >= 2,
+        "refusals not logged:\n{log}"
+    );
+}
+
+/// What bob plants in `~/.ssh/rc`: `vmshare leave` on a terminal of its
+/// own, whose screen it reads to type the code back.
+const AUTO_ANSWER: &str = r#"
+import os, pty, re, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("vmshare", ["vmshare", "leave"])
+seen = b""
+deadline = time.time() + 20
+while time.time() < deadline:
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        break
+    if not chunk:
+        break
+    seen += chunk
+    code = re.search(rb"[0-9]{4}-[0-9]{4}", seen)
+    if code:
+        os.write(fd, code.group(0) + b"\n")
+        seen = b""
+os.waitpid(pid, 0)
+"#;
+
+#[test]
+fn a_terminal_made_inside_the_session_cannot_answer_the_code() {
+    let (host, c) = setup();
+    let _daemon = host.start_daemon();
+    let (uid, gid, home) = host.passwd_entry("alice");
+    host.write_file(
+        &format!("{home}/auto_answer.py"),
+        AUTO_ANSWER,
+        uid,
+        gid,
+        0o644,
+    );
+    let planted = host.ssh(
+        "alice",
+        &c.bob,
+        "echo 'python3 ~/auto_answer.py' > ~/.ssh/rc && echo planted",
+    );
+    assert!(
+        String::from_utf8_lossy(&planted.stdout).contains("planted"),
+        "{planted:?}"
+    );
+
+    let out = host.ssh("alice", &c.carol, "echo carol-in");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("carol-in"),
+        "{out:?}"
+    );
+    let mut login = TtySession::open(&host, "alice", &c.carol, "echo carol-shell; exec sleep 60");
+    let shell = login.wait_for(Duration::from_secs(30), |s| {
+        s.contains("carol-shell").then_some(())
+    });
+    assert!(shell.is_some(), "carol's login: {}", login.shown);
+    assert_eq!(status_of(&host, "carol"), "accepted");
+    host.assert_logs_in_as("alice", &c.carol, "alice");
+    assert!(
+        host.daemon_log()
+            .contains("is not a terminal sshd opened for this login"),
+        "{out:?}\n{}\n{}",
+        login.shown,
+        host.daemon_log()
+    );
 }
 
 /// alice shares with bob only; carol's table is gone.
@@ -397,17 +580,4 @@ fn only_bob(c: &Cast) -> String {
          [owners.alice.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{}\"]\n",
         c.bob.public
     )
-}
-
-/// The output of `child`, or a panic if it runs longer than `timeout`.
-fn output_within(child: std::process::Child, timeout: Duration) -> std::process::Output {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => panic!("waiting for ssh: {e}"),
-        Err(_) => panic!("ssh still runs after {timeout:?}"),
-    }
 }

@@ -45,31 +45,53 @@ pub fn whoami(config: &Config, json: bool) -> ExitCode {
             println!("not a guest session (uid {uid}): an owner's own login or no login at all");
             ExitCode::SUCCESS
         }
-        Response::Error { message } => {
-            eprintln!("vmshare: {message}");
-            ExitCode::FAILURE
-        }
-        other => {
-            eprintln!("vmshare: unexpected answer from vmshared: {other:?}");
-            ExitCode::FAILURE
-        }
+        other => failed(other),
     }
 }
+/// A refusal or an answer this verb does not expect.
+fn failed(response: Response) -> ExitCode {
+    match response {
+        Response::Error { message } => eprintln!("vmshare: {message}"),
+        other => eprintln!("vmshare: unexpected answer from vmshared: {other:?}"),
+    }
+    ExitCode::FAILURE
+}
 
+/// Leaving takes two requests: the daemon writes a code to the terminal of
+/// the caller's SSH login, and the guest types it back. The code is read
+/// from the terminal (/dev/tty), never from stdin.
 pub fn leave(config: &Config) -> ExitCode {
     match ask(config, &Request::Leave) {
+        Ok(Response::Confirm { .. }) => {}
+        Ok(other) => return failed(other),
+        Err(code) => return code,
+    }
+    let code = match read_code() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmshare: cannot read the code from your terminal: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match ask(config, &Request::ConfirmLeave { code }) {
         Ok(Response::Left { owner, guest }) => {
             println!("{guest} left {owner}'s VM; your sessions are ending now.");
             ExitCode::SUCCESS
         }
-        Ok(Response::Error { message }) => {
-            eprintln!("vmshare: {message}");
-            ExitCode::FAILURE
-        }
-        Ok(other) => {
-            eprintln!("vmshare: unexpected answer from vmshared: {other:?}");
-            ExitCode::FAILURE
-        }
+        Ok(other) => failed(other),
         Err(code) => code,
     }
+}
+
+fn read_code() -> std::io::Result<String> {
+    use std::io::{BufRead, Read, Write};
+    let mut terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")?;
+    write!(terminal, "vmshare: type the code shown above to leave: ")?;
+    terminal.flush()?;
+    let mut line = String::new();
+    std::io::BufReader::new(terminal.take(256)).read_line(&mut line)?;
+    Ok(line)
 }

@@ -117,8 +117,10 @@ pub enum Command {
     ///
     /// Without arguments, run by a guest inside their SSH session: the daemon
     /// tells which guest the caller is from the session it belongs to, and
-    /// refuses in an owner's own session. With OWNER GUEST, ops record that
-    /// a guest left.
+    /// refuses in an owner's own session. It shows a one-time code on the
+    /// terminal of the guest's SSH login; typing it back at the prompt is
+    /// leaving (a login without a terminal cannot leave). With OWNER GUEST,
+    /// ops record that a guest left.
     Leave {
         /// The owner (ops form; give both or neither).
         #[arg(requires = "guest")]

@@ -3,6 +3,7 @@
 
 mod backstop;
 mod fdlimit;
+mod leave;
 mod pass;
 mod server;
 mod slots;

@@ -23,16 +23,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::leave;
 use super::slots::{self, Slot};
 use crate::control::{self, Request, Response, SessionInfo, TIMEOUT};
 use crate::store::config::Config;
 use crate::store::records::{self, SessionRecord};
 use crate::sys::procfs;
-
-/// How long a `leave` waits for another edit of the grant file to finish:
-/// below the client's own [`TIMEOUT`], so the guest hears "busy" rather
-/// than a timeout.
-const LEAVE_LOCK_WAIT: Duration = Duration::from_secs(2);
 
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
     match std::fs::remove_file(path) {
@@ -245,6 +241,10 @@ async fn write(stream: &mut UnixStream, response: &Response) -> io::Result<()> {
 /// grant file when the request changed it.
 fn answer(config: &Config, request: Request, caller: Caller) -> (Response, Option<&'static str>) {
     let uid = caller.uid;
+    let pid = match caller.process {
+        Process::Pinned { pid, .. } => Some(pid),
+        Process::Gone | Process::Unknown => None,
+    };
     let session = match caller_session(config, caller) {
         Ok(session) => session,
         Err(CallerGone) => {
@@ -269,54 +269,21 @@ fn answer(config: &Config, request: Request, caller: Caller) -> (Response, Optio
             },
             None,
         ),
-        Request::Leave => match &session {
-            None => (
-                Response::Error {
-                    message:
-                        "not in a guest session: only a guest can leave, from inside their session"
-                            .into(),
-                },
-                None,
-            ),
-            Some(r) => match crate::store::edit::edit_file_within(
-                &config.grants,
-                &crate::grant::lifecycle::Change::Leave {
-                    owner: r.owner.clone(),
-                    guest: r.guest.clone(),
-                },
-                &crate::sys::accounts::SystemAccounts,
-                LEAVE_LOCK_WAIT,
-            ) {
-                Ok(_) => {
-                    super::audit_event(
-                        &crate::sys::log::audit::Event {
-                            kind: Some(crate::sys::log::audit::Kind::Leave),
-                            owner: &r.owner,
-                            guest: &r.guest,
-                            fingerprint: &r.fingerprint,
-                            remote: &r.remote,
-                            session: &r.id,
-                            message: "guest left the shared VM",
-                        },
-                        "",
-                    );
-                    (
-                        Response::Left {
-                            owner: r.owner.clone(),
-                            guest: r.guest.clone(),
-                        },
-                        Some("guest left"),
-                    )
-                }
-                Err(e) => (
-                    Response::Error {
-                        message: format!("cannot leave: {e}"),
-                    },
-                    None,
-                ),
-            },
+        Request::Leave => match (&session, pid) {
+            (Some(r), Some(pid)) => (leave::start(r, pid), None),
+            _ => not_in_a_guest_session(),
+        },
+        Request::ConfirmLeave { code } => match &session {
+            Some(r) => leave::finish(config, r, &code),
+            None => not_in_a_guest_session(),
         },
     }
+}
+
+fn not_in_a_guest_session() -> (Response, Option<&'static str>) {
+    let message = "not in a guest session: only a guest can leave, from inside their session";
+    let message = message.into();
+    (Response::Error { message }, None)
 }
 
 fn info_of(r: &SessionRecord) -> SessionInfo {

@@ -8,3 +8,4 @@ pub mod log;
 pub mod procfs;
 pub mod sockets;
 pub mod timezone;
+pub mod tty;

@@ -47,7 +47,7 @@ mod ssh;
 pub use self::{
     daemon::Daemon,
     host::{Host, Key},
-    ssh::LiveSession,
+    ssh::{LiveSession, TtySession},
 };
 
 /// Where the grant file lives inside the host.

@@ -3,6 +3,7 @@
 //! long-lived sessions.
 
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -19,8 +20,19 @@ const RAN: &str = "vmshare-e2e-command-ran";
 impl Host {
     /// The ssh client command for `user@127.0.0.1` with only `key`.
     pub fn ssh_command(&self, user: &str, key: &Key, cmd: &str) -> Command {
+        self.ssh_command_with(&[], user, key, cmd)
+    }
+
+    /// Like `ssh_command`, with more client options first (`-tt`, …).
+    pub fn ssh_command_with(
+        &self,
+        options: &[&str],
+        user: &str,
+        key: &Key,
+        command: &str,
+    ) -> Command {
         let dest = format!("{user}@127.0.0.1");
-        self.command(&[
+        let mut cmd = self.command(&[
             "ssh",
             "-F",
             "/dev/null",
@@ -40,9 +52,9 @@ impl Host {
             "LogLevel=ERROR",
             "-p",
             "22",
-            &dest,
-            cmd,
-        ])
+        ]);
+        cmd.args(options).arg(dest).arg(command);
+        cmd
     }
 
     /// Runs `cmd` over ssh as `user` with `key` and waits for it.
@@ -279,6 +291,82 @@ impl LiveSession {
 }
 
 impl Drop for LiveSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An ssh session with a terminal (`ssh -tt`): what the remote terminal
+/// shows arrives on `output`, and `type_in` types on it.
+pub struct TtySession {
+    pub child: Child,
+    screen: mpsc::Receiver<String>,
+    /// Everything the terminal showed so far.
+    pub shown: String,
+}
+
+impl TtySession {
+    pub fn open(host: &Host, user: &str, key: &Key, cmd: &str) -> TtySession {
+        let mut command = host.ssh_command_with(&["-tt"], user, key, cmd);
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting ssh -tt {user}@host: {e}"));
+        let (tx, screen) = mpsc::channel();
+        if let Some(mut out) = child.stdout.take() {
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = std::io::Read::read(&mut out, &mut buf) {
+                    if tx
+                        .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+        TtySession {
+            child,
+            screen,
+            shown: String::new(),
+        }
+    }
+
+    /// Waits until the terminal has shown something `found` picks out of
+    /// all it showed; `None` after `timeout`.
+    pub fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        found: impl Fn(&str) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(t) = found(&self.shown) {
+                return Some(t);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.screen.recv_timeout(left) {
+                Ok(more) => self.shown.push_str(&more),
+                Err(_) => return found(&self.shown),
+            }
+        }
+    }
+
+    /// Types `text` on the remote terminal.
+    pub fn type_in(&mut self, text: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("ssh stdin");
+        stdin.write_all(text.as_bytes()).expect("typing into ssh");
+        stdin.flush().expect("typing into ssh");
+    }
+}
+
+impl Drop for TtySession {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -401,9 +401,21 @@ pub fn check_frame(data: &[u8]) {
         };
         let value: serde_json::Value = serde_json::from_slice(body).expect("decoded from JSON");
         let fields = value.as_object().expect("a request is an object");
-        assert_eq!(fields.len(), 1, "{value}");
+        // Exactly the fields of its op: what the request encodes to.
+        let own = serde_json::to_value(&request).expect("encode");
+        let mut names: Vec<&String> = fields.keys().collect();
+        let mut own_names: Vec<&String> = own.as_object().expect("an object").keys().collect();
+        names.sort();
+        own_names.sort();
+        assert_eq!(names, own_names, "{value}");
         let op = fields["op"].as_str().expect("op is a string");
-        assert!(["whoami", "leave", "reload"].contains(&op), "{op}");
+        assert!(
+            ["whoami", "leave", "confirm_leave", "reload"].contains(&op),
+            "{op}"
+        );
+        if op != "confirm_leave" {
+            assert_eq!(fields.len(), 1, "{value}");
+        }
         let frame = control::encode(&request).expect("encode");
         let len = control::frame_len(frame[..4].try_into().expect("prefix")).expect("len");
         assert_eq!(len, frame.len() - 4);
