@@ -59,14 +59,20 @@ fn frame(body: &[u8]) -> Vec<u8> {
 /// One local user holding far more control connections than the daemon has
 /// descriptors (its limit is 1024, systemd's default) takes only its own
 /// share: root and a guest still get their answers meanwhile.
-#[test]
-fn one_users_connection_flood_leaves_other_users_their_answers() {
+/// alice shares with bob and carol, both accepted.
+fn shared_with_bob_and_carol() -> (Host, Key, Key) {
     let host = Host::start();
     owner(&host, "alice");
-    host.add_user("mallory");
     let bob = host.keypair("bob");
     let carol = host.keypair("carol");
     host.write_grants(&grants(&bob, &carol));
+    (host, bob, carol)
+}
+
+#[test]
+fn one_users_connection_flood_leaves_other_users_their_answers() {
+    let (host, bob, _carol) = shared_with_bob_and_carol();
+    host.add_user("mallory");
     let _daemon = host.start_daemon_with(&["prlimit", "--nofile=1024:1024", "--"]);
 
     let _flood = host.flood_control_socket("mallory", 1500);
@@ -91,11 +97,7 @@ fn one_users_connection_flood_leaves_other_users_their_answers() {
 
 #[test]
 fn hostile_clients_are_refused_and_the_daemon_keeps_serving() {
-    let host = Host::start();
-    owner(&host, "alice");
-    let bob = host.keypair("bob");
-    let carol = host.keypair("carol");
-    host.write_grants(&grants(&bob, &carol));
+    let (host, _bob, carol) = shared_with_bob_and_carol();
     let _daemon = host.start_daemon();
     assert_serving(&host);
 
@@ -194,11 +196,7 @@ sys.stdout.write(s.recv(n).decode())
 
 #[test]
 fn status_and_sessions_show_live_guest_sessions() {
-    let host = Host::start();
-    owner(&host, "alice");
-    let bob = host.keypair("bob");
-    let carol = host.keypair("carol");
-    host.write_grants(&grants(&bob, &carol));
+    let (host, bob, _carol) = shared_with_bob_and_carol();
     let _daemon = host.start_daemon();
     let _session = LiveSession::open(&host, "alice", &bob);
     let fingerprint = host.run_ok(&["ssh-keygen", "-lf", &format!("{}.pub", bob.private)]);
