@@ -42,6 +42,20 @@ pub fn owner_lines(
     answer::<io::Sink>(config, owner, Want::All, accounts, None)
 }
 
+/// The current line of key (`algorithm`, `blob`) for `owner`, if it is
+/// granted (`lines` empty if not): through the snapshot's index when the
+/// snapshot is current, so the cost does not grow with the owner's guests.
+/// `Err` as for [`owner_lines`].
+pub fn owner_key_line(
+    config: &Config,
+    owner: &str,
+    algorithm: &str,
+    blob: &str,
+    accounts: &dyn Accounts,
+) -> Result<Answer, String> {
+    answer::<io::Sink>(config, owner, Want::Key { algorithm, blob }, accounts, None)
+}
+
 /// Which of an owner's lines the key lookup prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want<'a> {

@@ -267,6 +267,25 @@ pub fn check_lookup_args(fixture: &LookupFixture, args: Vec<OsString>) {
     if !out.is_empty() {
         assert!(ok, "printed keys but failed: {args:?}");
     }
+    // The same answer for the library's callers (the PAM hook may use it).
+    if let [user, _, algorithm, blob] = &args[..] {
+        if let (Some(user), Some(algorithm), Some(blob)) =
+            (user.to_str(), algorithm.to_str(), blob.to_str())
+        {
+            let config =
+                vmshare::store::config::Config::load(Some(&fixture.config)).expect("config");
+            let answer = vmshare::store::lookup::owner_key_line(
+                &config,
+                user,
+                algorithm,
+                blob,
+                &vmshare::sys::accounts::SystemAccounts,
+            );
+            if let Ok(answer) = answer {
+                assert_eq!(answer.lines, want, "args {args:?}");
+            }
+        }
+    }
 }
 
 /// Makes fuzz bytes describe a snapshot of the fixture's grant file where
