@@ -42,7 +42,7 @@ fn main() {
         rows.extend(bench_lookup());
     }
     if run("reload") {
-        rows.push(bench_reload());
+        rows.extend(bench_reload());
     }
     if run("stale") {
         rows.extend(bench_stale());
@@ -54,7 +54,7 @@ fn main() {
         rows.extend(bench_footprint());
     }
     if run("login") {
-        rows.push(bench_login());
+        rows.extend(bench_login());
     }
     if run("revoke") {
         rows.push(bench_revoke());
@@ -102,14 +102,23 @@ fn ed25519(seed: u32, salt: u8) -> String {
 
 /// A grant file where `owner` shares with `guests` accepted guests, 2 keys each.
 fn grant_text(owner: &str, guests: u32, accepted: bool) -> String {
+    grant_text_last(owner, guests, accepted, None)
+}
+
+/// The same, with `last` (if any) as the last guest's second key: the last
+/// line of the owner's snapshot text.
+fn grant_text_last(owner: &str, guests: u32, accepted: bool, last: Option<&str>) -> String {
     let status = if accepted { "accepted" } else { "rejected" };
     let mut s = format!("[owners.{owner}]\nsharing = true\n");
     for g in 0..guests {
+        let second = match last {
+            Some(key) if g + 1 == guests => key.to_string(),
+            _ => format!("{} guest{g}@phone", ed25519(g, 2)),
+        };
         let _ = write!(
             s,
-            "\n[owners.{owner}.guests.guest{g}]\nstatus = \"{status}\"\nkeys = [\"{} guest{g}@laptop\", \"{} guest{g}@phone\"]\n",
+            "\n[owners.{owner}.guests.guest{g}]\nstatus = \"{status}\"\nkeys = [\"{} guest{g}@laptop\", \"{second}\"]\n",
             ed25519(g, 1),
-            ed25519(g, 2)
         );
     }
     s
@@ -177,88 +186,190 @@ fn spawn_time(cmd: &mut Command) -> Duration {
 
 // ---------------------------------------------------------------- lookup
 
-/// The key lookup as sshd runs it vs `cat` of a file with the same output.
+/// Writes a current, non-racy snapshot of the setup's grant file.
+fn write_snapshot(config: &Path) {
+    let cfg = vmshare::store::config::Config::load(Some(config)).expect("config");
+    let loaded = vmshare::store::source::load(&cfg.grants, &SystemAccounts);
+    assert!(loaded.policy().is_some(), "generated file is valid");
+    // Stamped well after the grant file changed, as the daemon's refresh
+    // does, so the snapshot is not racy.
+    let version =
+        vmshare::store::source::FileVersion::of(&fs::metadata(&cfg.grants).expect("stat"));
+    let written =
+        version.mtime_ns.max(version.ctime_ns) + vmshare::store::snapshot::RACY_WINDOW_NS + 1;
+    vmshare::store::snapshot::write(&cfg.snapshot_path(), &loaded, written).expect("snapshot");
+}
+
+/// The key lookup as sshd runs it (`%u %f %t %k`) for the last guest's
+/// last key, with `config`.
+fn lookup_command(config: &Path, guests: u32) -> Command {
+    let key = ed25519(guests - 1, 2);
+    let mut words = key.split(' ');
+    let mut cmd = Command::new(KEYS);
+    cmd.args(["--config", &config.display().to_string(), OWNER, "SHA256:x"])
+        .args([words.next().expect("type"), words.next().expect("blob")]);
+    cmd
+}
+
+/// The key lookup for one offered key as sshd runs it vs `cat` of a file
+/// holding the same one-line answer, at four sizes, and the 100,000-guest
+/// lookup against the 10-guest one; then the lookup with no snapshot (the
+/// daemon down) at 10,000 guests.
 fn bench_lookup() -> Vec<Row> {
     let mut rows = Vec::new();
-    for guests in [10u32, 1_000, 10_000] {
+    let mut medians = Vec::new();
+    for guests in [10u32, 1_000, 10_000, 100_000] {
         let (dir, config) = setup(&format!("lookup{guests}"), &grant_text(OWNER, guests, true));
-        let cfg = vmshare::store::config::Config::load(Some(&config)).expect("config");
-        let loaded = vmshare::store::source::load(&cfg.grants, &SystemAccounts);
-        // Stamped well after the grant file changed, as the daemon's refresh
-        // does, so the snapshot is not racy.
-        let version =
-            vmshare::store::source::FileVersion::of(&fs::metadata(&cfg.grants).expect("stat"));
-        let written =
-            version.mtime_ns.max(version.ctime_ns) + vmshare::store::snapshot::RACY_WINDOW_NS + 1;
-        vmshare::store::snapshot::write(&cfg.snapshot_path(), &loaded, written).expect("snapshot");
-        let expected = Command::new(KEYS)
-            .args(["--config", &config.display().to_string(), OWNER])
-            .output()
-            .expect("lookup");
+        write_snapshot(&config);
+        let expected = lookup_command(&config, guests).output().expect("lookup");
         assert!(expected.status.success());
-        assert_eq!(
-            String::from_utf8_lossy(&expected.stdout).lines().count(),
-            2 * guests as usize
-        );
+        let text = String::from_utf8_lossy(&expected.stdout).into_owned();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.ends_with(&format!(" vmshare:guest{}\n", guests - 1)));
         let baseline = dir.join("authorized_keys");
         fs::write(&baseline, &expected.stdout).expect("baseline");
         let (mut ours, mut cat) = (Vec::new(), Vec::new());
         for _ in 0..400 {
-            ours.push(spawn_time(Command::new(KEYS).args([
-                "--config",
-                &config.display().to_string(),
-                OWNER,
-                "SHA256:x",
-                "ssh-ed25519",
-                "AAAA",
-            ])));
+            ours.push(spawn_time(&mut lookup_command(&config, guests)));
             cat.push(spawn_time(Command::new("cat").arg(&baseline)));
         }
         let (o, c) = (median(ours), median(cat));
         let ratio = o.as_secs_f64() / c.as_secs_f64();
+        medians.push((guests, o, c));
         rows.push(Row {
-            figure: format!("key lookup, {guests} guests × 2 keys (median of 400 spawns)"),
-            measured: format!("{ratio:.2}× cat ({o:.2?} vs {c:.2?})"),
-            goal: "≤ 1.2× cat".into(),
-            met: ratio <= 1.2,
+            figure: format!(
+                "key lookup for one offered key, {guests} guests × 2 keys (median of 400 spawns)"
+            ),
+            measured: format!("{ratio:.3}× cat of the one line ({o:.2?} vs {c:.2?})"),
+            goal: "≤ 1.10× cat".into(),
+            met: ratio <= 1.10,
         });
         cleanup(&dir);
     }
+    // Flat: each size's lookup against its own cat, so machine drift
+    // between the sizes cancels out.
+    let ratio_at = |g: u32| {
+        medians
+            .iter()
+            .find(|m| m.0 == g)
+            .map(|m| m.1.as_secs_f64() / m.2.as_secs_f64())
+            .expect("measured")
+    };
+    let flat = ratio_at(100_000) / ratio_at(10);
+    rows.push(Row {
+        figure: "key lookup for one key, 100,000 vs 10 guests (each against its cat)".into(),
+        measured: format!("{flat:.3}×"),
+        goal: "≤ 1.05×".into(),
+        met: flat <= 1.05,
+    });
+
+    // No snapshot: the lookup compiles the grant file itself.
+    let guests = 10_000;
+    let (dir, config) = setup("lookup-nosnap", &grant_text(OWNER, guests, true));
+    let (mut ours, mut cat) = (Vec::new(), Vec::new());
+    let baseline = dir.join("authorized_keys");
+    fs::write(
+        &baseline,
+        lookup_command(&config, guests)
+            .output()
+            .expect("lookup")
+            .stdout,
+    )
+    .expect("baseline");
+    for _ in 0..20 {
+        ours.push(spawn_time(&mut lookup_command(&config, guests)));
+        cat.push(spawn_time(Command::new("cat").arg(&baseline)));
+    }
+    let (o, c) = (median(ours), median(cat));
+    cleanup(&dir);
+    rows.push(Row {
+        figure: "key lookup for one key, no snapshot (daemon down), 10,000 guests × 2 keys (median of 20)".into(),
+        measured: format!("{o:.1?} ({:.0}× cat, {c:.2?})", o.as_secs_f64() / c.as_secs_f64()),
+        goal: "correct; cost reported".into(),
+        met: true,
+    });
     rows
 }
 
 // ---------------------------------------------------------------- reload
 
-/// Parse + compile + snapshot swap of 10,000 guests × 2 keys, in process.
-fn bench_reload() -> Row {
-    let (dir, config) = setup("reload", &grant_text(OWNER, 10_000, true));
-    let cfg = vmshare::store::config::Config::load(Some(&config)).expect("config");
-    let mut times = Vec::new();
-    let mut read_only = Vec::new();
-    for _ in 0..15 {
-        let started = Instant::now();
-        let loaded = vmshare::store::source::load(&cfg.grants, &SystemAccounts);
-        assert!(loaded.policy().is_some(), "generated file is valid");
-        vmshare::store::snapshot::write(&cfg.snapshot_path(), &loaded, vmshare::daemon::now_ns())
+/// Parse + compile + snapshot swap of 10,000 guests × 2 keys, in process;
+/// then 100,000 guests, and the daemon's RSS after loading them.
+fn bench_reload() -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (guests, runs) in [(10_000u32, 15), (100_000, 5)] {
+        let (dir, config) = setup(&format!("reload{guests}"), &grant_text(OWNER, guests, true));
+        let cfg = vmshare::store::config::Config::load(Some(&config)).expect("config");
+        let mut times = Vec::new();
+        let mut read_only = Vec::new();
+        for _ in 0..runs {
+            let started = Instant::now();
+            let loaded = vmshare::store::source::load(&cfg.grants, &SystemAccounts);
+            assert!(loaded.policy().is_some(), "generated file is valid");
+            vmshare::store::snapshot::write(
+                &cfg.snapshot_path(),
+                &loaded,
+                vmshare::daemon::now_ns(),
+            )
             .expect("snapshot");
-        times.push(started.elapsed());
-        // Baseline in the same run: just reading and hashing the file.
-        let started = Instant::now();
-        let bytes = fs::read(&cfg.grants).expect("read");
-        let _ = vmshare::store::source::sha256_hex(&bytes);
-        read_only.push(started.elapsed());
+            times.push(started.elapsed());
+            // Baseline in the same run: just reading and hashing the file.
+            let started = Instant::now();
+            let bytes = fs::read(&cfg.grants).expect("read");
+            let _ = vmshare::store::source::sha256_hex(&bytes);
+            read_only.push(started.elapsed());
+        }
+        let (t, b) = (median(times), median(read_only));
+        let limit = if guests == 10_000 {
+            Duration::from_millis(50)
+        } else {
+            Duration::MAX
+        };
+        rows.push(Row {
+            figure: format!(
+                "reload, {guests} guests × 2 keys: parse + compile + swap (median of {runs})"
+            ),
+            measured: format!(
+                "{t:.1?} ({:.0}× reading+hashing the file, {b:.2?})",
+                t.as_secs_f64() / b.as_secs_f64()
+            ),
+            goal: if guests == 10_000 {
+                "≤ 50 ms".into()
+            } else {
+                "reported".into()
+            },
+            met: t <= limit,
+        });
+        if guests == 100_000 {
+            let _ = fs::remove_file(cfg.snapshot_path());
+            let mut daemon = start_daemon(&config);
+            assert!(
+                wait_until(Duration::from_secs(60), || {
+                    vmshare::store::snapshot::read_header(&cfg.snapshot_path())
+                        .is_ok_and(|h| h.owners.contains_key(OWNER))
+                }),
+                "no snapshot"
+            );
+            // Let the racy-snapshot refresh finish too.
+            std::thread::sleep(Duration::from_secs(4));
+            let rss = proc_status(daemon.id(), "VmRSS:");
+            let hwm = proc_status(daemon.id(), "VmHWM:");
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            rows.push(Row {
+                figure: "daemon RSS, 100,000 guests × 2 keys".into(),
+                measured: format!(
+                    "{:.1} MiB (peak {:.1} MiB)",
+                    rss as f64 / 1024.0,
+                    hwm as f64 / 1024.0
+                ),
+                goal: "≤ 10 MiB".into(),
+                met: rss <= 10 * 1024,
+            });
+        }
+        cleanup(&dir);
     }
-    let (t, b) = (median(times), median(read_only));
-    cleanup(&dir);
-    Row {
-        figure: "reload, 10,000 guests × 2 keys: parse + compile + swap (median of 15)".into(),
-        measured: format!(
-            "{t:.1?} ({:.0}× reading+hashing the file, {b:.2?})",
-            t.as_secs_f64() / b.as_secs_f64()
-        ),
-        goal: "≤ 50 ms".into(),
-        met: t <= Duration::from_millis(50),
-    }
+    rows
 }
 
 // ---------------------------------------------------------------- stale
@@ -520,19 +631,36 @@ fn owner(host: &Host, name: &str) -> Key {
     key
 }
 
-/// `ssh alice@host true` as a guest through vmshare vs the same key in
-/// alice's authorized_keys, same sshd, alternating.
-fn bench_login() -> Row {
+/// `ssh alice@host true` as a guest through vmshare, at 10,000 guests × 2
+/// keys with the guest's key last, vs the same key alone in a plain
+/// `authorized_keys` and last in a plain file of all 20,001 keys; same
+/// sshd, alternating.
+fn bench_login() -> Vec<Row> {
+    const GUESTS: u32 = 10_000;
+    const LOGINS: usize = 45;
     let host = Host::start();
     owner(&host, "alice");
     owner(&host, "plain");
+    owner(&host, "plainall");
     let bob = host.keypair("bob");
-    host.write_grants(&format!(
-        "[owners.alice]\nsharing = true\n[owners.alice.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{}\"]\n",
-        bob.public
-    ));
+    host.write_grants(&grant_text_last("alice", GUESTS, true, Some(&bob.public)));
     host.authorize_owner_key("plain", &bob.public);
+    let mut all = String::new();
+    for g in 0..GUESTS {
+        let _ = writeln!(all, "{}", ed25519(g, 1));
+        if g + 1 < GUESTS {
+            let _ = writeln!(all, "{}", ed25519(g, 2));
+        }
+    }
+    all.push_str(&bob.public);
+    host.authorize_owner_key("plainall", &all);
     let _daemon = host.start_daemon();
+    assert!(
+        wait_until(Duration::from_secs(60), || host
+            .snapshot_lines("alice")
+            .is_some()),
+        "no current snapshot"
+    );
     let login = |user: &str| {
         let started = Instant::now();
         let out = host.ssh(user, &bob, "true");
@@ -542,22 +670,35 @@ fn bench_login() -> Row {
     for _ in 0..5 {
         login("alice");
         login("plain");
+        login("plainall");
     }
-    let (mut guest, mut plain) = (Vec::new(), Vec::new());
-    for _ in 0..60 {
+    let (mut guest, mut plain, mut plain_all) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..LOGINS {
         guest.push(login("alice"));
         plain.push(login("plain"));
+        plain_all.push(login("plainall"));
     }
-    let (g, p) = (median(guest), median(plain));
+    let (g, p, a) = (median(guest), median(plain), median(plain_all));
     let ratio = g.as_secs_f64() / p.as_secs_f64();
-    Row {
-        figure:
-            "login `ssh owner@host true`, guest via vmshare vs plain authorized_keys (median of 60)"
-                .into(),
-        measured: format!("{ratio:.3}× ({g:.1?} vs {p:.1?})"),
-        goal: "≤ 1.10×".into(),
-        met: ratio <= 1.10,
-    }
+    vec![
+        Row {
+            figure: format!(
+                "login `ssh owner@host true`, guest via vmshare at 10,000 guests × 2 keys (key last) vs one-line plain authorized_keys (median of {LOGINS})"
+            ),
+            measured: format!("{ratio:.3}× ({g:.1?} vs {p:.1?})"),
+            goal: "≤ 1.05×".into(),
+            met: ratio <= 1.05,
+        },
+        Row {
+            figure: format!("login with a plain authorized_keys of 20,001 keys, key last (median of {LOGINS})"),
+            measured: format!(
+                "{a:.1?} ({:.3}× the one-line file)",
+                a.as_secs_f64() / p.as_secs_f64()
+            ),
+            goal: "reported".into(),
+            met: true,
+        },
+    ]
 }
 
 // ---------------------------------------------------------------- revoke

@@ -1,7 +1,8 @@
 //! The key lookup program sshd runs as
-//! `AuthorizedKeysCommand vmshare-keys %u %f %t %k`: prints the accepted
-//! guests' keys for account `%u`. stdout carries key lines only; every
-//! failure prints nothing and exits non-zero.
+//! `AuthorizedKeysCommand vmshare-keys %u %f %t %k`: prints the line of the
+//! offered key (`%t %k`) if it is an accepted guest's key for account `%u`;
+//! called with `%u` alone (an older drop-in), all of them. stdout carries
+//! key lines only; every failure prints nothing and exits non-zero.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::store::config::Config;
-use crate::store::lookup::{write_owner_lines, Via};
+use crate::store::lookup::{write_lines, Via, Want};
 use crate::sys::accounts::SystemAccounts;
 use crate::sys::log::syslog::{log, Level};
 
@@ -19,6 +20,9 @@ struct Args {
     config: Option<PathBuf>,
     user: Option<String>,
     fingerprint: Option<String>,
+    /// The offered key, `%t` and `%k`: `Some(None)` if it is not UTF-8
+    /// (no line can be its line).
+    key: Option<Option<(String, String)>>,
 }
 
 fn parse_args(args: Vec<OsString>) -> Result<Args, String> {
@@ -42,10 +46,15 @@ fn parse_args(args: Vec<OsString>) -> Result<Args, String> {
     // A user name that is not UTF-8 cannot be an owner: answer nothing.
     let user = rest.next().and_then(|u| u.into_string().ok());
     let fingerprint = rest.next().and_then(|f| f.into_string().ok());
+    let key = match (rest.next(), rest.next()) {
+        (Some(t), Some(k)) => Some(t.into_string().ok().zip(k.into_string().ok())),
+        _ => None,
+    };
     Ok(Args {
         config,
         user,
         fingerprint,
+        key,
     })
 }
 
@@ -72,7 +81,12 @@ pub fn run<W: Write>(args: Vec<OsString>, out: &mut W) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match write_owner_lines(&config, &user, &SystemAccounts, out) {
+    let want = match &args.key {
+        None => Want::All,
+        Some(Some((algorithm, blob))) => Want::Key { algorithm, blob },
+        Some(None) => return ExitCode::SUCCESS,
+    };
+    match write_lines(&config, &user, want, &SystemAccounts, out) {
         Ok(via) => {
             if via == Via::NoGrantFile {
                 log(

@@ -1,7 +1,7 @@
 //! Short proptest runs of the fuzz targets' properties (see `fuzz/` and
 //! docs/fuzzing.md), so every test run exercises them: the grant-file
 //! parser and validator, the key lookup's arguments, the snapshot reader,
-//! the control socket's frames and `SSH_AUTH_INFO_0`.
+//! its key index, the control socket's frames and `SSH_AUTH_INFO_0`.
 // Test code: a failed step stops the test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -294,6 +294,27 @@ proptest! {
             static FIXTURES: [(tempfile::TempDir, LookupFixture); 2] = [fixture(false), fixture(true)];
         }
         FIXTURES.with(|f| props::check_lookup_args(&f[usize::from(which)].1, props::split_args(&data)));
+    }
+
+    #[test]
+    fn key_index(
+        grants in prop::collection::vec((0..2usize, 0..12u32, 0..8u8), 0..24),
+        damage in prop::collection::vec((any::<u16>(), any::<u8>()), 0..3),
+        body_only in any::<bool>(),
+    ) {
+        thread_local! {
+            static DIR: tempfile::TempDir = scratch::trusted_tempdir("fuzz-props-index");
+        }
+        let input = props::IndexInput { grants, damage, body_only };
+        DIR.with(|d| props::check_index(&d.path().join("snapshot"), &input));
+    }
+
+    #[test]
+    fn key_index_bytes(data in prop::collection::vec(any::<u8>(), 0..64)) {
+        thread_local! {
+            static DIR: tempfile::TempDir = scratch::trusted_tempdir("fuzz-props-index");
+        }
+        DIR.with(|d| props::check_index(&d.path().join("snapshot"), &props::index_input(&data)));
     }
 
     #[test]

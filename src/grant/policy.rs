@@ -53,15 +53,40 @@ impl OwnerAccess {
     pub fn authorized_keys(&self) -> String {
         let mut out = String::new();
         for k in &self.keys {
-            out.push_str(&key_line(&k.algorithm, &k.blob, &k.guest));
+            push_key_line(&mut out, &k.algorithm, &k.blob, &k.guest);
         }
         out
+    }
+
+    /// The line for key (`algorithm`, `blob`), if it is granted.
+    pub fn key_line(&self, algorithm: &str, blob: &str) -> Option<String> {
+        self.keys
+            .iter()
+            .find(|k| k.algorithm == algorithm && k.blob == blob)
+            .map(|k| key_line(&k.algorithm, &k.blob, &k.guest))
     }
 }
 
 /// One authorized_keys line, tagged with the guest it belongs to.
 pub fn key_line(algorithm: &str, blob: &str, guest: &str) -> String {
-    format!("{algorithm} {blob} {GUEST_TAG}{guest}\n")
+    let mut line = String::new();
+    push_key_line(&mut line, algorithm, blob, guest);
+    line
+}
+
+/// Appends [`key_line`] to `out` (no allocation of its own).
+pub fn push_key_line(out: &mut String, algorithm: &str, blob: &str, guest: &str) {
+    for piece in [algorithm, " ", blob, " ", GUEST_TAG, guest, "\n"] {
+        out.push_str(piece);
+    }
+}
+
+/// Whether `line` (one line of [`OwnerAccess::authorized_keys`], with or
+/// without its newline) is the line of key (`algorithm`, `blob`): the same
+/// test as [`guest_in_lines`].
+pub fn is_line_of(line: &str, algorithm: &str, blob: &str) -> bool {
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    !line.contains('\n') && guest_in_lines(line, algorithm, blob).is_some()
 }
 
 /// Finds the guest whose key (`algorithm`, `blob`) appears in authorized_keys

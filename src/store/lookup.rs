@@ -9,7 +9,7 @@ use crate::grant::model::MAX_GRANT_FILE_BYTES;
 use crate::grant::parse::is_account_name;
 use crate::grant::policy::Accounts;
 use crate::store::config::Config;
-use crate::store::snapshot::{self, Open};
+use crate::store::snapshot;
 use crate::store::source::{self, sha256_hex, FileVersion, Outcome};
 use crate::sys::fsutil;
 
@@ -39,7 +39,30 @@ pub fn owner_lines(
     owner: &str,
     accounts: &dyn Accounts,
 ) -> Result<Answer, String> {
-    answer::<io::Sink>(config, owner, accounts, None)
+    answer::<io::Sink>(config, owner, Want::All, accounts, None)
+}
+
+/// The current line of key (`algorithm`, `blob`) for `owner`, if it is
+/// granted (`lines` empty if not): through the snapshot's index when the
+/// snapshot is current, so the cost does not grow with the owner's guests.
+/// `Err` as for [`owner_lines`].
+pub fn owner_key_line(
+    config: &Config,
+    owner: &str,
+    algorithm: &str,
+    blob: &str,
+    accounts: &dyn Accounts,
+) -> Result<Answer, String> {
+    answer::<io::Sink>(config, owner, Want::Key { algorithm, blob }, accounts, None)
+}
+
+/// Which of an owner's lines the key lookup prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want<'a> {
+    /// All of them (sshd gave no key: an old drop-in with only `%u`).
+    All,
+    /// Only the line of the key sshd offers (`%t`, `%k`), if it is granted.
+    Key { algorithm: &'a str, blob: &'a str },
 }
 
 /// Writes the current lines for `owner` to `out` — the key lookup's path:
@@ -52,13 +75,26 @@ pub fn write_owner_lines<W: Write>(
     accounts: &dyn Accounts,
     out: &mut W,
 ) -> Result<Via, String> {
-    answer(config, owner, accounts, Some(out)).map(|a| a.via)
+    write_lines(config, owner, Want::All, accounts, out)
+}
+
+/// Writes the `want`ed lines for `owner` to `out`. For one key, a current
+/// snapshot answers through its index, reading a few slots and one line.
+pub fn write_lines<W: Write>(
+    config: &Config,
+    owner: &str,
+    want: Want,
+    accounts: &dyn Accounts,
+    out: &mut W,
+) -> Result<Via, String> {
+    answer(config, owner, want, accounts, Some(out)).map(|a| a.via)
 }
 
 /// With `out`, the lines go there and `Answer::lines` stays empty.
 fn answer<W: Write>(
     config: &Config,
     owner: &str,
+    want: Want,
     accounts: &dyn Accounts,
     mut out: Option<&mut W>,
 ) -> Result<Answer, String> {
@@ -79,6 +115,7 @@ fn answer<W: Write>(
         grants_path,
         current.as_ref(),
         owner,
+        want,
         out.as_deref_mut(),
     )? {
         return Ok(answer);
@@ -108,7 +145,10 @@ fn answer<W: Write>(
             lines: policy
                 .owners
                 .get(owner)
-                .map(|a| a.authorized_keys())
+                .and_then(|a| match want {
+                    Want::All => Some(a.authorized_keys()),
+                    Want::Key { algorithm, blob } => a.key_line(algorithm, blob),
+                })
                 .unwrap_or_default(),
             via: Via::GrantFile,
         },
@@ -132,20 +172,19 @@ fn write_all<W: Write>(out: &mut W, bytes: &[u8]) -> Result<(), String> {
 }
 
 /// The snapshot's answer if it is current; `Ok(None)` if it is missing,
-/// unreadable or stale (the caller then reads the grant file).
+/// unreadable, stale or damaged (the caller then reads the grant file).
 fn from_snapshot<W: Write>(
     config: &Config,
     grants_path: &Path,
     current: Option<&FileVersion>,
     owner: &str,
+    want: Want,
     out: Option<&mut W>,
 ) -> Result<Option<Answer>, String> {
-    let Ok(Open::Fresh(mut opened)) =
-        snapshot::open_owner(&config.snapshot_path(), grants_path, current, owner)
-    else {
+    let Ok(Some(snapshot)) = snapshot::open(&config.snapshot_path(), grants_path, current) else {
         return Ok(None);
     };
-    let header = &opened.header;
+    let header = &snapshot.header;
     if header.is_racy() {
         // The file may have changed within one timestamp tick of the
         // snapshot: trust it only if the bytes are the same.
@@ -166,6 +205,29 @@ fn from_snapshot<W: Write>(
             via: Via::NoGrantFile,
         }));
     }
+    let via = Via::Snapshot;
+    if let Want::Key { algorithm, blob } = want {
+        // A damaged slot or line means: read the grant file instead.
+        let Ok(line) = snapshot.key_line(owner, algorithm, blob) else {
+            return Ok(None);
+        };
+        let line = line.unwrap_or_default();
+        return match out {
+            Some(out) => {
+                write_all(out, &line)?;
+                Ok(Some(Answer {
+                    lines: String::new(),
+                    via,
+                }))
+            }
+            None => Ok(String::from_utf8(line)
+                .ok()
+                .map(|lines| Answer { lines, via })),
+        };
+    }
+    let Ok(mut opened) = snapshot.owner(owner) else {
+        return Ok(None);
+    };
     let lines = match out {
         Some(out) => {
             // A damaged body means: read the grant file instead. Nothing is
@@ -184,8 +246,5 @@ fn from_snapshot<W: Write>(
             Err(_) => return Ok(None),
         },
     };
-    Ok(Some(Answer {
-        lines,
-        via: Via::Snapshot,
-    }))
+    Ok(Some(Answer { lines, via }))
 }

@@ -1,22 +1,34 @@
 //! The compiled snapshot in the run dir: per owner, the lines the key lookup
 //! prints, and the grant-file version they were compiled from.
 //!
-//! Layout: one JSON header line, then the owners' authorized_keys text back
-//! to back; the header maps each owner to its byte range. Written atomically
+//! Layout: one JSON header line, then the body: the owners' authorized_keys
+//! text back to back, then each owner's key index. The header maps each
+//! owner to its byte range of text and to its index. Written atomically
 //! (temp, fsync, rename), so a reader sees one whole snapshot or another.
+//!
+//! The key index lets the key lookup answer for the one key sshd offers
+//! without reading the owner's other lines: an open-addressing hash table
+//! (linear probing, at most two thirds full) of [`SLOT`]-byte slots, keyed
+//! by the key's type and base64 blob (sshd's `%t` and `%k`). Each slot
+//! holds the key's hash, its line's offset, length and CRC-32, and a CRC-32
+//! of the slot itself (with the owner, the table size and the slot's
+//! position), so a damaged slot or line is detected before anything is
+//! printed.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::grant::policy::{is_line_of, push_key_line, OwnerAccess};
 use crate::store::source::{FileVersion, Loaded, Outcome};
 use crate::sys::fsutil;
 
-// 3: per-owner CRC-32 checksums of the body.
-const FORMAT: u32 = 3;
+// 3: per-owner CRC-32 checksums of the body. 4: per-owner key indexes.
+const FORMAT: u32 = 4;
 const MAX_HEADER_BYTES: u64 = 64 << 20;
 
 /// A grant file modified this close to when the snapshot was written may
@@ -42,6 +54,9 @@ pub struct Header {
     /// damage, not forgery; a CRC keeps every lookup cheap.
     #[serde(default)]
     pub digests: BTreeMap<String, String>,
+    /// Owner → (offset in the body, number of slots) of its key index.
+    #[serde(default)]
+    pub index: BTreeMap<String, (u64, u64)>,
 }
 
 /// The checksum of one owner's lines in the body.
@@ -64,16 +79,31 @@ impl Header {
 /// Writes the snapshot of `loaded` to `path`, readable by everyone (it holds
 /// public keys only, and the key lookup runs unprivileged).
 pub fn write(path: &Path, loaded: &Loaded, written_ns: i64) -> io::Result<()> {
-    let mut body = String::new();
+    fsutil::atomic_write(path, &encode(loaded, written_ns)?, 0o644, None)
+}
+
+/// The snapshot of `loaded`, as [`write`] writes it.
+pub fn encode(loaded: &Loaded, written_ns: i64) -> io::Result<Vec<u8>> {
+    let mut text = String::new();
     let mut owners = BTreeMap::new();
     let mut digests = BTreeMap::new();
+    let mut lines = Vec::new();
     if let Outcome::Valid { policy, .. } = &loaded.outcome {
         for (name, access) in &policy.owners {
-            let text = access.authorized_keys();
-            owners.insert(name.clone(), (body.len() as u64, text.len() as u64));
-            digests.insert(name.clone(), body_digest(text.as_bytes()));
-            body.push_str(&text);
+            let start = text.len();
+            let entries = push_owner_text(&mut text, access)?;
+            let range = &text.as_bytes()[start..];
+            owners.insert(name.clone(), (start as u64, range.len() as u64));
+            digests.insert(name.clone(), body_digest(range));
+            lines.push((name, entries));
         }
+    }
+    let mut body = text.into_bytes();
+    let mut index = BTreeMap::new();
+    for (name, entries) in lines {
+        let slots = slot_count(entries.len());
+        index.insert(name.clone(), (body.len() as u64, slots));
+        push_index(&mut body, name, &entries, slots);
     }
     let header = Header {
         format: FORMAT,
@@ -84,15 +114,199 @@ pub fn write(path: &Path, loaded: &Loaded, written_ns: i64) -> io::Result<()> {
         valid: !matches!(loaded.outcome, Outcome::Invalid(_)),
         owners,
         digests,
+        index,
     };
     let mut data = serde_json::to_vec(&header).map_err(io::Error::other)?;
     data.push(b'\n');
-    data.extend_from_slice(body.as_bytes());
-    fsutil::atomic_write(path, &data, 0o644, None)
+    data.extend_from_slice(&body);
+    Ok(data)
+}
+
+// ------------------------------------------------------------- key index
+
+/// Bytes per index slot: key hash, line CRC-32, line offset (in the body),
+/// line length, slot CRC-32; little-endian. A slot whose line length is 0
+/// is empty.
+pub const SLOT: usize = 24;
+/// Slots read with one `pread` while probing: at half full, nearly every
+/// probe ends within them.
+const PROBE_BATCH: u64 = 16;
+
+/// CRC-32 (IEEE, the one crc32fast computes) of `parts` in sequence. The
+/// snapshot's writer hashes megabytes and uses crc32fast. The key lookup
+/// hashes a few hundred bytes, where crc32fast's CPU feature detection
+/// (`cpuid`, a trap to the hypervisor on a VM) costs more than the hashing
+/// itself, so it uses a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Crc {
+    Fast,
+    Table,
+}
+
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            c = if c & 1 == 1 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            bit += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+};
+
+impl Crc {
+    fn of(self, parts: &[&[u8]]) -> u32 {
+        match self {
+            Crc::Fast => {
+                let mut h = crc32fast::Hasher::new();
+                for part in parts {
+                    h.update(part);
+                }
+                h.finalize()
+            }
+            Crc::Table => {
+                let mut c = !0u32;
+                for &b in parts.iter().flat_map(|p| p.iter()) {
+                    c = CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
+                }
+                !c
+            }
+        }
+    }
+}
+
+/// One line of an owner's text, as its index slot describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    hash: u32,
+    crc: u32,
+    offset: u64,
+    len: u32,
+}
+
+/// The index hash of key (`algorithm`, `blob`). Not a defence against
+/// chosen collisions: those only lengthen one owner's probes, and every
+/// candidate line is compared with the key itself.
+fn key_hash(crc: Crc, algorithm: &str, blob: &str) -> u32 {
+    crc.of(&[algorithm.as_bytes(), b" ", blob.as_bytes()])
+}
+
+/// Where a key's probe starts: its hash mixed (murmur3's finalizer, since
+/// keys that differ in a few bits have CRCs that do too), modulo the size.
+fn home_slot(hash: u32, slots: u64) -> u64 {
+    let mut h = hash;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    u64::from(h) % slots
+}
+
+/// At most half full, and never empty, so a probe always ends at an empty
+/// slot, and soon.
+fn slot_count(keys: usize) -> u64 {
+    2 * keys as u64 + 1
+}
+
+/// Appends `access`'s lines to `text`, returning where each one is.
+fn push_owner_text(text: &mut String, access: &OwnerAccess) -> io::Result<Vec<Entry>> {
+    let mut entries = Vec::with_capacity(access.keys.len());
+    for k in &access.keys {
+        let at = text.len();
+        push_key_line(text, &k.algorithm, &k.blob, &k.guest);
+        let line = &text.as_bytes()[at..];
+        entries.push(Entry {
+            hash: key_hash(Crc::Fast, &k.algorithm, &k.blob),
+            crc: crc32fast::hash(line),
+            offset: at as u64,
+            len: u32::try_from(line.len()).map_err(|_| invalid("key line too long"))?,
+        });
+    }
+    Ok(entries)
+}
+
+/// Appends `owner`'s index of `entries` (`slots` slots) to `out`. The first
+/// entry for a key comes first on its probe path, so it wins, as in
+/// [`crate::grant::policy::guest_in_lines`].
+fn push_index(out: &mut Vec<u8>, owner: &str, entries: &[Entry], slots: u64) {
+    let n = slots as usize;
+    let mut table: Vec<Option<Entry>> = vec![None; n];
+    for e in entries {
+        let mut i = home_slot(e.hash, slots) as usize;
+        while table[i].is_some() {
+            i = (i + 1) % n;
+        }
+        table[i] = Some(*e);
+    }
+    out.reserve(n * SLOT);
+    for (i, e) in table.iter().enumerate() {
+        out.extend_from_slice(&encode_slot(owner, slots, i as u64, e.as_ref()));
+    }
+}
+
+fn encode_slot(owner: &str, slots: u64, at: u64, entry: Option<&Entry>) -> [u8; SLOT] {
+    let mut s = [0u8; SLOT];
+    if let Some(e) = entry {
+        s[0..4].copy_from_slice(&e.hash.to_le_bytes());
+        s[4..8].copy_from_slice(&e.crc.to_le_bytes());
+        s[8..16].copy_from_slice(&e.offset.to_le_bytes());
+        s[16..20].copy_from_slice(&e.len.to_le_bytes());
+    }
+    let check = slot_check(Crc::Fast, owner, slots, at, &s[..SLOT - 4]);
+    s[SLOT - 4..].copy_from_slice(&check.to_le_bytes());
+    s
+}
+
+/// A slot's own checksum covers where it belongs, so a slot read from the
+/// wrong place (another owner's table, another size, another position)
+/// fails it like a damaged one.
+fn slot_check(crc: Crc, owner: &str, slots: u64, at: u64, fields: &[u8]) -> u32 {
+    let parts = [
+        owner.as_bytes(),
+        &[0],
+        &slots.to_le_bytes(),
+        &at.to_le_bytes(),
+        fields,
+    ];
+    // Not 0: an all-zero slot (zeroed in place) must fail its check.
+    crc.of(&parts) ^ 0x766d_7368
+}
+
+/// The entry in slot `at` (`None`: empty), or an error if it is damaged.
+fn decode_slot(owner: &str, slots: u64, at: u64, s: &[u8]) -> io::Result<Option<Entry>> {
+    let word = |r: std::ops::Range<usize>| -> u64 {
+        s[r].iter()
+            .rev()
+            .fold(0u64, |acc, &b| acc << 8 | u64::from(b))
+    };
+    if s.len() != SLOT
+        || word(SLOT - 4..SLOT)
+            != u64::from(slot_check(Crc::Table, owner, slots, at, &s[..SLOT - 4]))
+    {
+        return Err(invalid("snapshot index slot does not match its checksum"));
+    }
+    let len = word(16..20) as u32;
+    Ok((len > 0).then(|| Entry {
+        hash: word(0..4) as u32,
+        crc: word(4..8) as u32,
+        offset: word(8..16),
+        len,
+    }))
 }
 
 /// What the snapshot says about one owner.
 #[derive(Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // built once per read, never stored
 pub enum Lookup {
     /// The snapshot matches the grant file's current version.
     Fresh { header: Header, lines: String },
@@ -123,14 +337,23 @@ fn invalid(message: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-/// Opens the snapshot for `owner`, provided it was compiled from
-/// `grants_path` at `current`. Errors mean the snapshot is unusable.
-pub fn open_owner(
+/// A snapshot found current: its header checked, nothing else read yet.
+pub struct Current {
+    pub header: Header,
+    file: File,
+    /// Where the body starts: just after the header's newline.
+    body_start: u64,
+    file_len: u64,
+}
+
+/// Opens the snapshot, provided it was compiled from `grants_path` at
+/// `current`; `Ok(None)` if it was not (stale). Errors mean the snapshot is
+/// unusable.
+pub fn open(
     path: &Path,
     grants_path: &Path,
     current: Option<&FileVersion>,
-    owner: &str,
-) -> io::Result<Open> {
+) -> io::Result<Option<Current>> {
     let file = File::open(path)?;
     let mut reader = BufReader::new(file);
     let mut line = Vec::new();
@@ -145,48 +368,159 @@ pub fn open_owner(
         || header.grants_path != grants_path
         || header.version.as_ref() != current
     {
-        return Ok(Open::Stale);
+        return Ok(None);
     }
-    let body_start = line.len() as u64;
-    let mut file = reader.into_inner();
-    let mut range = None;
-    let mut digest = String::new();
-    if let Some(&(offset, len)) = header.owners.get(owner) {
+    let file = reader.into_inner();
+    let file_len = file.metadata()?.len();
+    Ok(Some(Current {
+        header,
+        file,
+        body_start: line.len() as u64,
+        file_len,
+    }))
+}
+
+/// Opens the snapshot for `owner`, provided it was compiled from
+/// `grants_path` at `current`. Errors mean the snapshot is unusable.
+pub fn open_owner(
+    path: &Path,
+    grants_path: &Path,
+    current: Option<&FileVersion>,
+    owner: &str,
+) -> io::Result<Open> {
+    match open(path, grants_path, current)? {
+        Some(snapshot) => snapshot.owner(owner).map(Open::Fresh),
+        None => Ok(Open::Stale),
+    }
+}
+
+impl Current {
+    /// The absolute (start, end) of `owner`'s text, checked to lie inside
+    /// the file; `None` if the owner has no lines.
+    fn text_range(&self, owner: &str) -> io::Result<Option<(u64, u64)>> {
+        let Some(&(offset, len)) = self.header.owners.get(owner) else {
+            return Ok(None);
+        };
         let not_lines = || invalid("snapshot range does not hold whole lines");
-        let start = body_start.checked_add(offset).ok_or_else(not_lines)?;
+        let start = self.body_start.checked_add(offset).ok_or_else(not_lines)?;
         let end = start.checked_add(len).ok_or_else(not_lines)?;
-        if end > file.metadata()?.len() {
+        if end > self.file_len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "snapshot body is truncated",
             ));
         }
-        // A range must start after a newline (the header's, for the first
-        // owner) and end with one, so only whole lines are ever printed.
-        let byte_at = |file: &mut File, at: u64| -> io::Result<u8> {
-            let mut b = [0u8; 1];
-            file.seek(SeekFrom::Start(at))?;
-            file.read_exact(&mut b)?;
-            Ok(b[0])
-        };
-        if byte_at(&mut file, start - 1)? != b'\n'
-            || (len > 0 && byte_at(&mut file, end - 1)? != b'\n')
-        {
-            return Err(not_lines());
-        }
-        digest = header
-            .digests
-            .get(owner)
-            .cloned()
-            .ok_or_else(|| invalid("snapshot has no checksum for the owner"))?;
-        range = Some((start, len));
+        Ok(Some((start, end)))
     }
-    Ok(Open::Fresh(Opened {
-        header,
-        file,
-        range,
-        digest,
-    }))
+
+    /// Opens `owner`'s lines: their range located and found to hold whole
+    /// lines, nothing read yet.
+    pub fn owner(self, owner: &str) -> io::Result<Opened> {
+        let mut range = None;
+        let mut digest = String::new();
+        if let Some((start, end)) = self.text_range(owner)? {
+            // A range must start after a newline (the header's, for the
+            // first owner) and end with one, so only whole lines are ever
+            // printed.
+            let byte_at = |at: u64| -> io::Result<u8> {
+                let mut b = [0u8; 1];
+                self.file.read_exact_at(&mut b, at)?;
+                Ok(b[0])
+            };
+            if byte_at(start - 1)? != b'\n' || (end > start && byte_at(end - 1)? != b'\n') {
+                return Err(invalid("snapshot range does not hold whole lines"));
+            }
+            digest = self
+                .header
+                .digests
+                .get(owner)
+                .cloned()
+                .ok_or_else(|| invalid("snapshot has no checksum for the owner"))?;
+            range = Some((start, end - start));
+        }
+        Ok(Opened {
+            header: self.header,
+            file: self.file,
+            range,
+            digest,
+        })
+    }
+
+    /// The line of key (`algorithm`, `blob`) among `owner`'s, found through
+    /// the owner's index: `pread`s of a few slots and of the one line, each
+    /// checked against its CRC-32, and the line compared with the key.
+    /// `Ok(None)`: the key is not granted. Errors mean the snapshot is
+    /// unusable.
+    pub fn key_line(
+        &self,
+        owner: &str,
+        algorithm: &str,
+        blob: &str,
+    ) -> io::Result<Option<Vec<u8>>> {
+        let Some(text) = self.text_range(owner)? else {
+            return Ok(None);
+        };
+        let &(offset, slots) = self
+            .header
+            .index
+            .get(owner)
+            .ok_or_else(|| invalid("snapshot has no index for the owner"))?;
+        let bad_index = || invalid("snapshot index is out of bounds");
+        let table = self.body_start.checked_add(offset).ok_or_else(bad_index)?;
+        let end = slots
+            .checked_mul(SLOT as u64)
+            .and_then(|len| table.checked_add(len))
+            .ok_or_else(bad_index)?;
+        if slots == 0 || end > self.file_len {
+            return Err(bad_index());
+        }
+        let hash = key_hash(Crc::Table, algorithm, blob);
+        let mut at = home_slot(hash, slots);
+        let mut probed = 0;
+        let mut batch = [0u8; SLOT * PROBE_BATCH as usize];
+        while probed < slots {
+            let n = PROBE_BATCH.min(slots - at).min(slots - probed);
+            let bytes = &mut batch[..n as usize * SLOT];
+            self.file.read_exact_at(bytes, table + at * SLOT as u64)?;
+            for (i, raw) in bytes.chunks_exact(SLOT).enumerate() {
+                let Some(entry) = decode_slot(owner, slots, at + i as u64, raw)? else {
+                    return Ok(None);
+                };
+                if entry.hash == hash {
+                    let line = self.read_line(text, &entry)?;
+                    if std::str::from_utf8(&line).is_ok_and(|l| is_line_of(l, algorithm, blob)) {
+                        return Ok(Some(line));
+                    }
+                }
+            }
+            probed += n;
+            at = (at + n) % slots;
+        }
+        Ok(None)
+    }
+
+    /// The line `entry` points at, checked: inside the owner's `text`
+    /// range, one whole line, matching its CRC-32.
+    fn read_line(&self, (text_start, text_end): (u64, u64), entry: &Entry) -> io::Result<Vec<u8>> {
+        let bad = || invalid("snapshot index points outside the owner's lines");
+        let start = self.body_start.checked_add(entry.offset).ok_or_else(bad)?;
+        let end = start.checked_add(u64::from(entry.len)).ok_or_else(bad)?;
+        if start < text_start || end > text_end {
+            return Err(bad());
+        }
+        // With the byte before it, which must end the previous line (or the
+        // header).
+        let mut bytes = vec![0u8; entry.len as usize + 1];
+        self.file.read_exact_at(&mut bytes, start - 1)?;
+        let line = bytes.split_off(1);
+        if bytes != [b'\n']
+            || line.iter().position(|&b| b == b'\n') != Some(line.len() - 1)
+            || Crc::Table.of(&[&line]) != entry.crc
+        {
+            return Err(invalid("snapshot line does not match its index"));
+        }
+        Ok(line)
+    }
 }
 
 impl Opened {
@@ -360,9 +694,9 @@ mod tests {
         opened.copy_checked(checked, &mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), expected);
 
-        // One byte near the end of the body changed in place.
+        // One byte near the end of the owner's lines changed in place.
         let mut data = std::fs::read(&path).unwrap();
-        let at = data.len() - 10;
+        let at = text_end(&data, "alice") - 10;
         data[at] ^= 1;
         std::fs::write(&path, data).unwrap();
         let Open::Fresh(mut opened) = open_owner(&path, &grants, None, "alice").unwrap() else {
@@ -370,6 +704,133 @@ mod tests {
         };
         let e = opened.check().err().expect("damage must be caught");
         assert!(e.to_string().contains("digest"), "{e}");
+    }
+
+    #[test]
+    fn both_crcs_agree() {
+        let data: Vec<u8> = (0..600u32).map(|i| (i * 7 + i / 3) as u8).collect();
+        for len in [0, 1, 3, 15, 16, 17, 64, 100, 255, 600] {
+            let (a, b) = data[..len].split_at(len / 3);
+            assert_eq!(
+                Crc::Table.of(&[a, b]),
+                crc32fast::hash(&data[..len]),
+                "{len}"
+            );
+            assert_eq!(
+                Crc::Fast.of(&[a, b]),
+                crc32fast::hash(&data[..len]),
+                "{len}"
+            );
+        }
+    }
+
+    /// Where `owner`'s lines end in snapshot `data`.
+    fn text_end(data: &[u8], owner: &str) -> usize {
+        let body = data.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let header: Header = serde_json::from_slice(&data[..body]).unwrap();
+        let (offset, len) = header.owners[owner];
+        body + (offset + len) as usize
+    }
+
+    /// (owner, algorithm, blob, line)
+    type Granted = (String, String, String, String);
+
+    /// Alice shares keys 0..6 with three guests, carol key 6; key 7 is
+    /// nobody's. Returns the snapshot bytes and the granted lines.
+    fn indexed_snapshot(grants: &Path) -> (Vec<u8>, Vec<Granted>) {
+        let key = |n: u32| {
+            let mut bytes = [9u8; 32];
+            bytes[..4].copy_from_slice(&n.to_le_bytes());
+            ssh_key::PublicKey::from(ssh_key::public::Ed25519PublicKey(bytes))
+                .to_openssh()
+                .unwrap()
+        };
+        let mut text = String::from("[owners.alice]\nsharing = true\n");
+        for g in 0..3 {
+            text.push_str(&format!(
+                "[owners.alice.guests.g{g}]\nstatus = \"accepted\"\nkeys = [\"{}\", \"{}\"]\n",
+                key(2 * g),
+                key(2 * g + 1)
+            ));
+        }
+        text.push_str(&format!(
+            "[owners.carol]\nsharing = true\n[owners.carol.guests.dan]\nstatus = \"accepted\"\nkeys = [\"{}\"]\n[owners.carol.guests.eve]\nkeys = [\"{}\"]\n",
+            key(6),
+            key(7)
+        ));
+        let accounts = FakeAccounts::with(&[("alice", 1000), ("carol", 1001)]);
+        let loaded = crate::store::source::load_text(grants, text, &accounts);
+        let mut granted = Vec::new();
+        for (owner, access) in &loaded.policy().unwrap().owners {
+            for k in &access.keys {
+                let line = crate::grant::policy::key_line(&k.algorithm, &k.blob, &k.guest);
+                granted.push((owner.clone(), k.algorithm.clone(), k.blob.clone(), line));
+            }
+        }
+        assert_eq!(granted.len(), 7);
+        (encode(&loaded, 0).unwrap(), granted)
+    }
+
+    #[test]
+    fn the_index_yields_exactly_the_granted_line() {
+        let d = crate::sys::fsutil::tests::scratch();
+        let grants = d.path().join("grants.toml");
+        let path = d.path().join("snapshot");
+        let (data, granted) = indexed_snapshot(&grants);
+        std::fs::write(&path, &data).unwrap();
+        let snapshot = open(&path, &grants, None).unwrap().unwrap();
+        for (owner, algorithm, blob, line) in &granted {
+            let got = snapshot.key_line(owner, algorithm, blob).unwrap();
+            assert_eq!(got.as_deref(), Some(line.as_bytes()), "{owner} {blob}");
+            for other in ["alice", "carol", "bob", ""] {
+                if other != owner {
+                    assert_eq!(snapshot.key_line(other, algorithm, blob).unwrap(), None);
+                }
+            }
+            assert_eq!(snapshot.key_line(owner, "ssh-rsa", blob).unwrap(), None);
+            assert_eq!(
+                snapshot.key_line(owner, algorithm, &blob[1..]).unwrap(),
+                None
+            );
+        }
+    }
+
+    /// Any one byte of the body or index changed: a granted key's lookup
+    /// yields its line or an error, any other key's nothing or an error.
+    #[test]
+    fn a_damaged_index_or_line_is_never_served() {
+        let d = crate::sys::fsutil::tests::scratch();
+        let grants = d.path().join("grants.toml");
+        let path = d.path().join("snapshot");
+        let (data, granted) = indexed_snapshot(&grants);
+        let body = data.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let (mut errors, mut served) = (0, 0);
+        for at in body..data.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut damaged = data.clone();
+                damaged[at] ^= flip;
+                std::fs::write(&path, &damaged).unwrap();
+                let snapshot = open(&path, &grants, None).unwrap().unwrap();
+                for (i, (owner, algorithm, blob, line)) in granted.iter().enumerate() {
+                    match snapshot.key_line(owner, algorithm, blob) {
+                        Ok(got) => {
+                            assert_eq!(got.as_deref(), Some(line.as_bytes()), "byte {at}");
+                            served += 1;
+                        }
+                        Err(_) => errors += 1,
+                    }
+                    // Another owner's key.
+                    let (o, _, _, _) = &granted[(i + 1) % granted.len()];
+                    if o != owner {
+                        assert!(!matches!(
+                            snapshot.key_line(o, algorithm, blob),
+                            Ok(Some(_))
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(errors > 0 && served > 0, "{errors} {served}");
     }
 
     #[test]
@@ -391,7 +852,7 @@ mod tests {
 
         // Same length, same header: only the digest tells.
         let mut bytes = std::fs::read(&path).unwrap();
-        let last = bytes.len() - 2;
+        let last = text_end(&bytes, "alice") - 2;
         bytes[last] = b'x';
         std::fs::write(&path, &bytes).unwrap();
         let e = read_owner(&path, &grants, None, "alice").unwrap_err();
@@ -419,6 +880,7 @@ mod tests {
                 valid: true,
                 owners: [("alice".to_string(), (offset, len))].into(),
                 digests: [("alice".to_string(), digest)].into(),
+                index: BTreeMap::new(),
             };
             let mut data = serde_json::to_vec(&header).unwrap();
             data.push(b'\n');

@@ -240,20 +240,51 @@ pub fn split_args(data: &[u8]) -> Vec<OsString> {
         .collect()
 }
 
-/// The key lookup with any arguments (besides its own `--config`) prints the
-/// owner's lines when called as `USER [FP TYPE KEY]` for a sharing owner,
-/// and nothing otherwise.
+/// The key lookup with any arguments (besides its own `--config`) prints,
+/// for a sharing owner, all its lines when called as `USER [FP [TYPE]]`,
+/// only the line of key `TYPE KEY` when called as `USER FP TYPE KEY`, and
+/// nothing otherwise.
 pub fn check_lookup_args(fixture: &LookupFixture, args: Vec<OsString>) {
     let args: Vec<OsString> = args.into_iter().filter(|a| a != "--config").collect();
     let want = if (1..=4).contains(&args.len()) && args[0] == "daemon" {
-        fixture.daemon_lines.as_str()
+        match (
+            args.get(2).and_then(|a| a.to_str()),
+            args.get(3).map(|k| k.to_str()),
+        ) {
+            (Some(algorithm), Some(Some(blob))) => fixture
+                .daemon_lines
+                .lines()
+                .find(|l| vmshare::grant::policy::is_line_of(l, algorithm, blob))
+                .map_or(String::new(), |l| format!("{l}\n")),
+            (_, Some(_)) => String::new(),
+            (_, None) => fixture.daemon_lines.clone(),
+        }
     } else {
-        ""
+        String::new()
     };
     let (out, ok) = fixture.lookup(args.clone());
     assert_eq!(String::from_utf8_lossy(&out), want, "args {args:?}");
     if !out.is_empty() {
         assert!(ok, "printed keys but failed: {args:?}");
+    }
+    // The same answer for the library's callers (the PAM hook may use it).
+    if let [user, _, algorithm, blob] = &args[..] {
+        if let (Some(user), Some(algorithm), Some(blob)) =
+            (user.to_str(), algorithm.to_str(), blob.to_str())
+        {
+            let config =
+                vmshare::store::config::Config::load(Some(&fixture.config)).expect("config");
+            let answer = vmshare::store::lookup::owner_key_line(
+                &config,
+                user,
+                algorithm,
+                blob,
+                &vmshare::sys::accounts::SystemAccounts,
+            );
+            if let Ok(answer) = answer {
+                assert_eq!(answer.lines, want, "args {args:?}");
+            }
+        }
     }
 }
 
@@ -360,6 +391,28 @@ pub fn check_snapshot(fixture: &LookupFixture, data: &[u8]) {
             }
         }
     }
+    // The lookup for one key prints nothing or one whole line of that key.
+    for key in [KEYS[0], KEYS[1]] {
+        let mut words = key.split(' ');
+        let (algorithm, blob) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let (out, _) = fixture.lookup(vec![
+            "daemon".into(),
+            "SHA256:x".into(),
+            algorithm.into(),
+            blob.into(),
+        ]);
+        if !out.is_empty() {
+            let line = std::str::from_utf8(&out).expect("a printed line is UTF-8");
+            assert!(
+                vmshare::grant::policy::is_line_of(line, algorithm, blob) && line.ends_with('\n'),
+                "printed {line:?} for key {blob}"
+            );
+            assert!(
+                out == fixture.daemon_lines.as_bytes() || body.windows(out.len()).any(|w| w == out),
+                "printed {line:?}, not a line of the snapshot body or the grant file"
+            );
+        }
+    }
     let (out, _) = fixture.lookup(vec!["daemon".into()]);
     if out.is_empty() || out == fixture.daemon_lines.as_bytes() {
         return;
@@ -380,6 +433,154 @@ pub fn check_snapshot(fixture: &LookupFixture, data: &[u8]) {
         "printed {:?}, not whole lines of the snapshot body",
         String::from_utf8_lossy(&out)
     );
+}
+
+/// Owners of the index property's snapshots; `bob` has none.
+const INDEX_OWNERS: [&str; 3] = ["alice", "carol", "bob"];
+const INDEX_KEYS: u32 = 12;
+
+/// One of the index property's keys: ed25519, from `n`.
+fn index_key(n: u32) -> (String, String) {
+    let mut bytes = [0x33u8; 32];
+    bytes[..4].copy_from_slice(&n.to_le_bytes());
+    let key = ssh_key::PublicKey::from(ssh_key::public::Ed25519PublicKey(bytes))
+        .to_openssh()
+        .expect("encode key");
+    let mut words = key.split(' ');
+    let algorithm = words.next().unwrap_or_default().to_string();
+    (algorithm, words.next().unwrap_or_default().to_string())
+}
+
+/// The index property's input: grants, then damage. Byte 0 is how many
+/// grant bytes follow (mod 32); each grant byte gives owner (bit 0: alice
+/// or carol), key (bits 1–4, mod 12) and guest (bits 5–7). The rest are
+/// damage triples (position high, low, xor; xor 0 truncates there)
+/// applied to the written snapshot; bit 7 of byte 0 keeps the damage out
+/// of the header.
+pub struct IndexInput {
+    pub grants: Vec<(usize, u32, u8)>,
+    pub damage: Vec<(u16, u8)>,
+    pub body_only: bool,
+}
+
+pub fn index_input(data: &[u8]) -> IndexInput {
+    let (first, rest) = data.split_first().map_or((0, &[][..]), |(f, r)| (*f, r));
+    let n = usize::from(first % 32).min(rest.len());
+    let (grants, damage) = rest.split_at(n);
+    IndexInput {
+        grants: grants
+            .iter()
+            .map(|&b| {
+                (
+                    usize::from(b & 1),
+                    u32::from(b >> 1 & 0xf) % INDEX_KEYS,
+                    b >> 5,
+                )
+            })
+            .collect(),
+        damage: damage
+            .chunks_exact(3)
+            .map(|c| (u16::from_be_bytes([c[0], c[1]]), c[2]))
+            .collect(),
+        body_only: first & 0x80 != 0,
+    }
+}
+
+/// The key index, on a snapshot of generated grants, damaged or not: it
+/// never yields a line for a key the owner did not grant, nor any line but
+/// the granted one; undamaged (or damaged past the header only) it always
+/// yields the granted line, or (damaged) an error that sends the key
+/// lookup to the grant file.
+pub fn check_index(path: &Path, input: &IndexInput) {
+    use vmshare::grant::policy::{GrantedKey, OwnerAccess, Policy};
+    let mut policy = Policy::default();
+    for (i, owner) in INDEX_OWNERS[..2].iter().enumerate() {
+        policy.owners.insert(
+            owner.to_string(),
+            OwnerAccess {
+                uid: 1000 + i as u32,
+                keys: Vec::new(),
+            },
+        );
+    }
+    for &(owner, key, guest) in &input.grants {
+        let access = policy
+            .owners
+            .get_mut(INDEX_OWNERS[owner])
+            .expect("generated owner");
+        let (algorithm, blob) = index_key(key);
+        // One key, one guest of an owner (the grant file's rule).
+        if access.keys.iter().all(|k| k.blob != blob) {
+            access.keys.push(GrantedKey {
+                guest: format!("g{guest}"),
+                algorithm,
+                blob,
+                fingerprint: String::new(),
+            });
+        }
+    }
+    let grants_path = Path::new("/nonexistent/grants.toml");
+    let loaded = source::Loaded {
+        path: grants_path.to_path_buf(),
+        version: None,
+        sha256: String::new(),
+        source: String::new(),
+        outcome: source::Outcome::Valid {
+            grants: Default::default(),
+            policy: policy.clone(),
+        },
+    };
+    let mut data = snapshot::encode(&loaded, 0).expect("encode snapshot");
+    let body = data.iter().position(|&b| b == b'\n').expect("header line") + 1;
+    let mut body_intact = true;
+    for &(at, xor) in &input.damage {
+        let span = if input.body_only {
+            data.len() - body
+        } else {
+            data.len()
+        };
+        if span == 0 {
+            break;
+        }
+        let at = usize::from(at) % span + data.len() - span;
+        body_intact = false;
+        if xor == 0 {
+            data.truncate(at);
+        } else {
+            data[at] ^= xor;
+        }
+    }
+    let header_intact = body_intact || input.body_only;
+    fs::write(path, &data).expect("write snapshot");
+    let opened = match snapshot::open(path, grants_path, None) {
+        Ok(Some(opened)) => opened,
+        Ok(None) | Err(_) => {
+            assert!(!header_intact, "an intact header refused");
+            return;
+        }
+    };
+    for owner in INDEX_OWNERS {
+        for key in 0..INDEX_KEYS {
+            let (algorithm, blob) = index_key(key);
+            let granted = policy
+                .owners
+                .get(owner)
+                .and_then(|a| a.key_line(&algorithm, &blob));
+            let got = opened.key_line(owner, &algorithm, &blob);
+            match (&got, &granted) {
+                (Ok(Some(line)), Some(want)) => assert_eq!(line, want.as_bytes()),
+                (Ok(Some(line)), None) => panic!(
+                    "{owner}: a line for key {key}, not granted: {:?}",
+                    String::from_utf8_lossy(line)
+                ),
+                (Ok(None), None) => {}
+                (Ok(None), Some(_)) => {
+                    assert!(!header_intact, "{owner}: granted key {key} not found")
+                }
+                (Err(e), _) => assert!(!body_intact, "{owner}: key {key}: {e}"),
+            }
+        }
+    }
 }
 
 /// A frame's length prefix is accepted exactly up to the limit; a request
