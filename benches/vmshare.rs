@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{wait_until, Host, Key, LiveSession};
+use harness::{filler_key, wait_until, Host, Key, LiveSession};
 use vmshare::sys::accounts::SystemAccounts;
 
 const KEYS: &str = env!("CARGO_BIN_EXE_vmshare-keys");
@@ -90,16 +90,6 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn ed25519(seed: u32, salt: u8) -> String {
-    let mut bytes = [0u8; 32];
-    bytes[..4].copy_from_slice(&seed.to_le_bytes());
-    bytes[4] = salt;
-    bytes[31] = 0x5a;
-    ssh_key::PublicKey::from(ssh_key::public::Ed25519PublicKey(bytes))
-        .to_openssh()
-        .expect("encode key")
-}
-
 /// A grant file where `owner` shares with `guests` accepted guests, 2 keys each.
 fn grant_text(owner: &str, guests: u32, accepted: bool) -> String {
     grant_text_last(owner, guests, accepted, None)
@@ -113,12 +103,12 @@ fn grant_text_last(owner: &str, guests: u32, accepted: bool, last: Option<&str>)
     for g in 0..guests {
         let second = match last {
             Some(key) if g + 1 == guests => key.to_string(),
-            _ => format!("{} guest{g}@phone", ed25519(g, 2)),
+            _ => format!("{} guest{g}@phone", filler_key(g, 2)),
         };
         let _ = write!(
             s,
             "\n[owners.{owner}.guests.guest{g}]\nstatus = \"{status}\"\nkeys = [\"{} guest{g}@laptop\", \"{second}\"]\n",
-            ed25519(g, 1),
+            filler_key(g, 1),
         );
     }
     s
@@ -203,7 +193,7 @@ fn write_snapshot(config: &Path) {
 /// The key lookup as sshd runs it (`%u %f %t %k`) for the last guest's
 /// last key, with `config`.
 fn lookup_command(config: &Path, guests: u32) -> Command {
-    let key = ed25519(guests - 1, 2);
+    let key = filler_key(guests - 1, 2);
     let mut words = key.split(' ');
     let mut cmd = Command::new(KEYS);
     cmd.args(["--config", &config.display().to_string(), OWNER, "SHA256:x"])
@@ -569,7 +559,7 @@ fn bench_pass() -> Vec<Row> {
     let sessions = dir.join("run/sessions");
     for i in 0..RECORDS {
         let g = (i * 5) % 10_000;
-        let key = ed25519(g, 1);
+        let key = filler_key(g, 1);
         let mut words = key.split(' ');
         let record = vmshare::store::records::SessionRecord {
             id: format!("s{i}-bench"),
@@ -647,9 +637,9 @@ fn bench_login() -> Vec<Row> {
     host.authorize_owner_key("plain", &bob.public);
     let mut all = String::new();
     for g in 0..GUESTS {
-        let _ = writeln!(all, "{}", ed25519(g, 1));
+        let _ = writeln!(all, "{}", filler_key(g, 1));
         if g + 1 < GUESTS {
-            let _ = writeln!(all, "{}", ed25519(g, 2));
+            let _ = writeln!(all, "{}", filler_key(g, 2));
         }
     }
     all.push_str(&bob.public);

@@ -10,20 +10,9 @@ mod harness;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use harness::{wait_until, Host, Key};
+use harness::{filler_key, wait_until, Host, Key};
 
 const GUESTS: u32 = 10_000;
-
-/// A key no client holds, from `seed`.
-fn filler_key(seed: u32, salt: u8) -> String {
-    let mut bytes = [0u8; 32];
-    bytes[..4].copy_from_slice(&seed.to_le_bytes());
-    bytes[4] = salt;
-    bytes[31] = 0xa5;
-    ssh_key::PublicKey::from(ssh_key::public::Ed25519PublicKey(bytes))
-        .to_openssh()
-        .unwrap()
-}
 
 /// alice shares with guests 0..GUESTS, two keys each; `real` guests hold a
 /// real key as their second, the others two filler keys. Guests in

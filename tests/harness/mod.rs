@@ -211,3 +211,15 @@ pub fn first_line(child: &mut std::process::Child, timeout: std::time::Duration)
     });
     rx.recv_timeout(timeout).unwrap_or_default()
 }
+
+/// A valid ed25519 public key line no client holds, one per `(seed, salt)`:
+/// filler for grant files with thousands of guests.
+pub fn filler_key(seed: u32, salt: u8) -> String {
+    let mut bytes = [0u8; 32];
+    bytes[..4].copy_from_slice(&seed.to_le_bytes());
+    bytes[4] = salt;
+    bytes[31] = 0x5a;
+    ssh_key::PublicKey::from(ssh_key::public::Ed25519PublicKey(bytes))
+        .to_openssh()
+        .expect("encode key")
+}
