@@ -6,4 +6,5 @@ pub mod key;
 pub mod lifecycle;
 pub mod model;
 pub mod parse;
+mod plain;
 pub mod policy;

@@ -11,34 +11,47 @@ use crate::grant::diag::Diagnostic;
 use crate::grant::key::parse_key;
 use crate::grant::model::{Grants, Guest, GuestKey, Owner, Status, MAX_GRANT_FILE_BYTES};
 
-#[derive(Deserialize)]
+/// `Default` is what serde's `default` gives a missing field.
+#[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawFile {
+pub(super) struct RawFile {
     #[serde(default)]
-    owners: BTreeMap<Spanned<String>, RawOwner>,
+    pub(super) owners: BTreeMap<Spanned<String>, RawOwner>,
 }
 
-#[derive(Deserialize)]
+/// `Default` is what serde's `default` gives a missing field.
+#[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawOwner {
+pub(super) struct RawOwner {
     #[serde(default)]
-    sharing: bool,
+    pub(super) sharing: bool,
     #[serde(default)]
-    guests: BTreeMap<Spanned<String>, RawGuest>,
+    pub(super) guests: BTreeMap<Spanned<String>, RawGuest>,
 }
 
-#[derive(Deserialize)]
+/// `Default` is what serde's `default` gives a missing field.
+#[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawGuest {
+pub(super) struct RawGuest {
     #[serde(default)]
-    status: Option<Status>,
+    pub(super) status: Option<Status>,
     #[serde(default)]
-    keys: Vec<Spanned<String>>,
+    pub(super) keys: Vec<Spanned<String>>,
 }
 
 /// Parses and validates grant file text. Any finding makes the whole file
 /// invalid; all findings are returned, in file order.
 pub fn parse(source: &str) -> Result<Grants, Vec<Diagnostic>> {
+    parse_with(source, true)
+}
+
+/// The same, reading every layout through `toml` alone: what `parse` must
+/// agree with (the property tests and the grants fuzz target compare them).
+pub fn parse_general(source: &str) -> Result<Grants, Vec<Diagnostic>> {
+    parse_with(source, false)
+}
+
+fn parse_with(source: &str, plain: bool) -> Result<Grants, Vec<Diagnostic>> {
     if source.len() > MAX_GRANT_FILE_BYTES {
         return Err(vec![Diagnostic::whole_file(format!(
             "file is {} bytes; the limit is {} bytes",
@@ -46,7 +59,11 @@ pub fn parse(source: &str) -> Result<Grants, Vec<Diagnostic>> {
             MAX_GRANT_FILE_BYTES
         ))]);
     }
-    let raw: RawFile = match toml::from_str(source) {
+    // The usual layout is read directly; anything else, and every error,
+    // through `toml`.
+    let general = || toml::from_str::<RawFile>(source);
+    let read_plain = plain.then(|| crate::grant::plain::read(source)).flatten();
+    let raw: RawFile = match read_plain.map_or_else(general, Ok) {
         Ok(raw) => raw,
         Err(e) => {
             let offset = e.span().map_or(0, |s| s.start);

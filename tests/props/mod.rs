@@ -59,7 +59,11 @@ fn uid_of(name: &str) -> Option<u32> {
 /// accepted guest of a sharing owner, and every such key is printed once.
 pub fn check_grants(src: &str) {
     let lines_in_file = src.lines().count() + 1;
-    let grants = match vmshare::grant::parse::parse(src) {
+    let parsed = vmshare::grant::parse::parse(src);
+    // The usual layout is read without `toml`'s tree; the result must be
+    // the one `toml` gives, findings and positions included.
+    assert_eq!(parsed, vmshare::grant::parse::parse_general(src), "{src}");
+    let grants = match parsed {
         Ok(g) => g,
         Err(errors) => {
             assert!(!errors.is_empty(), "invalid without a reason");
