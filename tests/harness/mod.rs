@@ -35,6 +35,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod admin;
 mod cgroup;
 mod daemon;
 mod host;
