@@ -146,6 +146,36 @@ fn guest<'a>(status: &'a Value, owner: &str, guest: &str) -> Option<&'a Value> {
         .find(|g| g["name"] == guest)
 }
 
+/// Whether the grant file now gives `guest` of the owner `admin = true`.
+fn is_admin(e: &Env, guest: &str) -> bool {
+    vmshare::grant::parse::parse(&e.text())
+        .unwrap()
+        .owner(OWNER)
+        .and_then(|o| o.guest(guest))
+        .unwrap()
+        .admin
+}
+
+#[test]
+fn admin_only_with_the_flag() {
+    let e = env();
+    e.ok(&["invite", OWNER, "bob", "--key", &key(1)]);
+    e.ok(&["accept", OWNER, "bob"]);
+    assert!(!is_admin(&e, "bob"));
+    assert!(!e.text().contains("admin"), "{}", e.text());
+
+    let said = e.ok(&["accept", OWNER, "bob", "--admin"]);
+    assert!(said.contains("now has admin = true"), "{said}");
+    assert!(is_admin(&e, "bob"));
+    assert!(e.text().contains("admin = true\n"), "{}", e.text());
+
+    e.ok(&["invite", OWNER, "carol", "--key", &key(2), "--admin"]);
+    assert!(is_admin(&e, "carol"));
+    // A refused invite sets nothing.
+    e.refused(&["invite", OWNER, "dave", "--key", "junk", "--admin"]);
+    assert!(!e.text().contains("dave"), "{}", e.text());
+}
+
 #[test]
 fn lifecycle_end_to_end() {
     let e = env();

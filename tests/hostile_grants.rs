@@ -762,3 +762,31 @@ fn a_fifo_or_device_in_place_of_the_file_is_refused_without_hanging() {
     fs::create_dir(&e.grants).expect("mkdir");
     e.assert_no_guest_access("is not a regular file");
 }
+
+#[test]
+fn admin_of_the_wrong_type_is_an_error_at_its_value() {
+    let e = env();
+    for value in [
+        "\"yes\"",
+        "\"true\"",
+        "1",
+        "0",
+        "[true]",
+        "{ sudo = true }",
+        "2026-12-01T18:00:00Z",
+    ] {
+        let text = format!("{}admin = {value}\n", valid());
+        e.write_grants(&text);
+        let (line, column) = position(&text, value);
+        e.assert_invalid_at(line, column, "invalid type");
+    }
+    // A misspelt field is no admin right either.
+    let text = format!("{}admn = true\n", valid());
+    e.write_grants(&text);
+    let (line, column) = position(&text, "admn");
+    e.assert_invalid_at(line, column, "unknown field `admn`");
+    // Set twice.
+    let text = format!("{}admin = false\nadmin = true\n", valid());
+    e.write_grants(&text);
+    e.assert_no_guest_access("invalid");
+}

@@ -3,8 +3,9 @@
 //! host (mount namespace, overlays on /etc, /usr and /var, sshd started by
 //! hand since there is no service manager). The installed files must carry
 //! the whole lifecycle — an accepted guest gets in and is thrown out on
-//! revoke, the owner always gets in — and remove and purge must put sshd's
-//! configuration back byte for byte.
+//! revoke, the owner always gets in, a guest does not get the owner's sudo
+//! — and remove and purge must put sshd's and the PAM stacks' configuration
+//! back byte for byte.
 //!
 //! Fails (never skips) when the package cannot be built: the packaging is
 //! part of what is tested.
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{Host, Key, LiveSession};
+use harness::{Host, Key, LiveSession, ADMIN_STACKS};
 
 const DEB_INSIDE: &str = "/run/vmshare-e2e/vmshare.deb";
 
@@ -114,7 +115,7 @@ fn owner(host: &Host, name: &str) -> Key {
 fn package_installs_works_and_purges_cleanly() {
     let deb = build_deb();
     let mut host = Host::start_bare();
-    let watched = ["/etc/pam.d/sshd", "/etc/ssh"];
+    let watched = ["/etc/pam.d", "/etc/ssh"];
     let pristine = snapshot(&host, &watched);
 
     let alice = owner(&host, "alice");
@@ -132,6 +133,7 @@ fn package_installs_works_and_purges_cleanly() {
         ("/usr/libexec/vmshare/vmshare-pam", 0o755),
         ("/etc/ssh/sshd_config.d/vmshare.conf", 0o644),
         ("/etc/pam.d/vmshare", 0o644),
+        ("/etc/pam.d/vmshare-admin", 0o644),
         ("/etc/vmshare/vmshare.toml", 0o644),
         ("/etc/vmshare/grants.toml", 0o644),
         ("/usr/lib/systemd/system/vmshared.service", 0o644),
@@ -156,6 +158,30 @@ fn package_installs_works_and_purges_cleanly() {
         pam.contains("@include common-session\n@include vmshare\n"),
         "vmshare is not included right after common-session:\n{pam}"
     );
+    // Guests do not become root: vmshare-admin is in every stack that makes
+    // root (a stack only in /usr/lib/pam.d gets a copy in /etc/pam.d).
+    let mut admin_stacks = Vec::new();
+    for stack in ADMIN_STACKS {
+        let vendor = format!("/usr/lib/pam.d/{stack}");
+        let etc = format!("/etc/pam.d/{stack}");
+        if !host.path(&etc).exists() && !host.path(&vendor).exists() {
+            continue;
+        }
+        let text = host.read_file(&etc).unwrap();
+        assert_eq!(
+            text.matches("@include vmshare-admin\n@include common-account\n")
+                .count(),
+            1,
+            "vmshare-admin is not included before common-account in {etc}:\n{text}"
+        );
+        admin_stacks.push((etc, text));
+    }
+    for stack in ["sudo", "su", "polkit-1"] {
+        assert!(
+            admin_stacks.iter().any(|(etc, _)| etc.ends_with(stack)),
+            "this host has no {stack} stack: install sudo and pkexec"
+        );
+    }
     let conffiles = host.run_ok(&["dpkg-query", "-W", "-f=${Conffiles}", "vmshare"]);
     assert!(
         conffiles.contains("/etc/ssh/sshd_config.d/vmshare.conf")
@@ -165,6 +191,9 @@ fn package_installs_works_and_purges_cleanly() {
     // Installing again (a reinstall, or configure run twice) adds nothing.
     dpkg(&host, &["--install", DEB_INSIDE]);
     assert_eq!(host.read_file("/etc/pam.d/sshd").unwrap(), pam);
+    for (etc, text) in &admin_stacks {
+        assert_eq!(&host.read_file(etc).unwrap(), text, "{etc} changed again");
+    }
 
     // Keep session groups inside this host's cgroup (on a real host the
     // default is fine).
@@ -184,6 +213,22 @@ fn package_installs_works_and_purges_cleanly() {
     host.run_ok(&["vmshare", "accept", "alice", "bob"]);
     host.run_ok(&["vmshare", "sharing", "alice", "on"]);
     host.assert_logs_in_as("alice", &bob, "alice");
+    // The owner may do anything through sudo; bob, a guest without admin,
+    // may not.
+    host.write_file(
+        "/etc/sudoers.d/alice",
+        "alice ALL=(ALL:ALL) NOPASSWD: ALL\n",
+        0,
+        0,
+        0o440,
+    );
+    assert_eq!(host.ssh("alice", &alice, "sudo -n id -u").stdout, b"0\n");
+    let refused = host.ssh("alice", &bob, "sudo -n id -u");
+    assert!(
+        String::from_utf8_lossy(&refused.stdout)
+            .contains("bob is a guest in alice's account and may not become root"),
+        "{refused:?}"
+    );
     let mut session = LiveSession::open(&host, "alice", &bob);
     host.run_ok(&["vmshare", "revoke", "alice", "bob"]);
     assert!(
@@ -206,8 +251,23 @@ fn package_installs_works_and_purges_cleanly() {
             .unwrap(),
         "remove did not restore /etc/pam.d/sshd"
     );
+    let pristine_pam = |path: &str| {
+        pristine
+            .get(path)
+            .and_then(|p| p.split_once('\n'))
+            .map(|(_, text)| text.to_string())
+    };
+    for (etc, _) in &admin_stacks {
+        assert_eq!(
+            host.read_file(etc).ok(),
+            pristine_pam(etc),
+            "remove did not restore {etc}"
+        );
+    }
     assert!(host.path("/etc/vmshare/grants.toml").exists());
     assert!(!host.path("/usr/libexec/vmshare/vmshare-pam").exists());
+    assert_eq!(host.ssh("alice", &alice, "sudo -n id -u").stdout, b"0\n");
+    host.run_ok(&["rm", "/etc/sudoers.d/alice"]);
     host.reload_sshd();
     host.assert_logs_in_as("alice", &alice, "alice");
     host.assert_refused("alice", &bob);

@@ -11,6 +11,7 @@ use std::process::{Command, ExitCode};
 
 use clap::Args;
 
+use super::doctor_admin::{check_admin, groups_of, read_stacks, AdminFacts};
 use crate::grant::policy::Accounts;
 use crate::session::backend::cgroup;
 use crate::store::config::{Backend, Config};
@@ -24,6 +25,8 @@ pub const KEYS_COMMAND: &str = "/usr/libexec/vmshare/vmshare-keys %u %f %t %k";
 pub const PAM_HOOK: &str = "/usr/libexec/vmshare/vmshare-pam";
 const LIBEXEC_DIR: &str = "/usr/libexec/vmshare";
 const PAM_DIR: &str = "/etc/pam.d";
+/// Where packages ship PAM stacks that /etc/pam.d may override.
+const VENDOR_PAM_DIR: &str = "/usr/lib/pam.d";
 const DROP_IN: &str = "config/sshd_config.d/vmshare.conf (as /etc/ssh/sshd_config.d/vmshare.conf)";
 
 #[derive(Debug, Clone, Args)]
@@ -66,7 +69,8 @@ impl fmt::Display for Verdict {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
-    /// Which check: `sshd`, `pam`, `programs`, `grants`, `daemon`, `cgroup`.
+    /// Which check: `sshd`, `pam`, `programs`, `grants`, `daemon`, `cgroup`,
+    /// `escapes`, `admin`.
     pub area: &'static str,
     pub verdict: Verdict,
     pub message: String,
@@ -74,7 +78,7 @@ pub struct Finding {
     pub fix: String,
 }
 
-fn ok(area: &'static str, message: impl Into<String>) -> Finding {
+pub(super) fn ok(area: &'static str, message: impl Into<String>) -> Finding {
     Finding {
         area,
         verdict: Verdict::Ok,
@@ -83,7 +87,7 @@ fn ok(area: &'static str, message: impl Into<String>) -> Finding {
     }
 }
 
-fn bad(
+pub(super) fn bad(
     area: &'static str,
     verdict: Verdict,
     message: impl Into<String>,
@@ -687,7 +691,8 @@ pub fn run(config: &Config, args: &DoctorArgs) -> ExitCode {
         )),
     }
     let ptrace = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok();
-    let sharing: Vec<String> = match &source::load(&config.grants, &SystemAccounts).outcome {
+    let loaded = source::load(&config.grants, &SystemAccounts);
+    let sharing: Vec<String> = match &loaded.outcome {
         Outcome::Valid { grants, .. } => grants
             .owners
             .iter()
@@ -702,6 +707,19 @@ pub fn run(config: &Config, args: &DoctorArgs) -> ExitCode {
         ptrace_scope: ptrace.as_deref(),
         sharing_owners: &sharing,
         lingers: &lingers,
+    }));
+    let systemd = crate::session::backend::logind::systemd_booted();
+    let signal_backend = match config.enforcement.backend {
+        Backend::Signal => true,
+        Backend::Auto => !systemd && cgroup::session_root(config).is_none(),
+        Backend::Cgroup | Backend::Logind => false,
+    };
+    findings.extend(check_admin(&AdminFacts {
+        stacks: &read_stacks(&pam_dir, Path::new(VENDOR_PAM_DIR)),
+        grants: loaded.grants(),
+        groups_of: &groups_of,
+        systemd,
+        signal_backend,
     }));
     print!("{}", render(&findings));
     if findings.iter().any(|f| f.verdict == Verdict::Problem) {

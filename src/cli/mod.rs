@@ -10,6 +10,7 @@
 mod check;
 mod docs;
 mod doctor;
+mod doctor_admin;
 mod guest;
 mod output;
 mod session_list;
@@ -96,11 +97,19 @@ pub enum Command {
         /// are skipped; `-` is standard input); repeatable.
         #[arg(long = "key-file", value_name = "FILE")]
         key_files: Vec<PathBuf>,
+        /// Let the guest become root through the owner's rights (sudo, su,
+        /// pkexec): `admin = true`. Without it a new guest may not.
+        #[arg(long)]
+        admin: bool,
     },
     /// The guest accepts an invitation: access starts while sharing is on.
     Accept {
         #[command(flatten)]
         who: OwnerGuest,
+        /// Also let the guest become root through the owner's rights:
+        /// `admin = true`.
+        #[arg(long)]
+        admin: bool,
     },
     /// The guest rejects an invitation.
     Reject {
@@ -198,8 +207,9 @@ pub fn main() -> ExitCode {
             who,
             keys,
             key_files,
-        } => share::invite(&config, who, keys, &key_files),
-        Command::Accept { who } => share::accept(&config, who),
+            admin,
+        } => share::invite(&config, who, keys, &key_files, admin),
+        Command::Accept { who, admin } => share::accept(&config, who, admin),
         Command::Reject { who } => share::reject(&config, who),
         Command::Revoke { who } => share::revoke(&config, who),
         Command::Leave {

@@ -23,6 +23,7 @@ pub fn invite(
     who: OwnerGuest,
     mut keys: Vec<String>,
     key_files: &[PathBuf],
+    admin: bool,
 ) -> ExitCode {
     for file in key_files {
         match read_key_file(file) {
@@ -37,26 +38,28 @@ pub fn invite(
     let code = run(
         config,
         Change::Invite {
-            owner: who.owner,
-            guest: who.guest,
+            owner: who.owner.clone(),
+            guest: who.guest.clone(),
             keys,
         },
     );
+    let code = then_admin(config, code, admin, who);
     if code == ExitCode::SUCCESS {
         hint_if_sharing_off(config, &owner);
     }
     code
 }
 
-pub fn accept(config: &Config, who: OwnerGuest) -> ExitCode {
+pub fn accept(config: &Config, who: OwnerGuest, admin: bool) -> ExitCode {
     let owner = who.owner.clone();
     let code = run(
         config,
         Change::Accept {
-            owner: who.owner,
-            guest: who.guest,
+            owner: who.owner.clone(),
+            guest: who.guest.clone(),
         },
     );
+    let code = then_admin(config, code, admin, who);
     if code == ExitCode::SUCCESS {
         hint_if_sharing_off(config, &owner);
     }
@@ -89,6 +92,22 @@ pub fn leave(config: &Config, who: OwnerGuest) -> ExitCode {
         Change::Leave {
             owner: who.owner,
             guest: who.guest,
+        },
+    )
+}
+
+/// `--admin`: after the invite or accept succeeded, a second edit sets
+/// `admin = true`. Until then the guest is without it, the safe side.
+fn then_admin(config: &Config, code: ExitCode, admin: bool, who: OwnerGuest) -> ExitCode {
+    if !admin || code != ExitCode::SUCCESS {
+        return code;
+    }
+    run(
+        config,
+        Change::Admin {
+            owner: who.owner,
+            guest: who.guest,
+            on: true,
         },
     )
 }

@@ -13,6 +13,7 @@
 //! | reject  | invited               | rejected                             |
 //! | leave   | accepted              | left                                 |
 //! | revoke  | any                   | - (table removed)                    |
+//! | admin   | any                   | same status, `admin` set             |
 //!
 //! Repeating a change that is already in effect (accepting an accepted
 //! guest, turning on a switch that is on, inviting with keys the guest
@@ -58,6 +59,12 @@ pub enum Change {
         owner: String,
         guest: String,
     },
+    /// Whether the guest may become root through the owner's rights.
+    Admin {
+        owner: String,
+        guest: String,
+        on: bool,
+    },
 }
 
 impl Change {
@@ -68,7 +75,8 @@ impl Change {
             | Change::Accept { owner, .. }
             | Change::Reject { owner, .. }
             | Change::Revoke { owner, .. }
-            | Change::Leave { owner, .. } => owner,
+            | Change::Leave { owner, .. }
+            | Change::Admin { owner, .. } => owner,
         }
     }
 
@@ -86,6 +94,7 @@ impl Change {
             Change::Reject { .. } => "reject",
             Change::Revoke { .. } => "revoke",
             Change::Leave { .. } => "leave",
+            Change::Admin { .. } => "change admin",
         }
     }
 }
@@ -216,6 +225,7 @@ pub enum Step {
     },
     SetStatus(Status),
     RemoveGuest,
+    SetAdmin(bool),
 }
 
 /// Decides what `change` does to `grants`: a step, or nothing (already in
@@ -351,6 +361,21 @@ pub fn decide(grants: &Grants, change: &Change) -> Result<(Option<Step>, String)
             }
             s @ Status::Rejected => return Err(refuse(guest, s, "there is nothing to leave")),
         },
+        Change::Admin { guest, on, .. } => {
+            existing(guest)?;
+            let now = owner.and_then(|o| o.guest(guest)).is_some_and(|g| g.admin);
+            if now == *on {
+                (
+                    None,
+                    format!("unchanged: guest `{guest}` of owner `{owner_name}` already has admin = {on}"),
+                )
+            } else {
+                (
+                    Some(Step::SetAdmin(*on)),
+                    format!("guest `{guest}` of owner `{owner_name}` now has admin = {on}"),
+                )
+            }
+        }
         Change::Revoke { guest, .. } => {
             existing(guest)?;
             (
@@ -391,8 +416,8 @@ fn parse_keys(keys: &[String]) -> Result<Vec<(crate::grant::model::GuestKey, Str
 #[derive(Debug, PartialEq, Eq)]
 pub struct Model(BTreeMap<String, (bool, GuestsModel)>);
 
-/// Guest → (status, key blobs).
-type GuestsModel = BTreeMap<String, (Status, Vec<String>)>;
+/// Guest → (status, key blobs, admin).
+type GuestsModel = BTreeMap<String, (Status, Vec<String>, bool)>;
 
 impl Model {
     pub fn of(grants: &Grants) -> Self {
@@ -406,7 +431,7 @@ impl Model {
                         .iter()
                         .map(|g| {
                             let keys = g.keys.iter().map(|k| k.blob.clone()).collect();
-                            (g.name.clone(), (g.status, keys))
+                            (g.name.clone(), (g.status, keys, g.admin))
                         })
                         .collect();
                     (o.name.clone(), (o.sharing, guests))
@@ -427,7 +452,7 @@ impl Model {
             Step::AddGuest { keys } => {
                 entry
                     .1
-                    .insert(guest.to_string(), (Status::Invited, blobs(keys)));
+                    .insert(guest.to_string(), (Status::Invited, blobs(keys), false));
             }
             Step::AddKeys { keys, status } => {
                 if let Some(g) = entry.1.get_mut(guest) {
@@ -444,6 +469,11 @@ impl Model {
             }
             Step::RemoveGuest => {
                 entry.1.remove(guest);
+            }
+            Step::SetAdmin(on) => {
+                if let Some(g) = entry.1.get_mut(guest) {
+                    g.2 = *on;
+                }
             }
         }
     }

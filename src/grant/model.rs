@@ -62,6 +62,9 @@ pub struct Guest {
     pub name: String,
     pub status: Status,
     pub keys: Vec<GuestKey>,
+    /// Whether the guest may become root through the owner's rights
+    /// (sudo, su, pkexec); absent = false.
+    pub admin: bool,
 }
 
 /// One guest key, reduced to what sshd needs: algorithm and key blob.

@@ -37,6 +37,8 @@ pub(super) struct RawGuest {
     pub(super) status: Option<Status>,
     #[serde(default)]
     pub(super) keys: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) admin: bool,
 }
 
 /// Parses and validates grant file text. Any finding makes the whole file
@@ -111,6 +113,7 @@ fn parse_with(source: &str, plain: bool) -> Result<Grants, Vec<Diagnostic>> {
                 name: guest_name.get_ref().clone(),
                 status: raw_guest.status.unwrap_or(Status::Invited),
                 keys,
+                admin: raw_guest.admin,
             });
         }
         // One key may belong to one guest of an owner. (Checked only when
@@ -362,6 +365,19 @@ pub(crate) mod tests {
         errs("[owners.alice.guests.bob]\nkeys = \"ssh-ed25519 AAAA\"\n");
         errs("owners = 3\n");
         errs("[other]\n");
+    }
+
+    #[test]
+    fn admin_is_false_unless_set_true() {
+        let g = parse("[owners.alice.guests.bob]\n[owners.alice.guests.carol]\nadmin = true\n[owners.alice.guests.dave]\nadmin = false\n").unwrap();
+        let alice = g.owner("alice").unwrap();
+        assert!(!alice.guest("bob").unwrap().admin);
+        assert!(alice.guest("carol").unwrap().admin);
+        assert!(!alice.guest("dave").unwrap().admin);
+        for value in ["\"yes\"", "1", "[true]", "{}", "\"true\""] {
+            let e = errs(&format!("[owners.alice.guests.bob]\nadmin = {value}\n"));
+            assert!(e[0].starts_with("2:9: invalid type"), "{value}: {e:?}");
+        }
     }
 
     #[test]

@@ -260,6 +260,7 @@ impl<'i> Reader<'_, 'i> {
                     guest.status = Some(status.ok()?);
                 }
                 ("keys", Value::Strings(keys)) => guest.keys = keys,
+                ("admin", Value::Boolean(admin)) => guest.admin = admin,
                 _ => return None,
             }
         }
@@ -356,23 +357,31 @@ mod tests {
                     odd.unwrap_or("")
                 )
             });
+        // A guest's fields, each present or not, in any order.
+        let fields = (
+            weighted(0.7, select(STATUS)),
+            weighted(0.7, select(KEYS)),
+            weighted(0.3, select(ADMIN)),
+        )
+            .prop_flat_map(|(status, keys, admin)| {
+                Just(
+                    [status, keys, admin]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>(),
+                )
+                .prop_shuffle()
+            });
         let guest = (
             select(OWNERS),
             select(GUESTS),
-            weighted(0.7, select(STATUS)),
-            weighted(0.7, select(KEYS)),
-            any::<bool>(),
+            fields,
             weighted(0.1, select(ODD)),
         )
-            .prop_map(|(owner, guest, status, keys, swap, odd)| {
-                let (status, keys) = (status.unwrap_or(""), keys.unwrap_or(""));
-                let fields = if swap {
-                    format!("{keys}{status}")
-                } else {
-                    format!("{status}{keys}")
-                };
+            .prop_map(|(owner, guest, fields, odd)| {
                 format!(
-                    "[owners.{owner}.guests.{guest}]\n{fields}{}",
+                    "[owners.{owner}.guests.{guest}]\n{}{}",
+                    fields.concat(),
                     odd.unwrap_or("")
                 )
             });
@@ -428,6 +437,7 @@ mod tests {
         "status = \"\"\"left\"\"\"  \n",
         "status=\"rejected\"\n",
     ];
+    const ADMIN: &[&str] = &["admin = true\n", "admin = false\n"];
     const KEYS: &[&str] = &[
         "keys = [\"k1\", \"k2\"]\n",
         "keys = [\n  'k3', # c\n  \"\\u00e9\",\n]\n",
@@ -440,6 +450,7 @@ mod tests {
         "[owners.alice.guests]\n",
         "[[owners.alice.guests.bob]]\n",
         "sharing = 1\n",
+        "admin = \"yes\"\n",
         "status = \"nope\"\n",
         "keys = [1, 2]\n",
         "keys = [[\"k\"]]\n",

@@ -296,6 +296,13 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
     if args.get(1).is_some_and(|a| a == as_user::READ_FLAG) {
         return as_user::serve(&args);
     }
+    // The `admin` check of the sudo, su and pkexec stacks.
+    if args
+        .get(1)
+        .is_some_and(|a| a == crate::session::admin::MODE)
+    {
+        return crate::session::admin::run(&args);
+    }
     let env = read_env(std::env::vars_os());
     let args = match parse_args(&args) {
         Ok(a) => a,

@@ -3,18 +3,30 @@
 //! sshd process. Nothing the process can set (environment, arguments) plays
 //! a part.
 
+use std::path::Path;
+
 use crate::session::backend::cgroup;
 use crate::store::records::SessionRecord;
 use crate::sys::procfs;
 
 /// The recorded session process `pid` belongs to, if any.
 pub fn session_of(records: &[SessionRecord], pid: i32) -> Option<&SessionRecord> {
-    let group = cgroup::group_of(pid);
-    let ancestors = procfs::ancestors(pid);
+    session_in(
+        records,
+        cgroup::group_of(pid).as_deref(),
+        &procfs::ancestors(pid),
+    )
+}
+
+/// The recorded session a process in cgroup `group`, descending from
+/// `ancestors`, belongs to.
+pub fn session_in<'a>(
+    records: &'a [SessionRecord],
+    group: Option<&Path>,
+    ancestors: &[procfs::Stat],
+) -> Option<&'a SessionRecord> {
     records.iter().find(|r| {
-        let by_group = group
-            .as_deref()
-            .is_some_and(|g| r.placement.backend().holds(r, g));
+        let by_group = group.is_some_and(|g| r.placement.backend().holds(r, g));
         let by_descent = ancestors
             .iter()
             .any(|a| a.pid == r.monitor_pid && a.start == r.monitor_start);

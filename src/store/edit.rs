@@ -68,7 +68,8 @@ pub fn apply_explained(text: &str, change: &Change) -> Result<Applied, EditError
         | Change::Accept { guest, .. }
         | Change::Reject { guest, .. }
         | Change::Revoke { guest, .. }
-        | Change::Leave { guest, .. } => guest,
+        | Change::Leave { guest, .. }
+        | Change::Admin { guest, .. } => guest,
     };
     let edited = edit_text(text, owner, guest, &step)?;
 
@@ -151,6 +152,10 @@ fn edit_text(text: &str, owner: &str, guest: &str, step: &Step) -> Result<String
         Step::SetStatus(s) => {
             let g = guest_item(owners, owner, guest)?;
             set_value(g, "status", Value::from(s.as_str()))?;
+        }
+        Step::SetAdmin(on) => {
+            let g = guest_item(owners, owner, guest)?;
+            set_value(g, "admin", Value::from(*on))?;
         }
         Step::RemoveGuest => {
             let o = owners
@@ -610,6 +615,27 @@ keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF1hwYoxm+6UfuvTLRSqj2A0s7bF1hCz3wX
     }
 
     #[test]
+    fn admin_is_set_next_to_the_status_and_repeating_it_changes_nothing() {
+        let admin = |guest: &str, on: bool| Change::Admin {
+            owner: "alice".into(),
+            guest: guest.into(),
+            on,
+        };
+        let text = apply(HAND_WRITTEN, &admin("carol", true)).unwrap();
+        assert!(text.ends_with("b@y\"]\nadmin = true\n"), "{text}");
+        let g = crate::grant::parse::parse(&text).unwrap();
+        assert!(g.owner("alice").unwrap().guest("carol").unwrap().admin);
+        let again = apply_explained(&text, &admin("carol", true)).unwrap();
+        assert!(!again.changed && again.summary.starts_with("unchanged"));
+        let off = apply(&text, &admin("carol", false)).unwrap();
+        assert!(off.ends_with("admin = false\n"), "{off}");
+        assert!(matches!(
+            apply_explained(HAND_WRITTEN, &admin("dave", true)),
+            Err(EditError::NotAGuest { .. })
+        ));
+    }
+
+    #[test]
     fn adding_a_key_follows_the_array_style() {
         let text = apply(HAND_WRITTEN, &invite("alice", "bob", &[KEY_C])).unwrap();
         assert!(
@@ -769,6 +795,11 @@ keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF1hwYoxm+6UfuvTLRSqj2A0s7bF1hCz3wX
         ];
         let changes = [
             accept("bob"),
+            Change::Admin {
+                owner: "alice".into(),
+                guest: "bob".into(),
+                on: true,
+            },
             invite("alice", "bob", &[KEY_C]),
             invite("alice", "dave", &[KEY_C]),
             Change::Revoke {

@@ -35,6 +35,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod admin;
 mod cgroup;
 mod daemon;
 mod host;
@@ -45,6 +46,7 @@ mod ssh;
 
 #[allow(unused_imports)] // each test crate names only some of these
 pub use self::{
+    admin::ADMIN_STACKS,
     daemon::Daemon,
     host::{Host, Key},
     ssh::{LiveSession, TtySession},

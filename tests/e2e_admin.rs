@@ -1,0 +1,253 @@
+//! No root for guests, end to end: a real sshd, the host's own sudo and su
+//! with vmshare's `vmshare-admin` PAM lines included the way the package
+//! includes them, an owner whom sudoers lets do anything without a
+//! password. A guest without `admin = true` is refused with a clear message
+//! however they call sudo or su; a guest with it gets root; the owner's own
+//! sudo works in every case, while guests are logged in and whatever state
+//! vmshare is in.
+// Test code: a failed step stops the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Output};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use harness::{Host, Key, LiveSession, SESSIONS_DIR};
+
+const BOB_REFUSED: &str =
+    "vmshare: bob is a guest in alice's account and may not become root (admin = false)";
+
+struct Cast {
+    own: Key,
+    bob: Key,
+    carol: Key,
+}
+
+/// bob is a guest without `admin`, carol one with it.
+fn grants(c: &Cast, bob: &str) -> String {
+    format!(
+        "[owners.alice]\nsharing = true\n\n\
+         [owners.alice.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{}\"]\n{bob}\n\n\
+         [owners.alice.guests.carol]\nstatus = \"accepted\"\nkeys = [\"{}\"]\nadmin = true\n",
+        c.bob.public, c.carol.public
+    )
+}
+
+fn setup() -> (Host, Cast) {
+    let host = Host::start();
+    host.add_user("alice");
+    host.make_sudoer("alice");
+    host.include_admin_check();
+    let cast = Cast {
+        own: host.keypair("alice"),
+        bob: host.keypair("bob"),
+        carol: host.keypair("carol"),
+    };
+    host.authorize_owner_key("alice", &cast.own.public);
+    host.write_grants(&grants(&cast, ""));
+    (host, cast)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `cmd` run as alice with `key` printed uid 0 (it became root).
+#[track_caller]
+fn assert_root(host: &Host, key: &Key, cmd: &str) {
+    let out = host.ssh("alice", key, cmd);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "0",
+        "{} running `{cmd}` should have become root:\n{}",
+        key.name,
+        text(&out)
+    );
+}
+
+/// `cmd` run as alice with `key` failed, printed no uid 0, and showed
+/// `message`.
+#[track_caller]
+fn assert_refused_root(host: &Host, key: &Key, cmd: &str, message: &str) {
+    let out = host.ssh("alice", key, cmd);
+    let all = text(&out);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == "0"),
+        "{} became root with `{cmd}`:\n{all}",
+        key.name
+    );
+    assert!(
+        all.contains(message),
+        "`{cmd}` should say {message:?}:\n{all}"
+    );
+}
+
+/// A shell in a guest's session that runs commands typed into it.
+struct Shell {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Shell {
+    fn open(host: &Host, key: &Key) -> Shell {
+        let mut child = host.ssh_spawn("alice", key, "exec sh 2>&1");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut shell = Shell {
+            child,
+            stdin,
+            lines,
+        };
+        assert_eq!(shell.run("echo up"), "up", "the shell did not start");
+        shell
+    }
+
+    /// Runs `cmd` (stdout and stderr) in the shell; returns what it printed
+    /// and its exit code, as `OUTPUT\nexit N`.
+    fn run(&mut self, cmd: &str) -> String {
+        let end = "vmshare-e2e-end";
+        writeln!(self.stdin, "{cmd}; echo {end} $?").unwrap();
+        self.stdin.flush().unwrap();
+        let mut out = Vec::new();
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("`{cmd}` did not finish; printed {out:?}"));
+            if let Some(code) = line.strip_prefix(end) {
+                if code.trim() == "0" && out.len() == 1 && out[0] == "up" {
+                    return "up".into();
+                }
+                out.push(format!("exit{code}"));
+                return out.join("\n");
+            }
+            out.push(line);
+        }
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_guest_without_admin_does_not_become_root() {
+    let (host, c) = setup();
+    // The owner, before any guest.
+    assert_root(&host, &c.own, "sudo -n id -u");
+    assert_root(&host, &c.own, "su -c 'id -u'");
+
+    for cmd in [
+        "sudo -n id -u",
+        "sudo -n -i id -u",
+        "sudo -n -s id -u",
+        "su -c 'id -u'",
+        "su - -c 'id -u'",
+        // Out of the session's process tree: still in its group.
+        "setsid sh -c 'sudo -n id -u' </dev/null",
+        // Forged environment means nothing.
+        "env -i PATH=/usr/bin:/bin SSH_CONNECTION= XDG_SESSION_ID=1 sudo -n id -u",
+    ] {
+        assert_refused_root(&host, &c.bob, cmd, BOB_REFUSED);
+    }
+    // The guest cannot leave its group: the groups are root's.
+    let escape = format!(
+        "echo $$ > {}/cgroup.procs && sudo -n id -u",
+        host.cgroup().display()
+    );
+    assert_refused_root(&host, &c.bob, &escape, "Permission denied");
+
+    // A guest with `admin = true` becomes root.
+    assert_root(&host, &c.carol, "sudo -n id -u");
+    assert_root(&host, &c.carol, "su -c 'id -u'");
+
+    // The owner, while both guests are logged in.
+    let _bob = LiveSession::open(&host, "alice", &c.bob);
+    let _carol = LiveSession::open(&host, "alice", &c.carol);
+    assert_root(&host, &c.own, "sudo -n id -u");
+    assert_root(&host, &c.own, "sudo -n -i id -u");
+    assert_root(&host, &c.own, "su -c 'id -u'");
+
+    // Granting admin takes effect at bob's next sudo; taking it back too.
+    host.write_grants(&grants(&c, "admin = true"));
+    assert_root(&host, &c.bob, "sudo -n id -u");
+    host.write_grants(&grants(&c, "admin = false"));
+    assert_refused_root(&host, &c.bob, "sudo -n id -u", BOB_REFUSED);
+}
+
+/// bob plants a key of his own in the owner's authorized_keys and logs in
+/// again from inside his session: that login is bob's too.
+#[test]
+fn a_nested_login_is_still_the_guest() {
+    let (host, c) = setup();
+    let nested = "rm -f ~/.ssh/nested; ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/nested \
+         && cat ~/.ssh/nested.pub >> ~/.ssh/authorized_keys \
+         && ssh -i ~/.ssh/nested -o BatchMode=yes -o StrictHostKeyChecking=no \
+            -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR alice@127.0.0.1 sudo -n id -u";
+    assert_refused_root(&host, &c.bob, nested, BOB_REFUSED);
+    // The planted key is the owner's now; from the owner's own session it
+    // is the owner's login, with the owner's sudo.
+    assert_root(
+        &host,
+        &c.own,
+        "ssh -i ~/.ssh/nested -o BatchMode=yes -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR alice@127.0.0.1 sudo -n id -u",
+    );
+}
+
+/// Whatever breaks in vmshare, the owner keeps sudo, and a guest inside a
+/// session stays without root.
+#[test]
+fn the_owner_keeps_sudo_whatever_state_vmshare_is_in() {
+    let (host, c) = setup();
+    let mut bob = Shell::open(&host, &c.bob);
+    let mut carol = Shell::open(&host, &c.carol);
+
+    // The daemon never ran in this test; now the grant file is invalid.
+    host.write_grants("[owners.alice\n");
+    let said = bob.run("sudo -n id -u");
+    assert!(
+        said.contains("bob is a guest in alice's account and may not become root (the grant file grants nothing"),
+        "{said}"
+    );
+    let said = carol.run("sudo -n id -u");
+    assert!(said.contains("carol is a guest"), "{said}");
+    assert_root(&host, &c.own, "sudo -n id -u");
+
+    // The session records are lost: the session groups still say guest.
+    host.write_grants(&grants(&c, "admin = true"));
+    host.run_ok(&["rm", "-rf", SESSIONS_DIR]);
+    let said = bob.run("sudo -n id -u");
+    assert!(
+        said.contains("runs in a guest session") && said.contains("has no record"),
+        "{said}"
+    );
+    assert_root(&host, &c.own, "sudo -n id -u");
+
+    // The agent's configuration is unreadable.
+    host.run_ok(&["chmod", "0600", "/etc/vmshare/vmshare.toml"]);
+    host.write_file("/etc/vmshare/vmshare.toml", "bogus = [", 0, 0, 0o666);
+    assert_root(&host, &c.own, "sudo -n id -u");
+    assert_root(&host, &c.own, "su -c 'id -u'");
+}

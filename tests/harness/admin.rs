@@ -1,0 +1,71 @@
+//! Hosts where guests may not become root: vmshare's `vmshare-admin` PAM
+//! lines included from the host's own sudo, su and polkit-1 stacks (the way
+//! the package includes them), and an owner whom sudoers lets do anything.
+
+use std::path::Path;
+
+use super::*;
+
+/// The stacks the package wires, and where Debian keeps each.
+pub const ADMIN_STACKS: [&str; 4] = ["sudo", "sudo-i", "su", "polkit-1"];
+
+impl Host {
+    /// Installs /etc/pam.d/vmshare-admin and includes it before
+    /// `@include common-account` in each stack of [`ADMIN_STACKS`] that
+    /// the host has (a stack only in /usr/lib/pam.d gets a copy in
+    /// /etc/pam.d).
+    pub fn include_admin_check(&self) {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        self.install_file(
+            &repo.join("config/pam.d/vmshare-admin"),
+            "/etc/pam.d/vmshare-admin",
+            0o644,
+        );
+        for stack in ADMIN_STACKS {
+            let etc = format!("/etc/pam.d/{stack}");
+            let Ok(text) = self
+                .read_file(&etc)
+                .or_else(|_| self.read_file(&format!("/usr/lib/pam.d/{stack}")))
+            else {
+                continue;
+            };
+            let mut included = false;
+            let mut new = String::new();
+            for line in text.lines() {
+                if !included && line.trim() == "@include common-account" {
+                    new.push_str("@include vmshare-admin\n");
+                    included = true;
+                }
+                new.push_str(line);
+                new.push('\n');
+            }
+            assert!(included, "{stack} has no `@include common-account`");
+            self.write_file(&etc, &new, 0, 0, 0o644);
+        }
+    }
+
+    /// Lets `user` run anything as root through sudo without a password,
+    /// and su to root without one (pam_wheel `trust` for the `wheel`
+    /// group): what makes an owner's guests root today.
+    pub fn make_sudoer(&self, user: &str) {
+        self.write_file(
+            &format!("/etc/sudoers.d/{user}"),
+            &format!("{user} ALL=(ALL:ALL) NOPASSWD: ALL\n"),
+            0,
+            0,
+            0o440,
+        );
+        self.run_ok(&["groupadd", "-f", "wheel"]);
+        self.run_ok(&["usermod", "-aG", "wheel", user]);
+        let su = self
+            .read_file("/etc/pam.d/su")
+            .unwrap_or_else(|e| panic!("reading /etc/pam.d/su: {e}"));
+        let trusted = su.replacen(
+            "auth       sufficient pam_rootok.so\n",
+            "auth       sufficient pam_rootok.so\nauth       sufficient pam_wheel.so trust use_uid\n",
+            1,
+        );
+        assert_ne!(trusted, su, "/etc/pam.d/su has no pam_rootok line");
+        self.write_file("/etc/pam.d/su", &trusted, 0, 0, 0o644);
+    }
+}
