@@ -9,11 +9,11 @@ mod server;
 mod slots;
 mod watch;
 
-pub use pass::{apply, compile_grant_file, now_ns, Compiled, Pass};
+pub use pass::{apply, compile_grant_file, now_ns, Compiled, Pass, Scope};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::store::config::Config;
+use crate::store::records;
 use crate::sys::log::audit;
 use crate::sys::log::sdnotify;
 use crate::sys::log::syslog::Level;
@@ -130,6 +131,9 @@ fn field(value: &str) -> Option<tracing::field::DisplayValue<&str>> {
 }
 
 /// What woke the loop.
+/// The periodic pass's reason: the one pass that also tidies up.
+const PERIODIC: &str = "periodic re-read";
+
 enum Wake {
     /// The grant file changed and is complete.
     Changed(&'static str),
@@ -146,18 +150,36 @@ struct Passes {
     config: Arc<Config>,
     config_path: Option<PathBuf>,
     running: Option<(tokio::task::JoinHandle<Pass>, tokio::time::Instant)>,
-    queued: Option<&'static str>,
+    queued: Option<(&'static str, Scope)>,
+    /// The session records read so far; passes run one at a time.
+    records: Arc<Mutex<records::Cache>>,
 }
 
 impl Passes {
     fn request(&mut self, reason: &'static str) {
+        let scope = if reason == PERIODIC {
+            Scope::EnforceAndTidy
+        } else {
+            Scope::Enforce
+        };
         if self.running.is_some() {
-            // The file may have changed after the running pass read it.
-            self.queued = Some(reason);
+            // The file may have changed after the running pass read it. A
+            // queued tidy-up is kept whatever else is asked meanwhile.
+            let scope = self.queued.map_or(scope, |(_, queued)| queued.max(scope));
+            self.queued = Some((reason, scope));
             return;
         }
+        self.start(reason, scope);
+    }
+
+    fn start(&mut self, reason: &'static str, scope: Scope) {
         let (config, path) = (Arc::clone(&self.config), self.config_path.clone());
-        let pass = tokio::task::spawn_blocking(move || apply(&config, path.as_deref(), reason));
+        let records = Arc::clone(&self.records);
+        let pass = tokio::task::spawn_blocking(move || {
+            // A pass that panicked left the cache as it was: still sound.
+            let mut records = records.lock().unwrap_or_else(|e| e.into_inner());
+            apply(&config, path.as_deref(), reason, scope, &mut records)
+        });
         self.running = Some((pass, tokio::time::Instant::now()));
     }
 
@@ -172,8 +194,8 @@ impl Passes {
     /// Forgets the pass that ended and starts the queued one.
     fn finished(&mut self) {
         self.running = None;
-        if let Some(reason) = self.queued.take() {
-            self.request(reason);
+        if let Some((reason, scope)) = self.queued.take() {
+            self.start(reason, scope);
         }
     }
 
@@ -196,7 +218,14 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     let caps = fdlimit::caps(nofile);
     pass::prepare_run_dir(&config)
         .map_err(|e| format!("cannot create run dir {}: {e}", config.run_dir.display()))?;
-    let first = apply(&config, config_path.as_deref(), "start");
+    let mut records = records::Cache::default();
+    let first = apply(
+        &config,
+        config_path.as_deref(),
+        "start",
+        Scope::EnforceAndTidy,
+        &mut records,
+    );
     let mut watcher = watch::Watcher::new(&config.grants)
         .map_err(|e| format!("cannot watch {}: {e}", config.grants.display()))?;
     let config = Arc::new(config);
@@ -232,6 +261,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
         config_path,
         running: None,
         queued: None,
+        records: Arc::new(Mutex::new(records)),
     };
 
     sdnotify::notify("READY=1");
@@ -264,10 +294,10 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
                 }
             },
             tick = backstop.tick() => match tick {
-                Ok(()) => Wake::Changed("periodic re-read"),
+                Ok(()) => Wake::Changed(PERIODIC),
                 Err(e) => {
                     warn!("backstop timer: {e}");
-                    Wake::Changed("periodic re-read")
+                    Wake::Changed(PERIODIC)
                 }
             },
             _ = sleep_until(settle_at) => Wake::Changed("grant file settled"),

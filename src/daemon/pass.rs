@@ -198,9 +198,30 @@ fn compile_in_child(config_path: Option<&Path>) -> Option<Compiled> {
         .ok()
 }
 
+/// What a pass does besides judging every recorded session and ending the
+/// revoked ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// Only that: the pass for a change of the grant file, so a revoke
+    /// never waits on checking thousands of sessions that stay.
+    Enforce,
+    /// Also tidy up: forget the records of sessions that are over, and
+    /// sweep session groups without a record. At start and on the periodic
+    /// pass (the PAM hook forgets a session when it closes; this catches
+    /// the ones whose close never ran).
+    EnforceAndTidy,
+}
+
 /// Reads the grant file, writes the snapshot, ends revoked sessions.
-/// `config_path` is what the daemon was started with, for the child.
-pub fn apply(config: &Config, config_path: Option<&Path>, reason: &str) -> Pass {
+/// `config_path` is what the daemon was started with, for the child;
+/// `records` keeps what earlier passes read of the session records.
+pub fn apply(
+    config: &Config,
+    config_path: Option<&Path>,
+    reason: &str,
+    scope: Scope,
+    records: &mut records::Cache,
+) -> Pass {
     let started = Instant::now();
     let previous = snapshot::read_header(&config.snapshot_path()).ok();
     let from_child = compile_in_child(config_path).and_then(|compiled| {
@@ -257,7 +278,7 @@ pub fn apply(config: &Config, config_path: Option<&Path>, reason: &str) -> Pass 
         );
     }
     let enforcing = Instant::now();
-    enforce_sessions(config, &mut judge, &mut pass);
+    enforce_sessions(config, &mut judge, scope, records, &mut pass);
     let enforce_us = enforcing.elapsed().as_micros() as u64;
     info!(
         reason,
@@ -271,9 +292,15 @@ pub fn apply(config: &Config, config_path: Option<&Path>, reason: &str) -> Pass 
     pass
 }
 
-fn enforce_sessions(config: &Config, judge: &mut Judge, pass: &mut Pass) {
+fn enforce_sessions(
+    config: &Config,
+    judge: &mut Judge,
+    scope: Scope,
+    cache: &mut records::Cache,
+    pass: &mut Pass,
+) {
     let dir = config.sessions_dir();
-    let (records, bad) = records::list(&dir);
+    let (records, bad) = cache.list(&dir);
     let (unjudged, bad): (Vec<_>, Vec<_>) = bad
         .into_iter()
         .partition(|(path, e)| *path == dir || short_of_resources(e));
@@ -337,6 +364,9 @@ fn enforce_sessions(config: &Config, judge: &mut Judge, pass: &mut Pass) {
                 "could not end revoked session: {e}"
             ),
         }
+    }
+    if scope == Scope::Enforce {
+        return;
     }
     // Sessions that may stay but are over: their records go.
     for record in staying {

@@ -95,7 +95,8 @@ fn parse_with(source: &str, plain: bool) -> Result<Grants, Vec<Diagnostic>> {
         if let Err(why) = check_owner_name(owner_name.get_ref()) {
             errors.push(offset, why);
         }
-        let mut seen: HashMap<&str, &str> = HashMap::new();
+        let keys = raw_owner.guests.values().map(|g| g.keys.len()).sum();
+        let mut seen: HashMap<&str, &str> = HashMap::with_capacity(keys);
         let mut guests = Vec::new();
         for (guest_name, raw_guest) in &raw_owner.guests {
             if let Err(why) = check_guest_name(guest_name.get_ref()) {

@@ -3,8 +3,11 @@
 //! the CLI. Everything needed to end the session is in the record, so a
 //! restarted daemon loses nothing.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io;
+use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -136,28 +139,64 @@ pub fn read(path: &Path) -> io::Result<SessionRecord> {
 /// All records, oldest first. Unreadable records are returned as errors
 /// beside the good ones, so callers can both act and report.
 pub fn list(dir: &Path) -> (Vec<SessionRecord>, Vec<(PathBuf, io::Error)>) {
-    let mut records = Vec::new();
-    let mut bad = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return (records, bad),
-        Err(e) => {
-            bad.push((dir.to_path_buf(), e));
-            return (records, bad);
+    Cache::default().list(dir)
+}
+
+/// Records already read, by file name and inode. A record is written once,
+/// by a create that never replaces, and never changed after (see `write`);
+/// a file under the same name with another inode is another record. So
+/// the daemon reads each record once, not once per pass: at thousands of
+/// sessions, reading them was most of a pass's enforcement.
+#[derive(Debug, Default)]
+pub struct Cache {
+    read: HashMap<OsString, (u64, SessionRecord)>,
+}
+
+impl Cache {
+    /// As [`list`], reading only the records not read before; forgets the
+    /// ones that are gone.
+    pub fn list(&mut self, dir: &Path) -> (Vec<SessionRecord>, Vec<(PathBuf, io::Error)>) {
+        let mut records = Vec::new();
+        let mut bad = Vec::new();
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.read.clear();
+                return (records, bad);
+            }
+            Err(e) => {
+                bad.push((dir.to_path_buf(), e));
+                return (records, bad);
+            }
+        };
+        let mut seen = HashMap::with_capacity(self.read.len());
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let (name, inode) = (entry.file_name(), entry.ino());
+            let known = self
+                .read
+                .remove(&name)
+                .filter(|(known_inode, _)| *known_inode == inode);
+            let record = match known {
+                Some((_, record)) => record,
+                None => match read(&path) {
+                    Ok(record) => record,
+                    Err(e) => {
+                        bad.push((path, e));
+                        continue;
+                    }
+                },
+            };
+            records.push(record.clone());
+            seen.insert(name, (inode, record));
         }
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("json") {
-            continue;
-        }
-        match read(&path) {
-            Ok(r) => records.push(r),
-            Err(e) => bad.push((path, e)),
-        }
+        self.read = seen;
+        records.sort_by(|a, b| (a.since, &a.id).cmp(&(b.since, &b.id)));
+        (records, bad)
     }
-    records.sort_by(|a, b| (a.since, &a.id).cmp(&(b.since, &b.id)));
-    (records, bad)
 }
 
 #[cfg(test)]
@@ -202,6 +241,43 @@ pub(crate) mod tests {
         remove(&dir, "a").unwrap();
         remove(&dir, "a").unwrap();
         assert_eq!(list(&dir).0.len(), 1);
+    }
+
+    #[test]
+    fn the_cache_reads_each_record_once_and_sees_every_change_of_file() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("sessions");
+        let mut cache = Cache::default();
+        assert!(cache.list(&dir).0.is_empty(), "no directory yet");
+        write(&dir, &sample("a")).unwrap();
+        write(&dir, &sample("b")).unwrap();
+        let ids = |cache: &mut Cache| {
+            let (records, bad) = cache.list(&dir);
+            assert!(bad.is_empty(), "{bad:?}");
+            records
+                .into_iter()
+                .map(|r| format!("{}:{}", r.id, r.guest))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&mut cache), ["a:bob", "b:bob"]);
+        // Gone, and another record under a name seen before (a new file,
+        // so a new inode, kept alive so it cannot be reused).
+        let keep = fs::File::open(dir.join("a.json")).unwrap();
+        remove(&dir, "a").unwrap();
+        remove(&dir, "b").unwrap();
+        let mut other = sample("a");
+        other.guest = "carol".into();
+        write(&dir, &other).unwrap();
+        assert_eq!(ids(&mut cache), ["a:carol"]);
+        drop(keep);
+        // A record that turns unreadable is reported, not served from
+        // memory: it is a new file.
+        remove(&dir, "a").unwrap();
+        fs::write(dir.join("a.json"), "{").unwrap();
+        let (records, bad) = cache.list(&dir);
+        assert!(records.is_empty());
+        assert_eq!(bad.len(), 1);
+        assert_eq!(cache.read.len(), 0, "nothing kept of a removed record");
     }
 
     #[test]
