@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::grant::limits::Limits;
+
 /// Grant files larger than this are refused outright.
 pub const MAX_GRANT_FILE_BYTES: usize = 32 << 20;
 
@@ -62,6 +64,8 @@ pub struct Guest {
     pub name: String,
     pub status: Status,
     pub keys: Vec<GuestKey>,
+    /// `expires`, `from`, `forwarding`.
+    pub limits: Limits,
 }
 
 /// One guest key, reduced to what sshd needs: algorithm and key blob.
