@@ -47,7 +47,7 @@ mod ssh;
 pub use self::{
     daemon::Daemon,
     host::{Host, Key},
-    ssh::{LiveSession, TtySession},
+    ssh::{LiveSession, TtySession, CLIENT_OPTIONS},
 };
 
 /// Where the grant file lives inside the host.
