@@ -58,7 +58,7 @@ pub enum Command {
     },
     /// Show owners, guests, keys, live sessions and the grant file's health.
     Status {
-        /// Print JSON (format 1) instead of text.
+        /// Print JSON (format 2) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -96,11 +96,24 @@ pub enum Command {
         /// are skipped; `-` is standard input); repeatable.
         #[arg(long = "key-file", value_name = "FILE")]
         key_files: Vec<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// The guest accepts an invitation: access starts while sharing is on.
     Accept {
         #[command(flatten)]
         who: OwnerGuest,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Set when a guest's access ends (sooner or later than now set).
+    Extend {
+        #[command(flatten)]
+        who: OwnerGuest,
+        /// When access ends: a duration from now (`90s`, `30m`, `2h`, `1d`,
+        /// `2w`) or a date-time with a UTC offset (`2026-12-01T18:00:00Z`).
+        #[arg(long, value_name = "WHEN", required = true)]
+        expires: String,
     },
     /// The guest rejects an invitation.
     Reject {
@@ -164,6 +177,25 @@ pub struct OwnerGuest {
     pub guest: String,
 }
 
+/// A guest's limits, set with an invitation or acceptance; what is not
+/// given stays as it is.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LimitArgs {
+    /// When access ends: a duration from now (`90s`, `30m`, `2h`, `1d`,
+    /// `2w`) or a date-time with a UTC offset (`2026-12-01T18:00:00Z`).
+    /// At that moment live sessions end and new logins are refused.
+    #[arg(long, value_name = "WHEN")]
+    pub expires: Option<String>,
+    /// Allow logins only from this client address or network (IPv4 or
+    /// IPv6, e.g. `203.0.113.0/24`); repeatable. Replaces the guest's list.
+    #[arg(long = "from", value_name = "CIDR")]
+    pub from: Vec<String>,
+    /// No port, agent or X11 forwarding and no `~/.ssh/rc` for the guest's
+    /// keys; a terminal still works.
+    #[arg(long)]
+    pub no_forwarding: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnOff {
     On,
@@ -198,8 +230,10 @@ pub fn main() -> ExitCode {
             who,
             keys,
             key_files,
-        } => share::invite(&config, who, keys, &key_files),
-        Command::Accept { who } => share::accept(&config, who),
+            limits,
+        } => share::invite(&config, who, keys, &key_files, &limits),
+        Command::Accept { who, limits } => share::accept(&config, who, &limits),
+        Command::Extend { who, expires } => share::extend(&config, who, &expires),
         Command::Reject { who } => share::reject(&config, who),
         Command::Revoke { who } => share::revoke(&config, who),
         Command::Leave {

@@ -7,8 +7,12 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-/// Version of the JSON printed by `sessions --json` and `status --json`.
-pub const JSON_FORMAT: u32 = 1;
+/// Version of the JSON printed by `sessions --json`.
+pub const SESSIONS_FORMAT: u32 = 1;
+/// Version of the JSON printed by `status --json`. 2: each guest's
+/// `expires`, `expires_in`, `expired`, `from` and `forwarding`; `access`
+/// is false once the guest's deadline has passed.
+pub const STATUS_FORMAT: u32 = 2;
 
 /// Prints `value` as pretty JSON and a newline.
 pub fn print_json<T: Serialize>(value: &T) -> ExitCode {
