@@ -86,7 +86,10 @@ pub fn run<W: Write>(args: Vec<OsString>, out: &mut W) -> ExitCode {
         Some(Some((algorithm, blob))) => Want::Key { algorithm, blob },
         Some(None) => return ExitCode::SUCCESS,
     };
-    match write_lines(&config, &user, want, &SystemAccounts, out) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(i64::MAX, |d| d.as_secs() as i64);
+    match write_lines(&config, &user, want, now, &SystemAccounts, out) {
         Ok(via) => {
             if via == Via::NoGrantFile {
                 log(

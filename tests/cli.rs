@@ -462,6 +462,89 @@ fn session_record(id: &str, owner: &str, guest: &str, since: i64) -> String {
     )
 }
 
+/// `--expires`, `--from`, `--no-forwarding` and `extend`: validated, in
+/// the file, in status; a bad value is a usage error that changes nothing.
+#[test]
+fn limits_from_the_command_line_and_in_status() {
+    let e = env();
+    e.ok(&["sharing", OWNER, "on"]);
+    e.ok(&[
+        "invite",
+        OWNER,
+        "bob",
+        "--key",
+        &key(1),
+        "--expires",
+        "2h",
+        "--from",
+        "10.0.0.0/8",
+        "--from",
+        "::1",
+        "--no-forwarding",
+    ]);
+    e.ok(&["accept", OWNER, "bob"]);
+    let text = e.text();
+    assert!(
+        text.contains("from = [\"10.0.0.0/8\", \"::1\"]\nforwarding = false\n"),
+        "{text}"
+    );
+    let s = e.status_json();
+    let bob = guest(&s, OWNER, "bob").unwrap();
+    assert_eq!(bob["access"], true);
+    assert_eq!(bob["expired"], false);
+    let left = bob["expires_in"].as_i64().unwrap();
+    assert!((7000..=7200).contains(&left), "{left}");
+    assert_eq!(bob["from"], serde_json::json!(["10.0.0.0/8", "::1"]));
+    assert_eq!(bob["forwarding"], false);
+    let shown = e.ok(&["status"]);
+    assert!(shown.contains("bob: accepted (access, expires "), "{shown}");
+    assert!(
+        shown.contains("from 10.0.0.0/8 ::1, no forwarding"),
+        "{shown}"
+    );
+
+    e.ok(&["extend", OWNER, "bob", "--expires", "2999-01-01T00:00:00Z"]);
+    let bob_now = e.status_json();
+    assert_eq!(
+        guest(&bob_now, OWNER, "bob").unwrap()["expires"],
+        "2999-01-01T00:00:00Z"
+    );
+    for bad in [
+        vec!["extend", OWNER, "bob", "--expires", "2020-01-01T00:00:00Z"],
+        vec!["extend", OWNER, "bob", "--expires", "2026-12-01T18:00:00"],
+        vec!["extend", OWNER, "bob", "--expires", "soon"],
+        vec!["accept", OWNER, "bob", "--from", "10.0.0.1/8"],
+        vec![
+            "invite",
+            OWNER,
+            "carol",
+            "--key",
+            &key(2),
+            "--from",
+            "example.org",
+        ],
+    ] {
+        let before = e.text();
+        let out = e.run(&bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert_eq!(e.text(), before, "{bad:?} changed the file");
+    }
+    e.refused(&["extend", OWNER, "nobody", "--expires", "1d"]);
+
+    // A deadline passed (written by hand): marked, no access.
+    fs::write(&e.grants, e.text().replace("2999-01-01", "2001-01-01")).unwrap();
+    let s = e.status_json();
+    let bob = guest(&s, OWNER, "bob").unwrap();
+    assert_eq!(
+        (bob["access"].clone(), bob["expired"].clone()),
+        (false.into(), true.into())
+    );
+    assert_eq!(bob["expires_in"], 0);
+    assert!(e
+        .ok(&["status"])
+        .contains("bob: accepted (no access: EXPIRED at 2001-01-01T00:00:00Z"));
+}
+
 #[test]
 fn status_and_sessions_json() {
     let e = env();
@@ -506,7 +589,7 @@ fn status_and_sessions_json() {
     );
 
     let s = e.status_json();
-    assert_eq!(s["format"], 1);
+    assert_eq!(s["format"], 2);
     assert_eq!(s["grants"]["state"], "valid");
     assert_eq!(s["grants"]["path"], e.grants.display().to_string());
     assert_eq!(s["snapshot"]["present"], false);

@@ -390,6 +390,86 @@ fn keys_with_options_are_errors() {
     e.assert_invalid_at(line, 9, "options such as");
 }
 
+/// Hostile values of `expires`, `from` and `forwarding`: each makes the
+/// whole file invalid, with its position and what is wrong.
+#[test]
+fn hostile_limits_are_positioned_errors() {
+    let e = env();
+    let many = vec!["\"10.0.0.1\""; 65].join(", ");
+    let long_list = format!("from = [{many}]");
+    let cases: [(&str, &str, &str); 19] = [
+        ("expires = 2026-12-01T18:00:00", "2026", "has no UTC offset"),
+        ("expires = 2026-12-01", "2026", "is a date alone"),
+        ("expires = 18:00:00", "18:", "is a time alone"),
+        ("expires = \"2026-12-01T18:00:00Z\"", "\"2026", "datetime"),
+        (
+            "expires = 0001-01-01T00:00:00Z",
+            "0001",
+            "year 1 is out of range",
+        ),
+        (
+            "expires = 1969-12-31T23:59:59Z",
+            "1969",
+            "year 1969 is out of range",
+        ),
+        ("expires = 2026-02-30T00:00:00Z", "2026", ""),
+        ("expires = 1796148000", "1796", "datetime"),
+        ("from = []", "[]", "`from` is empty"),
+        ("from = \"10.0.0.0/8\"", "\"10", "sequence"),
+        ("from = [\"10.0.0.1/8\"]", "\"10", "has host bits set"),
+        ("from = [\"10.0.0.0/33\"]", "\"10", "prefix length"),
+        (
+            "from = [\"10.0.0.256\"]",
+            "\"10",
+            "is not an IPv4 or IPv6 address",
+        ),
+        ("from = [\"*\"]", "\"*", "is not an IPv4 or IPv6 address"),
+        (
+            "from = [\"10.0.0.1\\\" command=\\\"/bin/sh\"]",
+            "\"10",
+            "is not an IPv4 or IPv6 address",
+        ),
+        (
+            "from = [\"2001:db8::/32,10.0.0.0/8\"]",
+            "\"2001",
+            "prefix length",
+        ),
+        (&long_list, "[", "`from` has 65 entries"),
+        ("forwarding = \"false\"", "\"false", "boolean"),
+        ("forwarding = 0", "0", "boolean"),
+    ];
+    for (field, at, what) in cases {
+        let text = with_mallory(&format!("keys = [\"{EVE}\"]\n{field}"));
+        e.write_grants(&text);
+        let (line, column) = position(&text, field);
+        let value = field.find(at).expect("value in field");
+        e.assert_invalid_at(line, column + value, what);
+    }
+}
+
+/// A deadline in the past, written by hand, is valid and grants nothing;
+/// the other guests keep their access.
+#[test]
+fn a_past_deadline_grants_nothing() {
+    let e = env();
+    let text = format!(
+        "[owners.daemon]\nsharing = true\n\n[owners.daemon.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{BOB}\"]\nexpires = 2001-01-01T00:00:00Z\n"
+    );
+    e.write_grants(&text);
+    let r = e.lookup(OWNER);
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), ""), "{}", r.stderr);
+    let c = e.check();
+    assert_eq!(c.code, Some(0), "{}", c.stderr);
+    e.write_grants(text.replace("2001-01-01", "2999-01-01"));
+    let r = e.lookup(OWNER);
+    assert!(
+        r.stdout
+            .starts_with("expiry-time=\"29990101000000Z\" ssh-ed25519 "),
+        "{}",
+        r.stdout
+    );
+}
+
 #[test]
 fn nul_bytes_are_errors() {
     let e = env();

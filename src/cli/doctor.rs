@@ -332,7 +332,7 @@ pub fn check_pam(pam_dir: &Path, sshd: Option<&str>, vmshare: Option<&str>) -> V
 }
 
 /// The suggested PAM line for the hook at session open.
-const OPEN_LINE: &str = "session required pam_exec.so quiet type=open_session /usr/libexec/vmshare/vmshare-pam open_session";
+const OPEN_LINE: &str = "session required pam_exec.so quiet stdout type=open_session /usr/libexec/vmshare/vmshare-pam open_session";
 
 /// The hook's lines in `/etc/pam.d/vmshare`: one that runs it at session
 /// open, told so by its argument (not by the PAM environment, which a guest

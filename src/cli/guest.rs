@@ -39,6 +39,7 @@ pub fn whoami(config: &Config, json: bool) -> ExitCode {
                 s.remote,
                 output::utc(s.since)
             );
+            println!("{}", limits_of(config, &s));
             ExitCode::SUCCESS
         }
         Response::NotAGuest { uid } => {
@@ -48,6 +49,30 @@ pub fn whoami(config: &Config, json: bool) -> ExitCode {
         other => failed(other),
     }
 }
+/// What limits the session's guest, as the login notice says it: read from
+/// the owner's current key lines (the grant file or its snapshot), which
+/// every account may read.
+fn limits_of(config: &Config, s: &control::SessionInfo) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(i64::MAX, |d| d.as_secs() as i64);
+    let lines =
+        crate::store::lookup::owner_lines(config, &s.owner, &crate::sys::accounts::SystemAccounts);
+    // Every key of a guest carries the guest's limits.
+    let line = lines.as_ref().ok().and_then(|a| {
+        a.lines
+            .lines()
+            .filter_map(crate::grant::policy::KeyLine::parse)
+            .find(|l| l.guest == s.guest)
+            .and_then(|l| l.limits())
+    });
+    match (line, lines) {
+        (Some(limits), _) => limits.describe(now),
+        (None, Err(e)) => format!("access: unknown ({e})"),
+        (None, Ok(_)) => "access: none (the grant is gone; the session is being ended)".into(),
+    }
+}
+
 /// A refusal or an answer this verb does not expect.
 fn failed(response: Response) -> ExitCode {
     match response {

@@ -59,7 +59,7 @@ pub enum Command {
     },
     /// Show owners, guests, keys, live sessions and the grant file's health.
     Status {
-        /// Print JSON (format 1) instead of text.
+        /// Print JSON (format 2) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -101,6 +101,8 @@ pub enum Command {
         /// pkexec): `admin = true`. Without it a new guest may not.
         #[arg(long)]
         admin: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// The guest accepts an invitation: access starts while sharing is on.
     Accept {
@@ -110,6 +112,17 @@ pub enum Command {
         /// `admin = true`.
         #[arg(long)]
         admin: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Set when a guest's access ends (sooner or later than now set).
+    Extend {
+        #[command(flatten)]
+        who: OwnerGuest,
+        /// When access ends: a duration from now (`90s`, `30m`, `2h`, `1d`,
+        /// `2w`) or a date-time with a UTC offset (`2026-12-01T18:00:00Z`).
+        #[arg(long, value_name = "WHEN", required = true)]
+        expires: String,
     },
     /// The guest rejects an invitation.
     Reject {
@@ -173,6 +186,25 @@ pub struct OwnerGuest {
     pub guest: String,
 }
 
+/// A guest's limits, set with an invitation or acceptance; what is not
+/// given stays as it is.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LimitArgs {
+    /// When access ends: a duration from now (`90s`, `30m`, `2h`, `1d`,
+    /// `2w`) or a date-time with a UTC offset (`2026-12-01T18:00:00Z`).
+    /// At that moment live sessions end and new logins are refused.
+    #[arg(long, value_name = "WHEN")]
+    pub expires: Option<String>,
+    /// Allow logins only from this client address or network (IPv4 or
+    /// IPv6, e.g. `203.0.113.0/24`); repeatable. Replaces the guest's list.
+    #[arg(long = "from", value_name = "CIDR")]
+    pub from: Vec<String>,
+    /// No port, agent or X11 forwarding and no `~/.ssh/rc` for the guest's
+    /// keys; a terminal still works.
+    #[arg(long)]
+    pub no_forwarding: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnOff {
     On,
@@ -208,8 +240,10 @@ pub fn main() -> ExitCode {
             keys,
             key_files,
             admin,
-        } => share::invite(&config, who, keys, &key_files, admin),
-        Command::Accept { who, admin } => share::accept(&config, who, admin),
+            limits,
+        } => share::invite(&config, who, keys, &key_files, &limits, admin),
+        Command::Accept { who, admin, limits } => share::accept(&config, who, &limits, admin),
+        Command::Extend { who, expires } => share::extend(&config, who, &expires),
         Command::Reject { who } => share::reject(&config, who),
         Command::Revoke { who } => share::revoke(&config, who),
         Command::Leave {

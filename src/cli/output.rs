@@ -7,8 +7,12 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-/// Version of the JSON printed by `sessions --json` and `status --json`.
-pub const JSON_FORMAT: u32 = 1;
+/// Version of the JSON printed by `sessions --json`.
+pub const SESSIONS_FORMAT: u32 = 1;
+/// Version of the JSON printed by `status --json`. 2: each guest's
+/// `expires`, `expires_in`, `expired`, `from` and `forwarding`; `access`
+/// is false once the guest's deadline has passed.
+pub const STATUS_FORMAT: u32 = 2;
 
 /// Prints `value` as pretty JSON and a newline.
 pub fn print_json<T: Serialize>(value: &T) -> ExitCode {
@@ -61,42 +65,4 @@ pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
-/// `2024-05-01T12:34:56Z` for seconds since the epoch.
-pub fn utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn known_dates() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(utc(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(utc(-1), "1969-12-31T23:59:59Z");
-    }
-}
+pub use crate::grant::civil::utc;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::output::{self, JSON_FORMAT};
+use super::output::{self, SESSIONS_FORMAT};
 use super::session_list::{load_sessions, SessionJson, UnreadableJson};
 use crate::store::config::Config;
 
@@ -21,7 +21,7 @@ pub fn run(config: &Config, json: bool) -> ExitCode {
     let (sessions, unreadable) = load_sessions(config);
     if json {
         let out = SessionsJson {
-            format: JSON_FORMAT,
+            format: SESSIONS_FORMAT,
             sessions,
             unreadable,
         };

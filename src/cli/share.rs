@@ -1,4 +1,4 @@
-//! `sharing`, `invite`, `accept`, `reject`, `revoke`, `leave`: one change to
+//! `sharing`, `invite`, `accept`, `extend`, `reject`, `revoke`, `leave`: one change to
 //! the grant file each, through [`crate::store::edit::edit_file`].
 
 use std::fs::File;
@@ -6,8 +6,9 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::OwnerGuest;
-use crate::grant::lifecycle::Change;
+use super::{LimitArgs, OwnerGuest};
+use crate::grant::lifecycle::{Change, SetLimits};
+use crate::grant::limits::{parse_when, Network, MAX_FROM};
 use crate::store::config::Config;
 use crate::sys::accounts::SystemAccounts;
 
@@ -23,8 +24,13 @@ pub fn invite(
     who: OwnerGuest,
     mut keys: Vec<String>,
     key_files: &[PathBuf],
+    limits: &LimitArgs,
     admin: bool,
 ) -> ExitCode {
+    let limits = match set_limits(limits, unix_now()) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
     for file in key_files {
         match read_key_file(file) {
             Ok(more) => keys.extend(more),
@@ -41,6 +47,7 @@ pub fn invite(
             owner: who.owner.clone(),
             guest: who.guest.clone(),
             keys,
+            limits,
         },
     );
     let code = then_admin(config, code, admin, who);
@@ -50,13 +57,18 @@ pub fn invite(
     code
 }
 
-pub fn accept(config: &Config, who: OwnerGuest, admin: bool) -> ExitCode {
+pub fn accept(config: &Config, who: OwnerGuest, limits: &LimitArgs, admin: bool) -> ExitCode {
+    let limits = match set_limits(limits, unix_now()) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
     let owner = who.owner.clone();
     let code = run(
         config,
         Change::Accept {
             owner: who.owner.clone(),
             guest: who.guest.clone(),
+            limits,
         },
     );
     let code = then_admin(config, code, admin, who);
@@ -64,6 +76,64 @@ pub fn accept(config: &Config, who: OwnerGuest, admin: bool) -> ExitCode {
         hint_if_sharing_off(config, &owner);
     }
     code
+}
+
+pub fn extend(config: &Config, who: OwnerGuest, expires: &str) -> ExitCode {
+    let expires = match parse_limit("--expires", parse_when(expires, unix_now())) {
+        Ok(at) => at,
+        Err(code) => return code,
+    };
+    run(
+        config,
+        Change::Extend {
+            owner: who.owner,
+            guest: who.guest,
+            expires,
+        },
+    )
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(i64::MAX, |d| d.as_secs() as i64)
+}
+
+/// The limits given on the command line, checked; a bad one is a usage
+/// error (exit 2) naming the option.
+fn set_limits(args: &LimitArgs, now: i64) -> Result<SetLimits, ExitCode> {
+    let expires = match &args.expires {
+        Some(when) => Some(parse_limit("--expires", parse_when(when, now))?),
+        None => None,
+    };
+    let from = if args.from.is_empty() {
+        None
+    } else {
+        let mut nets: Vec<Network> = Vec::new();
+        for text in &args.from {
+            let net = parse_limit("--from", text.parse::<Network>())?;
+            if !nets.contains(&net) {
+                nets.push(net);
+            }
+        }
+        if nets.len() > MAX_FROM {
+            return parse_limit("--from", Err(format!("more than {MAX_FROM} networks")));
+        }
+        Some(nets)
+    };
+    Ok(SetLimits {
+        expires,
+        from,
+        no_forwarding: args.no_forwarding,
+    })
+}
+
+fn parse_limit<T>(option: &str, parsed: Result<T, String>) -> Result<T, ExitCode> {
+    parsed.map_err(|why| {
+        eprintln!("vmshare: {option}: {why}");
+        eprintln!("vmshare: nothing was changed");
+        ExitCode::from(2)
+    })
 }
 
 pub fn reject(config: &Config, who: OwnerGuest) -> ExitCode {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::output::{self, JSON_FORMAT};
+use super::output::{self, STATUS_FORMAT};
 use super::session_list::{load_sessions, SessionJson, UnreadableJson};
 use crate::grant::diag::Diagnostic;
 use crate::grant::model::Grants;
@@ -72,6 +72,16 @@ struct GuestJson {
     status: crate::grant::model::Status,
     /// Whether the guest may log in now.
     access: bool,
+    /// When access ends (RFC 3339, UTC), if it does.
+    expires: Option<String>,
+    /// Seconds until then (0 once passed).
+    expires_in: Option<i64>,
+    /// The deadline has passed: no access.
+    expired: bool,
+    /// The client addresses and networks allowed; `null`: any.
+    from: Option<Vec<String>>,
+    /// Port, agent and X11 forwarding allowed.
+    forwarding: bool,
     keys: Vec<KeyJson>,
     sessions: Vec<SessionJson>,
 }
@@ -92,6 +102,9 @@ fn diag(d: &Diagnostic) -> DiagJson {
 }
 
 fn gather(config: &Config) -> StatusJson {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(i64::MAX, |d| d.as_secs() as i64);
     let loaded = source::load(&config.grants, &SystemAccounts);
     let state = loaded.outcome.state();
     let errors = match &loaded.outcome {
@@ -139,7 +152,8 @@ fn gather(config: &Config) -> StatusJson {
             .guests
             .iter()
             .map(|g| {
-                let access = valid && local && g.has_access(owner.sharing);
+                let expired = g.limits.expired(now);
+                let access = valid && local && g.has_access(owner.sharing) && !expired;
                 let mut own = Vec::new();
                 for (i, s) in sessions.iter().enumerate() {
                     if s.owner == owner.name && s.guest == g.name && access {
@@ -151,6 +165,15 @@ fn gather(config: &Config) -> StatusJson {
                     name: g.name.clone(),
                     status: g.status,
                     access,
+                    expires: g.limits.expires.map(output::utc),
+                    expires_in: g.limits.expires.map(|at| (at - now).max(0)),
+                    expired,
+                    from: g
+                        .limits
+                        .from
+                        .as_ref()
+                        .map(|nets| nets.iter().map(ToString::to_string).collect()),
+                    forwarding: g.limits.forwarding,
                     keys: g
                         .keys
                         .iter()
@@ -178,7 +201,7 @@ fn gather(config: &Config) -> StatusJson {
         .map(|(s, _)| s)
         .collect();
     StatusJson {
-        format: JSON_FORMAT,
+        format: STATUS_FORMAT,
         grants: GrantsJson {
             path: config.grants.display().to_string(),
             state,
@@ -291,7 +314,21 @@ fn render(s: &StatusJson) -> String {
             out.push_str("  no guests\n");
         }
         for guest in &o.guests {
-            let access = if guest.access { "access" } else { "no access" };
+            let mut access = if guest.access { "access" } else { "no access" }.to_string();
+            match (&guest.expires, guest.expires_in) {
+                (Some(at), _) if guest.expired => access.push_str(&format!(": EXPIRED at {at}")),
+                (Some(at), Some(left)) => access.push_str(&format!(
+                    ", expires {at} (in {})",
+                    crate::grant::civil::span(left)
+                )),
+                _ => {}
+            }
+            if let Some(from) = &guest.from {
+                access.push_str(&format!(", from {}", from.join(" ")));
+            }
+            if !guest.forwarding {
+                access.push_str(", no forwarding");
+            }
             let sessions = match guest.sessions.len() {
                 0 => String::new(),
                 1 => ", 1 live session".into(),

@@ -2,6 +2,7 @@
 //! revoked sessions, and answers the control socket.
 
 mod backstop;
+mod deadline;
 mod fdlimit;
 mod leave;
 mod pass;
@@ -226,6 +227,9 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
         Scope::EnforceAndTidy,
         &mut records,
     );
+    let mut deadlines =
+        deadline::Deadlines::new().map_err(|e| format!("cannot create the deadline timer: {e}"))?;
+    arm(&deadlines, first.next_deadline);
     let mut watcher = watch::Watcher::new(&config.grants)
         .map_err(|e| format!("cannot watch {}: {e}", config.grants.display()))?;
     let config = Arc::new(config);
@@ -300,6 +304,13 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
                     Wake::Changed(PERIODIC)
                 }
             },
+            wake = deadlines.wake() => match wake {
+                Ok(()) => Wake::Changed("an expires deadline or a wall-clock change"),
+                Err(e) => {
+                    warn!("deadline timer: {e}");
+                    Wake::Changed("deadline timer error")
+                }
+            },
             _ = sleep_until(settle_at) => Wake::Changed("grant file settled"),
             _ = sleep_until(racy_at) => Wake::Changed("snapshot refresh"),
             _ = sleep_until(retry_at) => Wake::Changed("retrying an incomplete pass"),
@@ -333,6 +344,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
                 let complete = match done {
                     Ok(pass) => {
                         racy_at = pass.racy.then(racy_deadline);
+                        arm(&deadlines, pass.next_deadline);
                         !pass.retry
                     }
                     Err(e) => {
@@ -355,6 +367,14 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     info!("vmshared stopping; sessions stay recorded and confined");
     let _ = std::fs::remove_file(config.socket_path());
     Ok(())
+}
+
+/// Arms the deadline timer; if that fails, the backstop re-read still ends
+/// expired sessions (late), and the key lookup and hook refuse on time.
+fn arm(deadlines: &deadline::Deadlines, at: Option<i64>) {
+    if let Err(e) = deadlines.arm(at) {
+        error!("cannot arm the deadline timer for {at:?}: {e}");
+    }
 }
 
 fn racy_deadline() -> tokio::time::Instant {

@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{error, info, warn};
 
+use crate::grant::limits::Breach;
 use crate::grant::policy::KeyIndex;
 use crate::session::backend;
 use crate::store::config::Config;
@@ -32,6 +33,24 @@ pub struct Pass {
     /// be read, or the daemon was short of descriptors or memory): the
     /// loop runs another pass soon.
     pub retry: bool,
+    /// The next `expires` deadline (seconds since the epoch) after this
+    /// pass: the loop runs another pass then.
+    pub next_deadline: Option<i64>,
+}
+
+/// The wall clock, behind a trait so tests can move it.
+pub trait Clock {
+    /// Nanoseconds since the epoch.
+    fn now_ns(&self) -> i64;
+}
+
+/// The system's real-time clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ns(&self) -> i64 {
+        now_ns()
+    }
 }
 
 pub fn now_ns() -> i64 {
@@ -61,6 +80,9 @@ pub struct Compiled {
     pub racy: bool,
     /// Errors (for an invalid file) or notes, rendered `file:line:col: …`.
     pub findings: Vec<String>,
+    /// The first `expires` deadline after the compile, if any.
+    #[serde(default)]
+    pub next_deadline: Option<i64>,
 }
 
 /// Reads the grant file and writes the snapshot. The daemon runs this in a
@@ -93,6 +115,9 @@ pub fn compile_grant_file(config: &Config) -> (Compiled, Loaded) {
                 v.mtime_ns.max(v.ctime_ns) + snapshot::RACY_WINDOW_NS >= written_ns
             }),
         findings,
+        next_deadline: loaded
+            .policy()
+            .and_then(|p| p.next_deadline(written_ns.div_euclid(1_000_000_000))),
     };
     if let Err(e) = written {
         error!(path = %config.snapshot_path().display(), "cannot write snapshot: {e}");
@@ -109,7 +134,7 @@ struct Judge {
 
 enum JudgeSource {
     /// The snapshot the child wrote.
-    Snapshot(snapshot::Header),
+    Snapshot(Box<snapshot::Header>),
     /// Compiled in this process (the child could not run or write).
     InProcess(Box<Loaded>),
 }
@@ -122,15 +147,60 @@ impl Judge {
         }
     }
 
-    fn allows(&mut self, config: &Config, record: &SessionRecord) -> bool {
+    /// Whether `record` may stay at `now` (seconds since the epoch), or
+    /// why it must end.
+    fn verdict(&mut self, config: &Config, record: &SessionRecord, now: i64) -> Verdict {
         if !self.owners.contains_key(&record.owner) {
             let keys = self.source.owner_keys(config, &record.owner);
             self.owners.insert(record.owner.clone(), keys);
         }
         let index = self.owners.get(&record.owner).and_then(Option::as_ref);
-        index.is_some_and(|keys| {
-            keys.guest(&record.key_algorithm, &record.key_blob) == Some(record.guest.as_str())
-        })
+        let grant = index.and_then(|keys| keys.grant(&record.key_algorithm, &record.key_blob));
+        let limits = match grant {
+            Some((guest, Some(limits))) if guest == record.guest => limits,
+            _ => return Verdict::Revoked,
+        };
+        let ip = record.remote.parse().ok();
+        match limits.check(now, ip) {
+            Ok(()) => Verdict::Stays,
+            Err(Breach::Expired(at)) => Verdict::Expired(at),
+            Err(Breach::Address(_)) => Verdict::Address,
+        }
+    }
+}
+
+/// What a pass decides for one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Stays,
+    /// The grant is gone (or cannot be trusted).
+    Revoked,
+    /// The guest's deadline has passed.
+    Expired(i64),
+    /// The guest's `from` no longer admits the session's client.
+    Address,
+}
+
+impl Verdict {
+    /// The audit event and message for ending a session so judged.
+    fn event(self) -> (audit::Kind, String) {
+        match self {
+            Verdict::Expired(at) => (
+                audit::Kind::Expiry,
+                format!(
+                    "guest session ended: access expired at {}",
+                    crate::grant::civil::utc(at)
+                ),
+            ),
+            Verdict::Address => (
+                audit::Kind::Kill,
+                "guest session ended: its client address is no longer in the guest's `from`".into(),
+            ),
+            Verdict::Stays | Verdict::Revoked => (
+                audit::Kind::Kill,
+                "guest session ended: grant revoked".into(),
+            ),
+        }
     }
 }
 
@@ -199,11 +269,11 @@ fn compile_in_child(config_path: Option<&Path>) -> Option<Compiled> {
 }
 
 /// What a pass does besides judging every recorded session and ending the
-/// revoked ones.
+/// revoked ones and those past their deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Scope {
-    /// Only that: the pass for a change of the grant file, so a revoke
-    /// never waits on checking thousands of sessions that stay.
+    /// Only that: the pass for a change of the grant file or a deadline,
+    /// so ending sessions never waits on checking thousands that stay.
     Enforce,
     /// Also tidy up: forget the records of sessions that are over, and
     /// sweep session groups without a record. At start and on the periodic
@@ -212,9 +282,10 @@ pub enum Scope {
     EnforceAndTidy,
 }
 
-/// Reads the grant file, writes the snapshot, ends revoked sessions.
-/// `config_path` is what the daemon was started with, for the child;
-/// `records` keeps what earlier passes read of the session records.
+/// Reads the grant file, writes the snapshot, ends revoked sessions and
+/// those past their deadline. `config_path` is what the daemon was started
+/// with, for the child; `records` keeps what earlier passes read of the
+/// session records.
 pub fn apply(
     config: &Config,
     config_path: Option<&Path>,
@@ -222,12 +293,26 @@ pub fn apply(
     scope: Scope,
     records: &mut records::Cache,
 ) -> Pass {
+    apply_at(config, config_path, reason, scope, records, &SystemClock)
+}
+
+/// [`apply`], judging deadlines by `clock`.
+pub fn apply_at(
+    config: &Config,
+    config_path: Option<&Path>,
+    reason: &str,
+    scope: Scope,
+    records: &mut records::Cache,
+    clock: &dyn Clock,
+) -> Pass {
     let started = Instant::now();
     let previous = snapshot::read_header(&config.snapshot_path()).ok();
     let from_child = compile_in_child(config_path).and_then(|compiled| {
         let header = snapshot::read_header(&config.snapshot_path()).ok()?;
-        (compiled.snapshot_written && header.sha256 == compiled.sha256)
-            .then_some((compiled, Judge::new(JudgeSource::Snapshot(header))))
+        (compiled.snapshot_written && header.sha256 == compiled.sha256).then_some((
+            compiled,
+            Judge::new(JudgeSource::Snapshot(Box::new(header))),
+        ))
     });
     let (compiled, mut judge) = match from_child {
         Some(found) => found,
@@ -242,6 +327,7 @@ pub fn apply(
     let mut pass = Pass {
         valid: compiled.state == GrantFileState::Valid,
         racy: compiled.racy,
+        next_deadline: compiled.next_deadline,
         ..Pass::default()
     };
     match compiled.state {
@@ -278,7 +364,11 @@ pub fn apply(
         );
     }
     let enforcing = Instant::now();
-    enforce_sessions(config, &mut judge, scope, records, &mut pass);
+    // A deadline the compile saw coming may pass before the sessions are
+    // judged: the timer, armed for a time already past, then fires at once
+    // and the next pass ends them.
+    let now = clock.now_ns().div_euclid(1_000_000_000);
+    enforce_sessions(config, &mut judge, scope, records, &mut pass, now);
     let enforce_us = enforcing.elapsed().as_micros() as u64;
     info!(
         reason,
@@ -298,6 +388,7 @@ fn enforce_sessions(
     scope: Scope,
     cache: &mut records::Cache,
     pass: &mut Pass,
+    now: i64,
 ) {
     let dir = config.sessions_dir();
     let (records, bad) = cache.list(&dir);
@@ -325,30 +416,32 @@ fn enforce_sessions(
     let mut ending = Vec::new();
     let mut staying = Vec::new();
     for record in records {
-        if judge.allows(config, &record) {
+        let verdict = judge.verdict(config, &record, now);
+        if verdict == Verdict::Stays {
             staying.push(record);
         } else if !backend::is_live(&record) {
             forget(&dir, &record);
             pass.forgotten.push(record.id.clone());
         } else {
             record.placement.backend().start_end(&record);
-            ending.push(record);
+            ending.push((record, verdict));
         }
     }
-    for record in ending {
+    for (record, verdict) in ending {
         let started = Instant::now();
         let method = record.placement.name();
         match backend::end(&record) {
             Ok(()) => {
+                let (kind, message) = verdict.event();
                 super::audit_event(
                     &audit::Event {
-                        kind: Some(audit::Kind::Kill),
+                        kind: Some(kind),
                         owner: &record.owner,
                         guest: &record.guest,
                         fingerprint: &record.fingerprint,
                         remote: &record.remote,
                         session: &record.id,
-                        message: "guest session ended: grant revoked",
+                        message: &message,
                     },
                     &format!(
                         " method={method} elapsed_us={}",
@@ -409,5 +502,85 @@ fn sweep_empty_groups(config: &Config, dir: &Path) {
             Ok(()) => warn!(group = %group.display(), "ended unrecorded session group"),
             Err(e) => error!(group = %group.display(), "{e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grant::parse::tests::{KEY_A, KEY_B};
+    use crate::grant::policy::tests::FakeAccounts;
+    use crate::session::backend::Placement;
+
+    /// A wall clock the test sets, as a step of the real one would.
+    struct Fake(std::cell::Cell<i64>);
+
+    impl Clock for Fake {
+        fn now_ns(&self) -> i64 {
+            self.0.get() * 1_000_000_000
+        }
+    }
+
+    fn record(guest: &str, key: &str, remote: &str) -> SessionRecord {
+        let mut words = key.split(' ');
+        SessionRecord {
+            id: format!("s-{guest}"),
+            owner: "alice".into(),
+            guest: guest.into(),
+            fingerprint: String::new(),
+            key_algorithm: words.next().unwrap().into(),
+            key_blob: words.next().unwrap().into(),
+            remote: remote.into(),
+            since: 0,
+            monitor_pid: 1,
+            monitor_start: 1,
+            uid: 1000,
+            placement: Placement::Signal,
+        }
+    }
+
+    #[test]
+    fn sessions_end_at_the_deadline_and_outside_from() {
+        let src = format!(
+            "[owners.alice]\nsharing = true\n\
+             [owners.alice.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{KEY_A}\"]\n\
+             expires = 2026-12-01T18:00:00Z\nfrom = [\"192.0.2.0/24\"]\n\
+             [owners.alice.guests.carol]\nstatus = \"accepted\"\nkeys = [\"{KEY_B}\"]\n"
+        );
+        let loaded = source::load_text(
+            Path::new("/grants.toml"),
+            src,
+            &FakeAccounts::with(&[("alice", 1000)]),
+        );
+        let deadline = 1_796_148_000;
+        assert_eq!(loaded.policy().unwrap().next_deadline(0), Some(deadline));
+        assert_eq!(loaded.policy().unwrap().next_deadline(deadline), None);
+        let mut judge = Judge::new(JudgeSource::InProcess(Box::new(loaded)));
+        let config = Config::default();
+        let bob = record("bob", KEY_A, "192.0.2.7");
+        let carol = record("carol", KEY_B, "198.51.100.1");
+        let clock = Fake(std::cell::Cell::new(deadline - 3));
+        let now = |c: &Fake| c.now_ns().div_euclid(1_000_000_000);
+        assert_eq!(judge.verdict(&config, &bob, now(&clock)), Verdict::Stays);
+        // The clock set forward past the deadline (or reaching it).
+        for at in [deadline, deadline + 3600] {
+            clock.0.set(at);
+            assert_eq!(
+                judge.verdict(&config, &bob, now(&clock)),
+                Verdict::Expired(deadline)
+            );
+            assert_eq!(judge.verdict(&config, &carol, now(&clock)), Verdict::Stays);
+        }
+        // And back again: the grant holds again (the hook and lookup judge
+        // by the same clock).
+        clock.0.set(deadline - 1);
+        assert_eq!(judge.verdict(&config, &bob, now(&clock)), Verdict::Stays);
+        let elsewhere = record("bob", KEY_A, "198.51.100.1");
+        assert_eq!(judge.verdict(&config, &elsewhere, 0), Verdict::Address);
+        let unknown = record("bob", KEY_A, "laptop.example.org");
+        assert_eq!(judge.verdict(&config, &unknown, 0), Verdict::Address);
+        let impostor = record("carol", KEY_A, "192.0.2.7");
+        assert_eq!(judge.verdict(&config, &impostor, 0), Verdict::Revoked);
+        assert_eq!(Verdict::Expired(deadline).event().0, audit::Kind::Expiry);
     }
 }

@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::diag::FileErrors;
+use super::limits::{Limits, Network};
 use super::model::{Grants, Status};
 
 /// One change to the grant file.
@@ -40,10 +41,18 @@ pub enum Change {
         owner: String,
         guest: String,
         keys: Vec<String>,
+        limits: SetLimits,
     },
     Accept {
         owner: String,
         guest: String,
+        limits: SetLimits,
+    },
+    /// Set a guest's deadline (any status).
+    Extend {
+        owner: String,
+        guest: String,
+        expires: i64,
     },
     Reject {
         owner: String,
@@ -67,12 +76,71 @@ pub enum Change {
     },
 }
 
+/// Limits set along with an invitation or acceptance (`--expires`,
+/// `--from`, `--no-forwarding`); what is not given stays as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetLimits {
+    pub expires: Option<i64>,
+    pub from: Option<Vec<Network>>,
+    pub no_forwarding: bool,
+}
+
+impl SetLimits {
+    /// `limits` with these set.
+    pub fn applied_to(&self, limits: &Limits) -> Limits {
+        Limits {
+            expires: self.expires.or(limits.expires),
+            from: self.from.clone().or_else(|| limits.from.clone()),
+            forwarding: limits.forwarding && !self.no_forwarding,
+        }
+    }
+
+    /// What is set, for people: `expires 2026-12-01T18:00:00Z, from …`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(at) = self.expires {
+            parts.push(format!("expires {}", super::civil::utc(at)));
+        }
+        if let Some(nets) = &self.from {
+            let list: Vec<String> = nets.iter().map(Network::to_string).collect();
+            parts.push(format!("from {}", list.join(", ")));
+        }
+        if self.no_forwarding {
+            parts.push("forwarding off".into());
+        }
+        parts.join(", ")
+    }
+}
+
 impl Change {
+    /// The guest the change is about (empty for `Sharing`).
+    pub fn guest(&self) -> &str {
+        match self {
+            Change::Sharing { .. } => "",
+            Change::Invite { guest, .. }
+            | Change::Accept { guest, .. }
+            | Change::Extend { guest, .. }
+            | Change::Reject { guest, .. }
+            | Change::Revoke { guest, .. }
+            | Change::Leave { guest, .. }
+            | Change::Admin { guest, .. } => guest,
+        }
+    }
+
+    /// The limits an invitation or acceptance sets too.
+    fn limits(&self) -> Option<&SetLimits> {
+        match self {
+            Change::Invite { limits, .. } | Change::Accept { limits, .. } => Some(limits),
+            _ => None,
+        }
+    }
+
     pub fn owner(&self) -> &str {
         match self {
             Change::Sharing { owner, .. }
             | Change::Invite { owner, .. }
             | Change::Accept { owner, .. }
+            | Change::Extend { owner, .. }
             | Change::Reject { owner, .. }
             | Change::Revoke { owner, .. }
             | Change::Leave { owner, .. }
@@ -91,6 +159,7 @@ impl Change {
             Change::Sharing { .. } => "change sharing",
             Change::Invite { .. } => "invite",
             Change::Accept { .. } => "accept",
+            Change::Extend { .. } => "extend",
             Change::Reject { .. } => "reject",
             Change::Revoke { .. } => "revoke",
             Change::Leave { .. } => "leave",
@@ -224,6 +293,9 @@ pub enum Step {
         status: Option<Status>,
     },
     SetStatus(Status),
+    /// Sets the guest's limits to these (the guest exists, or is added by
+    /// an earlier step).
+    SetLimits(SetLimits),
     RemoveGuest,
     SetAdmin(bool),
 }
@@ -376,6 +448,30 @@ pub fn decide(grants: &Grants, change: &Change) -> Result<(Option<Step>, String)
                 )
             }
         }
+        Change::Extend { guest, expires, .. } => {
+            existing(guest)?;
+            let current = owner.and_then(|o| o.guest(guest)).map(|g| g.limits.expires);
+            if current == Some(Some(*expires)) {
+                (
+                    None,
+                    format!(
+                        "unchanged: guest `{guest}` of owner `{owner_name}` already expires at {}",
+                        super::civil::utc(*expires)
+                    ),
+                )
+            } else {
+                (
+                    Some(Step::SetLimits(SetLimits {
+                        expires: Some(*expires),
+                        ..SetLimits::default()
+                    })),
+                    format!(
+                        "guest `{guest}` of owner `{owner_name}` now expires at {}",
+                        super::civil::utc(*expires)
+                    ),
+                )
+            }
+        }
         Change::Revoke { guest, .. } => {
             existing(guest)?;
             (
@@ -384,6 +480,18 @@ pub fn decide(grants: &Grants, change: &Change) -> Result<(Option<Step>, String)
             )
         }
     })
+}
+
+/// The limits step an invitation or acceptance makes as well, if it
+/// changes the guest's limits, with what it says.
+pub fn decide_limits(grants: &Grants, change: &Change) -> Option<(Step, String)> {
+    let set = change.limits()?;
+    let current = grants
+        .owner(change.owner())
+        .and_then(|o| o.guest(change.guest()))
+        .map(|g| g.limits.clone())
+        .unwrap_or_default();
+    (set.applied_to(&current) != current).then(|| (Step::SetLimits(set.clone()), set.describe()))
 }
 
 /// Parses the given keys into their canonical one-line form, dropping
@@ -416,8 +524,8 @@ fn parse_keys(keys: &[String]) -> Result<Vec<(crate::grant::model::GuestKey, Str
 #[derive(Debug, PartialEq, Eq)]
 pub struct Model(BTreeMap<String, (bool, GuestsModel)>);
 
-/// Guest → (status, key blobs, admin).
-type GuestsModel = BTreeMap<String, (Status, Vec<String>, bool)>;
+/// Guest → (status, key blobs, limits, admin).
+type GuestsModel = BTreeMap<String, (Status, Vec<String>, Limits, bool)>;
 
 impl Model {
     pub fn of(grants: &Grants) -> Self {
@@ -431,7 +539,7 @@ impl Model {
                         .iter()
                         .map(|g| {
                             let keys = g.keys.iter().map(|k| k.blob.clone()).collect();
-                            (g.name.clone(), (g.status, keys, g.admin))
+                            (g.name.clone(), (g.status, keys, g.limits.clone(), g.admin))
                         })
                         .collect();
                     (o.name.clone(), (o.sharing, guests))
@@ -450,9 +558,10 @@ impl Model {
         match step {
             Step::SetSharing(on) => entry.0 = *on,
             Step::AddGuest { keys } => {
-                entry
-                    .1
-                    .insert(guest.to_string(), (Status::Invited, blobs(keys), false));
+                entry.1.insert(
+                    guest.to_string(),
+                    (Status::Invited, blobs(keys), Limits::default(), false),
+                );
             }
             Step::AddKeys { keys, status } => {
                 if let Some(g) = entry.1.get_mut(guest) {
@@ -467,12 +576,17 @@ impl Model {
                     g.0 = *s;
                 }
             }
+            Step::SetLimits(set) => {
+                if let Some(g) = entry.1.get_mut(guest) {
+                    g.2 = set.applied_to(&g.2);
+                }
+            }
             Step::RemoveGuest => {
                 entry.1.remove(guest);
             }
             Step::SetAdmin(on) => {
                 if let Some(g) = entry.1.get_mut(guest) {
-                    g.2 = *on;
+                    g.3 = *on;
                 }
             }
         }

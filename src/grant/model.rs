@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::grant::limits::Limits;
+
 /// Grant files larger than this are refused outright.
 pub const MAX_GRANT_FILE_BYTES: usize = 32 << 20;
 
@@ -65,6 +67,8 @@ pub struct Guest {
     /// Whether the guest may become root through the owner's rights
     /// (sudo, su, pkexec); absent = false.
     pub admin: bool,
+    /// `expires`, `from`, `forwarding`.
+    pub limits: Limits,
 }
 
 /// One guest key, reduced to what sshd needs: algorithm and key blob.

@@ -9,6 +9,7 @@ use toml::Spanned;
 
 use crate::grant::diag::Diagnostic;
 use crate::grant::key::parse_key;
+use crate::grant::limits::{self, Limits, Network, MAX_FROM};
 use crate::grant::model::{Grants, Guest, GuestKey, Owner, Status, MAX_GRANT_FILE_BYTES};
 
 /// `Default` is what serde's `default` gives a missing field.
@@ -39,6 +40,12 @@ pub(super) struct RawGuest {
     pub(super) keys: Vec<Spanned<String>>,
     #[serde(default)]
     pub(super) admin: bool,
+    #[serde(default)]
+    pub(super) expires: Option<Spanned<toml::value::Datetime>>,
+    #[serde(default)]
+    pub(super) from: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub(super) forwarding: Option<bool>,
 }
 
 /// Parses and validates grant file text. Any finding makes the whole file
@@ -115,6 +122,7 @@ fn parse_with(source: &str, plain: bool) -> Result<Grants, Vec<Diagnostic>> {
                 status: raw_guest.status.unwrap_or(Status::Invited),
                 keys,
                 admin: raw_guest.admin,
+                limits: guest_limits(raw_guest, &mut errors),
             });
         }
         // One key may belong to one guest of an owner. (Checked only when
@@ -152,6 +160,49 @@ fn parse_with(source: &str, plain: bool) -> Result<Grants, Vec<Diagnostic>> {
         });
     }
     errors.finish(Grants { owners })
+}
+
+/// A guest's `expires`, `from` and `forwarding`; findings go to `errors`.
+fn guest_limits(raw: &RawGuest, errors: &mut Errors) -> Limits {
+    let mut limits = Limits {
+        forwarding: raw.forwarding.unwrap_or(true),
+        ..Limits::default()
+    };
+    if let Some(value) = &raw.expires {
+        match limits::deadline(value.get_ref()) {
+            Ok(at) => limits.expires = Some(at),
+            Err(why) => errors.push(value.span().start, why),
+        }
+    }
+    if let Some(list) = &raw.from {
+        let entries = list.get_ref();
+        if entries.is_empty() {
+            errors.push(
+                list.span().start,
+                "`from` is empty; list the client addresses or networks allowed, or leave `from` out to allow any".into(),
+            );
+        } else if entries.len() > MAX_FROM {
+            errors.push(
+                list.span().start,
+                format!(
+                    "`from` has {} entries; the limit is {MAX_FROM}",
+                    entries.len()
+                ),
+            );
+        }
+        let mut nets: Vec<Network> = Vec::new();
+        for entry in entries.iter().take(MAX_FROM + 1) {
+            match entry.get_ref().parse::<Network>() {
+                Ok(net) if nets.contains(&net) => {
+                    errors.push(entry.span().start, format!("`from` lists {net} twice"))
+                }
+                Ok(net) => nets.push(net),
+                Err(why) => errors.push(entry.span().start, format!("`from`: {why}")),
+            }
+        }
+        limits.from = Some(nets);
+    }
+    limits
 }
 
 /// Most findings reported for one file; the rest are counted. Positions are
@@ -486,6 +537,82 @@ pub(crate) mod tests {
         assert!(alice.sharing);
         assert_eq!(alice.guest("bob").unwrap().status, Status::Accepted);
         assert_eq!(alice.guest("carol").unwrap().status, Status::Invited);
+    }
+
+    fn guest_with(fields: &str) -> String {
+        format!(
+            "[owners.alice.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{KEY_A}\"]\n{fields}\n"
+        )
+    }
+
+    #[test]
+    fn limits_parse() {
+        let g = parse(&guest_with(
+            "expires = 2026-12-01T18:00:00Z\nfrom = [\"203.0.113.0/24\", \"2001:db8::/32\", \"198.51.100.7\"]\nforwarding = false",
+        ))
+        .unwrap();
+        let bob = g.owner("alice").unwrap().guest("bob").unwrap();
+        assert_eq!(bob.limits.expires, Some(1_796_148_000));
+        assert_eq!(bob.limits.from.as_ref().map(Vec::len), Some(3));
+        assert!(!bob.limits.forwarding);
+        let plain = parse(&guest_with("")).unwrap();
+        assert_eq!(
+            plain.owner("alice").unwrap().guest("bob").unwrap().limits,
+            Limits::default()
+        );
+        // A past deadline is valid in the file: it means no access.
+        parse(&guest_with("expires = 1999-01-01T00:00:00Z")).unwrap();
+    }
+
+    #[test]
+    fn bad_limits_are_positioned_errors() {
+        let many = vec!["\"10.0.0.1\""; MAX_FROM + 1].join(", ");
+        let cases = [
+            (
+                "expires = 2026-12-01T18:00:00",
+                "4:11: `expires` = 2026-12-01T18:00:00 has no UTC offset",
+            ),
+            (
+                "expires = 2026-12-01",
+                "4:11: `expires` = 2026-12-01 is a date alone",
+            ),
+            (
+                "expires = 18:00:00",
+                "4:11: `expires` = 18:00:00 is a time alone",
+            ),
+            ("expires = \"2026-12-01T18:00:00Z\"", "4:11:"),
+            (
+                "expires = 0000-01-01T00:00:00Z",
+                "4:11: `expires` = 0000-01-01T00:00:00Z: year 0 is out of range",
+            ),
+            ("expires = 1", "4:11:"),
+            ("from = []", "4:8: `from` is empty"),
+            ("from = \"10.0.0.1\"", "4:8:"),
+            (
+                "from = [\"10.0.0.300\"]",
+                "4:9: `from`: \"10.0.0.300\" is not an IPv4 or IPv6 address",
+            ),
+            (
+                "from = [\"10.0.0.1/24\"]",
+                "4:9: `from`: \"10.0.0.1/24\" has host bits set",
+            ),
+            (
+                "from = [\"10.0.0.0/8\", \"10.0.0.0/8\"]",
+                "4:23: `from` lists 10.0.0.0/8 twice",
+            ),
+            ("from = [\"*\"]", "4:9:"),
+            ("from = [1]", "4:9:"),
+            (
+                &format!("from = [{many}]"),
+                "4:8: `from` has 65 entries; the limit is 64",
+            ),
+            ("forwarding = \"no\"", "4:14:"),
+            ("forwarding = 0", "4:14:"),
+        ];
+        for (fields, want) in cases {
+            let e = errs(&guest_with(fields));
+            assert!(e[0].starts_with(want), "{fields}: {e:?}");
+        }
     }
 
     #[test]

@@ -99,7 +99,9 @@ pub(super) fn read(source: &str) -> Option<RawFile> {
 enum Value<'i> {
     String(Spanned<Cow<'i, str>>),
     Boolean(bool),
-    Strings(Vec<Spanned<String>>),
+    Datetime(Spanned<toml::value::Datetime>),
+    /// An array of strings, with the span of the whole array.
+    Strings(Spanned<Vec<Spanned<String>>>),
 }
 
 struct Reader<'e, 'i> {
@@ -202,9 +204,15 @@ impl<'i> Reader<'_, 'i> {
             EventKind::Scalar => match self.scalar(event)? {
                 (ScalarKind::String, text) => Some(Value::String(text)),
                 (ScalarKind::Boolean(value), _) => Some(Value::Boolean(value)),
+                (ScalarKind::DateTime, text) => {
+                    let span = text.span();
+                    let value = text.get_ref().parse::<toml::value::Datetime>().ok()?;
+                    Some(Value::Datetime(Spanned::new(span, value)))
+                }
                 _ => None,
             },
             EventKind::ArrayOpen => {
+                let open = event;
                 let mut items = Vec::new();
                 loop {
                     let event = self.next()?;
@@ -220,7 +228,10 @@ impl<'i> Reader<'_, 'i> {
                             }
                             _ => return None,
                         },
-                        EventKind::ArrayClose => return Some(Value::Strings(items)),
+                        EventKind::ArrayClose => {
+                            let span = open.span().start()..event.span().end();
+                            return Some(Value::Strings(Spanned::new(span, items)));
+                        }
                         _ => return None,
                     }
                 }
@@ -259,8 +270,11 @@ impl<'i> Reader<'_, 'i> {
                         Status::deserialize(word.into_deserializer());
                     guest.status = Some(status.ok()?);
                 }
-                ("keys", Value::Strings(keys)) => guest.keys = keys,
+                ("keys", Value::Strings(keys)) => guest.keys = keys.into_inner(),
                 ("admin", Value::Boolean(admin)) => guest.admin = admin,
+                ("expires", Value::Datetime(at)) => guest.expires = Some(at),
+                ("from", Value::Strings(from)) => guest.from = Some(from),
+                ("forwarding", Value::Boolean(on)) => guest.forwarding = Some(on),
                 _ => return None,
             }
         }
@@ -362,10 +376,11 @@ mod tests {
             weighted(0.7, select(STATUS)),
             weighted(0.7, select(KEYS)),
             weighted(0.3, select(ADMIN)),
+            weighted(0.4, select(LIMITS)),
         )
-            .prop_flat_map(|(status, keys, admin)| {
+            .prop_flat_map(|(status, keys, admin, limits)| {
                 Just(
-                    [status, keys, admin]
+                    [status, keys, admin, limits]
                         .into_iter()
                         .flatten()
                         .collect::<Vec<_>>(),
@@ -438,6 +453,16 @@ mod tests {
         "status=\"rejected\"\n",
     ];
     const ADMIN: &[&str] = &["admin = true\n", "admin = false\n"];
+    const LIMITS: &[&str] = &[
+        "expires = 2026-12-01T18:00:00Z\n",
+        "expires = 2026-12-01T18:00:00.5+02:00 # later\n",
+        "expires = 2026-12-01 18:00:00-01:30\n",
+        "from = [\"203.0.113.0/24\", '2001:db8::/32']\n",
+        "from = [\n  \"198.51.100.7\", # one\n]\n",
+        "from = []\n",
+        "forwarding = false\n",
+        "forwarding = true\n",
+    ];
     const KEYS: &[&str] = &[
         "keys = [\"k1\", \"k2\"]\n",
         "keys = [\n  'k3', # c\n  \"\\u00e9\",\n]\n",
@@ -451,6 +476,12 @@ mod tests {
         "[[owners.alice.guests.bob]]\n",
         "sharing = 1\n",
         "admin = \"yes\"\n",
+        "expires = 2026-12-01T18:00:00\n",
+        "expires = 2026-12-01\n",
+        "expires = \"2026-12-01T18:00:00Z\"\n",
+        "from = \"10.0.0.0/8\"\n",
+        "from = [1]\n",
+        "forwarding = \"no\"\n",
         "status = \"nope\"\n",
         "keys = [1, 2]\n",
         "keys = [[\"k\"]]\n",

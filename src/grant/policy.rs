@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::grant::diag::Diagnostic;
+use crate::grant::limits::Limits;
 use crate::grant::model::Grants;
 
 /// The part of a local account the policy needs.
@@ -26,6 +27,11 @@ pub struct GrantedKey {
     pub algorithm: String,
     pub blob: String,
     pub fingerprint: String,
+    /// The guest's limits as sshd options ([`Limits::options`]); empty if
+    /// none.
+    pub options: String,
+    /// The guest's deadline, if any.
+    pub expires: Option<i64>,
 }
 
 /// Everything that may log in as one owner through vmshare.
@@ -53,7 +59,7 @@ impl OwnerAccess {
     pub fn authorized_keys(&self) -> String {
         let mut out = String::new();
         for k in &self.keys {
-            push_key_line(&mut out, &k.algorithm, &k.blob, &k.guest);
+            push_key_line(&mut out, k);
         }
         out
     }
@@ -63,62 +69,147 @@ impl OwnerAccess {
         self.keys
             .iter()
             .find(|k| k.algorithm == algorithm && k.blob == blob)
-            .map(|k| key_line(&k.algorithm, &k.blob, &k.guest))
+            .map(key_line)
+    }
+
+    /// The earliest deadline of this owner's keys, if any has one.
+    pub fn earliest_deadline(&self) -> Option<i64> {
+        self.keys.iter().filter_map(|k| k.expires).min()
     }
 }
 
-/// One authorized_keys line, tagged with the guest it belongs to.
-pub fn key_line(algorithm: &str, blob: &str, guest: &str) -> String {
+impl Policy {
+    /// The first deadline after `now` of any granted key: when the daemon
+    /// must look at the sessions again.
+    pub fn next_deadline(&self, now: i64) -> Option<i64> {
+        self.owners
+            .values()
+            .flat_map(|a| &a.keys)
+            .filter_map(|k| k.expires)
+            .filter(|&at| at > now)
+            .min()
+    }
+}
+
+/// One authorized_keys line, tagged with the guest it belongs to:
+/// `[OPTIONS ]TYPE BASE64 vmshare:GUEST`.
+pub fn key_line(key: &GrantedKey) -> String {
     let mut line = String::new();
-    push_key_line(&mut line, algorithm, blob, guest);
+    push_key_line(&mut line, key);
     line
 }
 
 /// Appends [`key_line`] to `out` (no allocation of its own).
-pub fn push_key_line(out: &mut String, algorithm: &str, blob: &str, guest: &str) {
-    for piece in [algorithm, " ", blob, " ", GUEST_TAG, guest, "\n"] {
+pub fn push_key_line(out: &mut String, key: &GrantedKey) {
+    if !key.options.is_empty() {
+        out.push_str(&key.options);
+        out.push(' ');
+    }
+    for piece in [
+        &key.algorithm,
+        " ",
+        &key.blob,
+        " ",
+        GUEST_TAG,
+        &key.guest,
+        "\n",
+    ] {
         out.push_str(piece);
+    }
+}
+
+/// One line of [`OwnerAccess::authorized_keys`], taken apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLine<'a> {
+    /// Empty when the guest has no limits.
+    pub options: &'a str,
+    pub algorithm: &'a str,
+    pub blob: &'a str,
+    pub guest: &'a str,
+}
+
+impl<'a> KeyLine<'a> {
+    /// Reads a line as [`push_key_line`] writes it (without its newline);
+    /// `None` for anything else.
+    pub fn parse(line: &'a str) -> Option<Self> {
+        let words: Vec<&str> = line.split(' ').collect();
+        let (options, rest) = match words[..] {
+            [o, a, b, t] if !o.is_empty() => (o, [a, b, t]),
+            [a, b, t] => ("", [a, b, t]),
+            _ => return None,
+        };
+        let [algorithm, blob, tag] = rest;
+        let guest = tag.strip_prefix(GUEST_TAG)?;
+        (!algorithm.is_empty() && !blob.is_empty()).then_some(KeyLine {
+            options,
+            algorithm,
+            blob,
+            guest,
+        })
+    }
+
+    /// The guest's limits; `None` if the options cannot be read (then the
+    /// key grants nothing).
+    pub fn limits(&self) -> Option<Limits> {
+        Limits::from_options(self.options)
     }
 }
 
 /// Whether `line` (one line of [`OwnerAccess::authorized_keys`], with or
 /// without its newline) is the line of key (`algorithm`, `blob`): the same
-/// test as [`guest_in_lines`].
+/// test as [`line_in_lines`].
 pub fn is_line_of(line: &str, algorithm: &str, blob: &str) -> bool {
     let line = line.strip_suffix('\n').unwrap_or(line);
-    !line.contains('\n') && guest_in_lines(line, algorithm, blob).is_some()
+    !line.contains('\n') && line_in_lines(line, algorithm, blob).is_some()
+}
+
+/// The line of key (`algorithm`, `blob`) in authorized_keys text produced
+/// by [`OwnerAccess::authorized_keys`]: the first, if there are several.
+pub fn line_in_lines<'a>(lines: &'a str, algorithm: &str, blob: &str) -> Option<KeyLine<'a>> {
+    lines
+        .lines()
+        .filter_map(KeyLine::parse)
+        .find(|l| l.algorithm == algorithm && l.blob == blob)
 }
 
 /// Finds the guest whose key (`algorithm`, `blob`) appears in authorized_keys
 /// text produced by [`OwnerAccess::authorized_keys`].
 pub fn guest_in_lines<'a>(lines: &'a str, algorithm: &str, blob: &str) -> Option<&'a str> {
-    lines.lines().find_map(|line| {
-        let mut parts = line.splitn(3, ' ');
-        let (a, b, tag) = (parts.next()?, parts.next()?, parts.next()?);
-        if a == algorithm && b == blob {
-            tag.strip_prefix(GUEST_TAG)
-        } else {
-            None
-        }
-    })
+    line_in_lines(lines, algorithm, blob).map(|l| l.guest)
 }
 
+/// Whether an owner's line (as [`push_key_line`] writes it, with or without
+/// its newline) is still good at `now`: a line whose deadline has passed,
+/// or whose options cannot be read, is not printed.
+pub fn line_is_current(line: &str, now: i64) -> bool {
+    KeyLine::parse(line.strip_suffix('\n').unwrap_or(line))
+        .and_then(|l| l.limits())
+        .is_some_and(|limits| !limits.expired(now))
+}
+
+/// The lines of `lines` that are current at `now` ([`line_is_current`]).
+pub fn current_lines(lines: &str, now: i64) -> String {
+    lines
+        .split_inclusive('\n')
+        .filter(|l| line_is_current(l, now))
+        .collect()
+}
+
+/// What the index keeps per key: its type, its guest and the guest's
+/// limits (`None`: unreadable, so nothing is granted).
+type Indexed = (String, String, Option<Limits>);
+
 /// An owner's key lines indexed by key, for judging many sessions at once:
-/// the same answer as [`guest_in_lines`]. Keyed by the blob (which encodes
+/// the same answer as [`line_in_lines`]. Keyed by the blob (which encodes
 /// the key type too), so a lookup allocates nothing.
 #[derive(Debug, Default)]
-pub struct KeyIndex(HashMap<String, (String, String)>);
+pub struct KeyIndex(HashMap<String, Indexed>);
 
 impl KeyIndex {
     pub fn from_lines(lines: &str) -> Self {
         let mut index = KeyIndex::default();
-        for line in lines.lines() {
-            let mut parts = line.splitn(3, ' ');
-            if let (Some(a), Some(b), Some(tag)) = (parts.next(), parts.next(), parts.next()) {
-                if let Some(guest) = tag.strip_prefix(GUEST_TAG) {
-                    index.add(a, b, guest);
-                }
-            }
+        for line in lines.lines().filter_map(KeyLine::parse) {
+            index.add(line.algorithm, line.blob, line.guest, line.limits());
         }
         index
     }
@@ -126,24 +217,34 @@ impl KeyIndex {
     pub fn from_access(access: &OwnerAccess) -> Self {
         let mut index = KeyIndex::default();
         for k in &access.keys {
-            index.add(&k.algorithm, &k.blob, &k.guest);
+            index.add(
+                &k.algorithm,
+                &k.blob,
+                &k.guest,
+                Limits::from_options(&k.options),
+            );
         }
         index
     }
 
-    /// The first line for a key wins, as in `guest_in_lines`.
-    fn add(&mut self, algorithm: &str, blob: &str, guest: &str) {
+    /// The first line for a key wins, as in `line_in_lines`.
+    fn add(&mut self, algorithm: &str, blob: &str, guest: &str, limits: Option<Limits>) {
         self.0
             .entry(blob.to_string())
-            .or_insert_with(|| (algorithm.to_string(), guest.to_string()));
+            .or_insert_with(|| (algorithm.to_string(), guest.to_string(), limits));
     }
 
     /// The guest key (`algorithm`, `blob`) belongs to, if any.
     pub fn guest(&self, algorithm: &str, blob: &str) -> Option<&str> {
+        self.grant(algorithm, blob).map(|(guest, _)| guest)
+    }
+
+    /// The guest key (`algorithm`, `blob`) belongs to and its limits.
+    pub fn grant(&self, algorithm: &str, blob: &str) -> Option<(&str, Option<&Limits>)> {
         self.0
             .get(blob)
-            .filter(|(a, _)| a == algorithm)
-            .map(|(_, guest)| guest.as_str())
+            .filter(|(a, ..)| a == algorithm)
+            .map(|(_, guest, limits)| (guest.as_str(), limits.as_ref()))
     }
 }
 
@@ -192,12 +293,15 @@ pub fn compile(
             if !guest.has_access(owner.sharing) {
                 continue;
             }
+            let options = guest.limits.options();
             for key in &guest.keys {
                 access.keys.push(GrantedKey {
                     guest: guest.name.clone(),
                     algorithm: key.algorithm.clone(),
                     blob: key.blob.clone(),
                     fingerprint: key.fingerprint.clone(),
+                    options: options.clone(),
+                    expires: guest.limits.expires,
                 });
             }
         }
@@ -412,6 +516,43 @@ pub(crate) mod tests {
             });
             prop_assert!(result.is_err(), "flaw {} accepted:\n{}", flaw, src);
         }
+    }
+
+    #[test]
+    fn limits_ride_on_the_line_and_expired_lines_are_not_current() {
+        let src = format!(
+            "[owners.alice]\nsharing = true\n[owners.alice.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{KEY_A}\"]\nexpires = 2026-12-01T18:00:00Z\nfrom = [\"127.0.0.2\", \"::1\"]\nforwarding = false\n[owners.alice.guests.carol]\nstatus = \"accepted\"\nkeys = [\"{KEY_B}\"]\n"
+        );
+        let p = compiled(&src, &FakeAccounts::with(&[("alice", 1000)])).unwrap();
+        let text = p.owners["alice"].authorized_keys();
+        let first = text.lines().next().unwrap();
+        assert!(
+            first.starts_with("expiry-time=\"20261201180000Z\",from=\"127.0.0.2,::1\",restrict,pty ssh-ed25519 AAAA"),
+            "{first}"
+        );
+        let blob = KEY_A.split(' ').nth(1).unwrap();
+        let line = line_in_lines(&text, "ssh-ed25519", blob).unwrap();
+        assert_eq!(line.guest, "bob");
+        let limits = line.limits().unwrap();
+        assert_eq!(limits.expires, Some(1_796_148_000));
+        assert!(!limits.forwarding);
+        assert_eq!(current_lines(&text, 1_796_147_999), text);
+        let after = current_lines(&text, 1_796_148_000);
+        assert_eq!(after.lines().count(), 1);
+        assert!(after.ends_with(" vmshare:carol\n"));
+        let index = KeyIndex::from_lines(&text);
+        assert_eq!(index.grant("ssh-ed25519", blob).map(|g| g.0), Some("bob"));
+        assert_eq!(
+            index.grant("ssh-ed25519", blob).and_then(|g| g.1),
+            Some(&limits)
+        );
+        assert_eq!(p.next_deadline(0), Some(1_796_148_000));
+        // A line whose options vmshare did not write is never current.
+        assert!(!line_is_current(
+            "command=\"x\" ssh-ed25519 A vmshare:bob",
+            0
+        ));
+        assert!(line_is_current("ssh-ed25519 A vmshare:bob\n", 0));
     }
 
     #[test]

@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::grant::policy::guest_in_lines;
+use crate::grant::limits::{guest_notice, Limits};
+use crate::grant::policy::{guest_in_lines, line_in_lines};
 use crate::session::backend::{self, Login};
 use crate::session::owner_keys::{self, Client, When};
 use crate::store::config::Config;
@@ -368,7 +369,10 @@ fn open_session(config_path: Option<PathBuf>, env: &Env) -> ExitCode {
             )),
         ),
         (Decision::Guest { guest, key }, _) => match admit_guest(&config, env, &guest, &key) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(limits) => {
+                tell_guest(env, &guest, &limits);
+                ExitCode::SUCCESS
+            }
             Err(e) => finish(env, Decision::Deny(e)),
         },
         // The owner's own key (or no key) used from inside a guest's session:
@@ -380,12 +384,63 @@ fn open_session(config_path: Option<PathBuf>, env: &Env) -> ExitCode {
                 blob: parent.key_blob.clone(),
             };
             match admit_guest(&config, env, &parent.guest, &key) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::SUCCESS,
                 Err(e) => finish(env, Decision::Deny(e)),
             }
         }
         (Decision::Owner(_), None) => ExitCode::SUCCESS,
     }
+}
+
+/// The one-line notice for a guest's login, on stdout: the PAM line's
+/// `pam_exec … stdout` hands it to sshd, which shows it before the shell
+/// of an interactive login (with a terminal and no command) only, like the
+/// message of the day; commands, scp and sftp get nothing extra.
+fn tell_guest(env: &Env, guest: &str, limits: &Limits) {
+    use std::io::Write;
+    let text = guest_notice(guest, &env.user, limits, unix_now());
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+}
+
+/// The client's address as sshd gave it: `PAM_RHOST` (set by sshd from
+/// the connection, not forgeable through the PAM environment) unless
+/// `UseDNS` made it a name; then `SSH_CONNECTION`'s. The two must agree
+/// when both are addresses.
+pub fn client_address(env: &Env) -> Result<Option<std::net::IpAddr>, String> {
+    let connected = env.connection.split_ascii_whitespace().next();
+    let connected_ip = connected.and_then(|a| a.parse::<std::net::IpAddr>().ok());
+    match (env.rhost.parse::<std::net::IpAddr>().ok(), connected_ip) {
+        (Some(rhost), Some(conn)) if rhost != conn => Err(format!(
+            "PAM_RHOST {rhost} and SSH_CONNECTION {conn} disagree about the client"
+        )),
+        (Some(ip), _) | (None, Some(ip)) => Ok(Some(ip)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The guest's grant for `key` in `lines`, held to its limits at `now` for
+/// a client at `ip`: the guest's name and limits, `Ok(None)` if the key is
+/// nobody's now, or why the limits refuse the login.
+pub fn grant_now(
+    lines: &str,
+    key: &AuthKey,
+    now: i64,
+    ip: Option<std::net::IpAddr>,
+) -> Result<Option<(String, Limits)>, String> {
+    let Some(line) = line_in_lines(lines, &key.algorithm, &key.blob) else {
+        return Ok(None);
+    };
+    let limits = line.limits().ok_or_else(|| {
+        format!(
+            "guest {}'s key line has options vmshare did not write",
+            line.guest
+        )
+    })?;
+    limits
+        .check(now, ip)
+        .map_err(|breach| format!("guest {}: {breach}", line.guest))?;
+    Ok(Some((line.guest.to_string(), limits)))
 }
 
 /// The guest session holding the ssh client of this connection, when that
@@ -559,13 +614,14 @@ fn session_id(monitor: &procfs::Stat) -> String {
     format!("s{}-{}", monitor.pid, monitor.start)
 }
 
-/// Confines and records the session, then checks the grant once more.
+/// Confines and records the session, then checks the grant once more, with
+/// its limits; returns them.
 fn admit_guest(
     config: &Config,
     env: &Env,
     guest: &str,
     key: &crate::session::hook::AuthKey,
-) -> Result<(), String> {
+) -> Result<Limits, String> {
     let monitor = monitor()?;
     let id = session_id(&monitor);
     let uid = nix::unistd::User::from_name(&env.user)
@@ -601,10 +657,12 @@ fn admit_guest(
         .map_err(|e| format!("cannot record session in {}: {e}", dir.display()))?;
     // The re-check: the record exists now, so a revoke from here on is the
     // daemon's to enforce; one that already happened is seen here.
-    let still = owner_lines(config, &env.user, &SystemAccounts)
-        .map(|a| guest_in_lines(&a.lines, &key.algorithm, &key.blob).map(str::to_string));
+    let still = client_address(env).and_then(|ip| {
+        owner_lines(config, &env.user, &SystemAccounts)
+            .and_then(|a| grant_now(&a.lines, key, unix_now(), ip))
+    });
     match still {
-        Ok(Some(g)) if g == guest => {
+        Ok(Some((g, limits))) if g == guest => {
             audit::emit(
                 IDENT,
                 Level::Info,
@@ -618,7 +676,7 @@ fn admit_guest(
                     message: "guest login",
                 },
             );
-            Ok(())
+            Ok(limits)
         }
         other => {
             let _ = records::remove(&dir, &id);

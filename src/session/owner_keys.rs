@@ -9,6 +9,7 @@
 
 use std::net::IpAddr;
 
+use crate::grant::civil::days_from_civil;
 use crate::session::hook::AuthKey;
 
 /// Who connected, as sshd saw it.
@@ -383,17 +384,6 @@ pub fn parse_absolute_time(s: &str) -> Option<Expiry> {
     let civil =
         (days_from_civil(year, month) + day - 1) * 86400 + hour * 3600 + minute * 60 + second;
     (civil > 0).then_some(Expiry { civil, utc })
-}
-
-/// Days from 1970-01-01 to the first of `month` in `year`.
-fn days_from_civil(year: i64, month: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Outcome of matching against a pattern list.

@@ -12,7 +12,7 @@ use nix::fcntl::{Flock, FlockArg};
 use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, Value};
 
 use crate::grant::diag::{Diagnostic, FileErrors};
-use crate::grant::lifecycle::{decide, Change, EditError, Model, Step};
+use crate::grant::lifecycle::{decide, decide_limits, Change, EditError, Model, Step};
 use crate::grant::model::{Status, MAX_GRANT_FILE_BYTES};
 use crate::grant::policy::Accounts;
 use crate::store::source::{self, Outcome};
@@ -53,25 +53,30 @@ pub fn apply_explained(text: &str, change: &Change) -> Result<Applied, EditError
             errors,
         })
     })?;
-    let (step, summary) = decide(&grants, change)?;
-    let Some(step) = step else {
+    let (step, mut summary) = decide(&grants, change)?;
+    let mut steps: Vec<Step> = step.into_iter().collect();
+    if let Some((set, said)) = decide_limits(&grants, change) {
+        summary = if steps.is_empty() {
+            format!(
+                "guest `{}` of owner `{}`: {said}",
+                change.guest(),
+                change.owner()
+            )
+        } else {
+            format!("{summary}; {said}")
+        };
+        steps.push(set);
+    }
+    if steps.is_empty() {
         return Ok(Applied {
             text: text.to_string(),
             summary,
             changed: false,
         });
-    };
+    }
     let owner = change.owner();
-    let guest = match change {
-        Change::Sharing { .. } => "",
-        Change::Invite { guest, .. }
-        | Change::Accept { guest, .. }
-        | Change::Reject { guest, .. }
-        | Change::Revoke { guest, .. }
-        | Change::Leave { guest, .. }
-        | Change::Admin { guest, .. } => guest,
-    };
-    let edited = edit_text(text, owner, guest, &step)?;
+    let guest = change.guest();
+    let edited = edit_text(text, owner, guest, &steps)?;
 
     // The text edit must have done exactly what was decided, whatever the
     // file's layout (dotted keys, inline tables, ...).
@@ -82,7 +87,9 @@ pub fn apply_explained(text: &str, change: &Change) -> Result<Applied, EditError
         })
     })?;
     let mut expected = Model::of(&grants);
-    expected.apply(owner, guest, &step);
+    for step in &steps {
+        expected.apply(owner, guest, step);
+    }
     if Model::of(&after) != expected {
         return Err(EditError::Layout(
             "the edited text does not say what was intended".into(),
@@ -99,8 +106,8 @@ fn layout(what: impl Into<String>) -> EditError {
     EditError::Layout(what.into())
 }
 
-/// Makes the text edit for `step`.
-fn edit_text(text: &str, owner: &str, guest: &str, step: &Step) -> Result<String, EditError> {
+/// Makes the text edit for `steps`, in order.
+fn edit_text(text: &str, owner: &str, guest: &str, steps: &[Step]) -> Result<String, EditError> {
     let mut doc: DocumentMut = text.parse().map_err(|e| layout(format!("{e}")))?;
     // New tables get a blank line before them, unless they open the file.
     let spaced = !text.trim().is_empty();
@@ -113,7 +120,21 @@ fn edit_text(text: &str, owner: &str, guest: &str, step: &Step) -> Result<String
             doc.set_trailing("");
         }
     }
-    let owners = child(doc.as_item_mut(), "owners", container)?;
+    for step in steps {
+        let owners = child(doc.as_item_mut(), "owners", container)?;
+        edit_step(owners, owner, guest, step, spaced)?;
+    }
+    Ok(doc.to_string())
+}
+
+/// One step of [`edit_text`] on the `owners` table.
+fn edit_step(
+    owners: &mut Item,
+    owner: &str,
+    guest: &str,
+    step: &Step,
+    spaced: bool,
+) -> Result<(), EditError> {
     match step {
         Step::SetSharing(on) => {
             let o = child(owners, owner, |inline| owner_table(inline, spaced, *on))?;
@@ -171,8 +192,24 @@ fn edit_text(text: &str, owner: &str, guest: &str, step: &Step) -> Result<String
                 .remove(guest)
                 .ok_or_else(|| layout("guest table not found"))?;
         }
+        Step::SetLimits(set) => {
+            let g = guest_item(owners, owner, guest)?;
+            if let Some(at) = set.expires {
+                let when: toml_edit::Datetime = crate::grant::civil::utc(at)
+                    .parse()
+                    .map_err(|e| layout(format!("expires: {e}")))?;
+                set_value(g, "expires", Value::from(when))?;
+            }
+            if let Some(nets) = &set.from {
+                let list: Array = nets.iter().map(|n| n.to_string()).collect();
+                set_value(g, "from", Value::Array(list))?;
+            }
+            if set.no_forwarding {
+                set_value(g, "forwarding", Value::from(false))?;
+            }
+        }
     }
-    Ok(doc.to_string())
+    Ok(())
 }
 
 /// `parent[key]`, created with `new(parent_is_inline)` when absent.
@@ -521,6 +558,7 @@ fn io_error(path: &Path, e: io::Error) -> EditError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grant::lifecycle::SetLimits;
     use crate::grant::parse::tests::{KEY_A, KEY_B};
 
     const KEY_C: &str =
@@ -531,6 +569,7 @@ mod tests {
             owner: owner.into(),
             guest: guest.into(),
             keys: keys.iter().map(|k| k.to_string()).collect(),
+            limits: SetLimits::default(),
         }
     }
 
@@ -538,7 +577,101 @@ mod tests {
         Change::Accept {
             owner: "alice".into(),
             guest: guest.into(),
+            limits: SetLimits::default(),
         }
+    }
+
+    fn limits_of(text: &str, guest: &str) -> crate::grant::limits::Limits {
+        let g = crate::grant::parse::parse(text).expect("valid");
+        g.owner("alice")
+            .unwrap()
+            .guest(guest)
+            .unwrap()
+            .limits
+            .clone()
+    }
+
+    #[test]
+    fn limits_are_set_with_an_invitation_an_acceptance_or_extend() {
+        let set = SetLimits {
+            expires: Some(1_796_148_000),
+            from: Some(vec![
+                "203.0.113.0/24".parse().unwrap(),
+                "::1".parse().unwrap(),
+            ]),
+            no_forwarding: true,
+        };
+        let invited = apply_explained(
+            NEW_FILE_HEADER,
+            &Change::Invite {
+                owner: "alice".into(),
+                guest: "bob".into(),
+                keys: vec![KEY_A.into()],
+                limits: set.clone(),
+            },
+        )
+        .unwrap();
+        assert!(
+            invited.summary.contains("expires 2026-12-01T18:00:00Z"),
+            "{}",
+            invited.summary
+        );
+        assert!(
+            invited.text.contains("expires = 2026-12-01T18:00:00Z\nfrom = [\"203.0.113.0/24\", \"::1\"]\nforwarding = false\n"),
+            "{}",
+            invited.text
+        );
+        let l = limits_of(&invited.text, "bob");
+        assert_eq!(l.expires, Some(1_796_148_000));
+        assert!(!l.forwarding);
+        // Accepting with the same limits changes the status only; with
+        // others, those too; the rest of the file stays.
+        let text = format!("# keep me\n{}", invited.text);
+        let accepted = apply(
+            &text,
+            &Change::Accept {
+                owner: "alice".into(),
+                guest: "bob".into(),
+                limits: SetLimits {
+                    expires: Some(1_796_151_600),
+                    ..SetLimits::default()
+                },
+            },
+        )
+        .unwrap();
+        assert!(accepted.starts_with("# keep me\n"));
+        assert_eq!(status_of(&accepted, "alice", "bob"), Some(Status::Accepted));
+        assert_eq!(limits_of(&accepted, "bob").expires, Some(1_796_151_600));
+        assert_eq!(limits_of(&accepted, "bob").from, l.from);
+        let extend = |at| Change::Extend {
+            owner: "alice".into(),
+            guest: "bob".into(),
+            expires: at,
+        };
+        let extended = apply_explained(&accepted, &extend(1_900_000_000)).unwrap();
+        assert!(extended.changed);
+        assert_eq!(
+            limits_of(&extended.text, "bob").expires,
+            Some(1_900_000_000)
+        );
+        assert!(
+            !apply_explained(&extended.text, &extend(1_900_000_000))
+                .unwrap()
+                .changed
+        );
+        let never = apply_explained(
+            &extended.text,
+            &Change::Extend {
+                owner: "alice".into(),
+                guest: "nobody".into(),
+                expires: 1,
+            },
+        );
+        assert!(matches!(never, Err(EditError::NotAGuest { .. })));
+        // An inline guest table gets inline values.
+        let inline = format!("[owners.alice]\nguests.bob = {{ keys = [\"{KEY_A}\"] }}\n");
+        let done = apply(&inline, &extend(1_900_000_000)).unwrap();
+        assert!(done.contains("expires = 2030-03-17T17:46:40Z }"), "{done}");
     }
 
     fn status_of(text: &str, owner: &str, guest: &str) -> Option<Status> {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::grant::model::MAX_GRANT_FILE_BYTES;
 use crate::grant::parse::is_account_name;
-use crate::grant::policy::Accounts;
+use crate::grant::policy::{current_lines, line_is_current, Accounts};
 use crate::store::config::Config;
 use crate::store::snapshot;
 use crate::store::source::{self, sha256_hex, FileVersion, Outcome};
@@ -31,29 +31,33 @@ pub struct Answer {
     pub via: Via,
 }
 
-/// The current lines for `owner`. `Err` (with a one-line reason) means the
-/// caller must grant nothing: an invalid or untrusted grant file, or an I/O
-/// error.
+/// The current lines for `owner`, all of them: also those whose deadline
+/// has passed, so the PAM hook still knows whose key it is (and refuses
+/// it). `Err` (with a one-line reason) means the caller must grant nothing:
+/// an invalid or untrusted grant file, or an I/O error.
 pub fn owner_lines(
     config: &Config,
     owner: &str,
     accounts: &dyn Accounts,
 ) -> Result<Answer, String> {
-    answer::<io::Sink>(config, owner, Want::All, accounts, None)
+    answer::<io::Sink>(config, owner, Want::All, None, accounts, None)
 }
 
 /// The current line of key (`algorithm`, `blob`) for `owner`, if it is
-/// granted (`lines` empty if not): through the snapshot's index when the
-/// snapshot is current, so the cost does not grow with the owner's guests.
-/// `Err` as for [`owner_lines`].
+/// granted and its deadline has not passed at `now` (`lines` empty if
+/// not): through the snapshot's index when the snapshot is current, so the
+/// cost does not grow with the owner's guests. `Err` as for
+/// [`owner_lines`].
 pub fn owner_key_line(
     config: &Config,
     owner: &str,
     algorithm: &str,
     blob: &str,
+    now: i64,
     accounts: &dyn Accounts,
 ) -> Result<Answer, String> {
-    answer::<io::Sink>(config, owner, Want::Key { algorithm, blob }, accounts, None)
+    let want = Want::Key { algorithm, blob };
+    answer::<io::Sink>(config, owner, want, Some(now), accounts, None)
 }
 
 /// Which of an owner's lines the key lookup prints.
@@ -65,36 +69,42 @@ pub enum Want<'a> {
     Key { algorithm: &'a str, blob: &'a str },
 }
 
-/// Writes the current lines for `owner` to `out` — the key lookup's path:
-/// a current snapshot is checked whole, then copied without being held in
-/// memory. Nothing is written unless the answer is known good; `Err` after
-/// writing began is an output error only.
+/// Writes the current lines for `owner` whose deadline has not passed at
+/// `now` to `out` — the key lookup's path: a current snapshot is checked
+/// whole, then copied without being held in memory. Nothing is written
+/// unless the answer is known good; `Err` after writing began is an output
+/// error only.
 pub fn write_owner_lines<W: Write>(
     config: &Config,
     owner: &str,
+    now: i64,
     accounts: &dyn Accounts,
     out: &mut W,
 ) -> Result<Via, String> {
-    write_lines(config, owner, Want::All, accounts, out)
+    write_lines(config, owner, Want::All, now, accounts, out)
 }
 
-/// Writes the `want`ed lines for `owner` to `out`. For one key, a current
-/// snapshot answers through its index, reading a few slots and one line.
+/// Writes the `want`ed lines for `owner` whose deadline has not passed at
+/// `now` to `out`. For one key, a current snapshot answers through its
+/// index, reading a few slots and one line.
 pub fn write_lines<W: Write>(
     config: &Config,
     owner: &str,
     want: Want,
+    now: i64,
     accounts: &dyn Accounts,
     out: &mut W,
 ) -> Result<Via, String> {
-    answer(config, owner, want, accounts, Some(out)).map(|a| a.via)
+    answer(config, owner, want, Some(now), accounts, Some(out)).map(|a| a.via)
 }
 
-/// With `out`, the lines go there and `Answer::lines` stays empty.
+/// With `out`, the lines go there and `Answer::lines` stays empty. With
+/// `now`, lines whose deadline has passed are left out.
 fn answer<W: Write>(
     config: &Config,
     owner: &str,
     want: Want,
+    now: Option<i64>,
     accounts: &dyn Accounts,
     mut out: Option<&mut W>,
 ) -> Result<Answer, String> {
@@ -116,6 +126,7 @@ fn answer<W: Write>(
         current.as_ref(),
         owner,
         want,
+        now,
         out.as_deref_mut(),
     )? {
         return Ok(answer);
@@ -141,17 +152,23 @@ fn answer<W: Write>(
                     .map_or(String::new(), |d| d.in_file(&errors.file).to_string())
             ))
         }
-        Outcome::Valid { policy, .. } => Answer {
-            lines: policy
+        Outcome::Valid { policy, .. } => {
+            let lines = policy
                 .owners
                 .get(owner)
                 .and_then(|a| match want {
                     Want::All => Some(a.authorized_keys()),
                     Want::Key { algorithm, blob } => a.key_line(algorithm, blob),
                 })
-                .unwrap_or_default(),
-            via: Via::GrantFile,
-        },
+                .unwrap_or_default();
+            Answer {
+                lines: match now {
+                    Some(now) => current_lines(&lines, now),
+                    None => lines,
+                },
+                via: Via::GrantFile,
+            }
+        }
     };
     match out {
         Some(out) => {
@@ -179,6 +196,7 @@ fn from_snapshot<W: Write>(
     current: Option<&FileVersion>,
     owner: &str,
     want: Want,
+    now: Option<i64>,
     out: Option<&mut W>,
 ) -> Result<Option<Answer>, String> {
     let Ok(Some(snapshot)) = snapshot::open(&config.snapshot_path(), grants_path, current) else {
@@ -211,7 +229,11 @@ fn from_snapshot<W: Write>(
         let Ok(line) = snapshot.key_line(owner, algorithm, blob) else {
             return Ok(None);
         };
-        let line = line.unwrap_or_default();
+        let line = line
+            .filter(|l| {
+                now.is_none_or(|now| std::str::from_utf8(l).is_ok_and(|l| line_is_current(l, now)))
+            })
+            .unwrap_or_default();
         return match out {
             Some(out) => {
                 write_all(out, &line)?;
@@ -225,9 +247,34 @@ fn from_snapshot<W: Write>(
                 .map(|lines| Answer { lines, via })),
         };
     }
+    // Past the owner's earliest deadline, some lines may be out of date:
+    // read them all and print those still current.
+    let filter_at = now.filter(|&now| {
+        snapshot
+            .header
+            .deadlines
+            .get(owner)
+            .is_some_and(|&at| now >= at)
+    });
     let Ok(mut opened) = snapshot.owner(owner) else {
         return Ok(None);
     };
+    if let Some(now) = filter_at {
+        let Ok(lines) = opened.read() else {
+            return Ok(None);
+        };
+        let lines = current_lines(&lines, now);
+        return match out {
+            Some(out) => {
+                write_all(out, lines.as_bytes())?;
+                Ok(Some(Answer {
+                    lines: String::new(),
+                    via,
+                }))
+            }
+            None => Ok(Some(Answer { lines, via })),
+        };
+    }
     let lines = match out {
         Some(out) => {
             // A damaged body means: read the grant file instead. Nothing is

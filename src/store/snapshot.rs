@@ -28,7 +28,9 @@ use crate::store::source::{FileVersion, Loaded, Outcome};
 use crate::sys::fsutil;
 
 // 3: per-owner CRC-32 checksums of the body. 4: per-owner key indexes.
-const FORMAT: u32 = 4;
+// 5: lines may carry the guest's limits as sshd options; per-owner
+// earliest deadlines.
+const FORMAT: u32 = 5;
 const MAX_HEADER_BYTES: u64 = 64 << 20;
 
 /// A grant file modified this close to when the snapshot was written may
@@ -57,6 +59,11 @@ pub struct Header {
     /// Owner → (offset in the body, number of slots) of its key index.
     #[serde(default)]
     pub index: BTreeMap<String, (u64, u64)>,
+    /// Owner → the earliest `expires` of its lines, for owners with one:
+    /// from then on, printing the owner's lines means leaving out those
+    /// whose deadline passed.
+    #[serde(default)]
+    pub deadlines: BTreeMap<String, i64>,
 }
 
 /// The checksum of one owner's lines in the body.
@@ -88,8 +95,12 @@ pub fn encode(loaded: &Loaded, written_ns: i64) -> io::Result<Vec<u8>> {
     let mut owners = BTreeMap::new();
     let mut digests = BTreeMap::new();
     let mut lines = Vec::new();
+    let mut deadlines = BTreeMap::new();
     if let Outcome::Valid { policy, .. } = &loaded.outcome {
         for (name, access) in &policy.owners {
+            if let Some(at) = access.earliest_deadline() {
+                deadlines.insert(name.clone(), at);
+            }
             let start = text.len();
             let entries = push_owner_text(&mut text, access)?;
             let range = &text.as_bytes()[start..];
@@ -115,6 +126,7 @@ pub fn encode(loaded: &Loaded, written_ns: i64) -> io::Result<Vec<u8>> {
         owners,
         digests,
         index,
+        deadlines,
     };
     let mut data = serde_json::to_vec(&header).map_err(io::Error::other)?;
     data.push(b'\n');
@@ -223,7 +235,7 @@ fn push_owner_text(text: &mut String, access: &OwnerAccess) -> io::Result<Vec<En
     let mut entries = Vec::with_capacity(access.keys.len());
     for k in &access.keys {
         let at = text.len();
-        push_key_line(text, &k.algorithm, &k.blob, &k.guest);
+        push_key_line(text, k);
         let line = &text.as_bytes()[at..];
         entries.push(Entry {
             hash: key_hash(Crc::Fast, &k.algorithm, &k.blob),
@@ -763,7 +775,7 @@ mod tests {
         let mut granted = Vec::new();
         for (owner, access) in &loaded.policy().unwrap().owners {
             for k in &access.keys {
-                let line = crate::grant::policy::key_line(&k.algorithm, &k.blob, &k.guest);
+                let line = crate::grant::policy::key_line(k);
                 granted.push((owner.clone(), k.algorithm.clone(), k.blob.clone(), line));
             }
         }
@@ -881,6 +893,7 @@ mod tests {
                 owners: [("alice".to_string(), (offset, len))].into(),
                 digests: [("alice".to_string(), digest)].into(),
                 index: BTreeMap::new(),
+                deadlines: BTreeMap::new(),
             };
             let mut data = serde_json::to_vec(&header).unwrap();
             data.push(b'\n');

@@ -49,7 +49,7 @@ pub use self::{
     admin::ADMIN_STACKS,
     daemon::Daemon,
     host::{Host, Key},
-    ssh::{LiveSession, TtySession},
+    ssh::{LiveSession, TtySession, CLIENT_OPTIONS},
 };
 
 /// Where the grant file lives inside the host.

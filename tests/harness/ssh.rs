@@ -14,6 +14,24 @@ use super::{
 
 const SSH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The options of every test client: no config, no prompts, no host key
+/// checks, only the key given.
+pub const CLIENT_OPTIONS: [&str; 13] = [
+    "-F",
+    "/dev/null",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "IdentitiesOnly=yes",
+    "-o",
+    "ConnectTimeout=5",
+    "-oLogLevel=ERROR",
+];
+
 /// What a session prints when its command runs.
 const RAN: &str = "vmshare-e2e-command-ran";
 
@@ -31,29 +49,21 @@ impl Host {
         key: &Key,
         command: &str,
     ) -> Command {
-        let dest = format!("{user}@127.0.0.1");
-        let mut cmd = self.command(&[
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-i",
-            &key.private,
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "ConnectTimeout=5",
-            "-o",
-            "LogLevel=ERROR",
-            "-p",
-            "22",
-        ]);
-        cmd.args(options).arg(dest).arg(command);
+        self.ssh_command_to(options, &format!("{user}@127.0.0.1"), key, Some(command))
+    }
+
+    /// The ssh client command for `dest` (`user@address`) with only `key`
+    /// and `options`; without a command for `None`.
+    pub fn ssh_command_to(
+        &self,
+        options: &[&str],
+        dest: &str,
+        key: &Key,
+        command: Option<&str>,
+    ) -> Command {
+        let mut cmd = self.command(&["ssh", "-i", &key.private, "-p", "22"]);
+        cmd.args(CLIENT_OPTIONS).args(options).arg(dest);
+        cmd.args(command);
         cmd
     }
 

@@ -103,7 +103,14 @@ pub fn check_grants(src: &str) {
         let owner = grants.owner(name).expect("compiled owner is in the file");
         let text = access.authorized_keys();
         let mut printed = Vec::new();
-        for line in text.lines() {
+        for full in text.lines() {
+            // Options first, if the guest has limits: those vmshare writes,
+            // and they read back as the guest's limits.
+            let parts = vmshare::grant::policy::KeyLine::parse(full)
+                .unwrap_or_else(|| panic!("printed line {full:?} does not read back"));
+            let line = full
+                .strip_prefix(parts.options)
+                .map_or(full, str::trim_start);
             let key = vmshare::grant::key::parse_key(line)
                 .unwrap_or_else(|e| panic!("printed line {line:?} is not a plain key: {e}"));
             assert_eq!(line.split(' ').count(), 3, "{line:?}");
@@ -127,6 +134,8 @@ pub fn check_grants(src: &str) {
                 .unwrap_or_else(|| panic!("line {line:?} names no guest of `{name}`"));
             assert!(owner.sharing, "owner `{name}` does not share: {line:?}");
             assert_eq!(guest.status, Status::Accepted, "{line:?}");
+            assert_eq!(parts.options, guest.limits.options(), "{full:?}");
+            assert_eq!(parts.limits().as_ref(), Some(&guest.limits), "{full:?}");
             assert!(
                 guest
                     .keys
@@ -278,11 +287,16 @@ pub fn check_lookup_args(fixture: &LookupFixture, args: Vec<OsString>) {
         {
             let config =
                 vmshare::store::config::Config::load(Some(&fixture.config)).expect("config");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_secs() as i64;
             let answer = vmshare::store::lookup::owner_key_line(
                 &config,
                 user,
                 algorithm,
                 blob,
+                now,
                 &vmshare::sys::accounts::SystemAccounts,
             );
             if let Ok(answer) = answer {
@@ -520,6 +534,8 @@ pub fn check_index(path: &Path, input: &IndexInput) {
                 algorithm,
                 blob,
                 fingerprint: String::new(),
+                options: String::new(),
+                expires: None,
             });
         }
     }
@@ -697,9 +713,12 @@ pub fn check_auth_info(flags: u8, info: &str, lines: &str) {
             assert!(granted.contains(guest.as_str()));
             assert!(plain.contains(&key), "{key:?} did not authenticate");
             let text = lines.as_ref().expect("a guest only from trusted lines");
-            let line = vmshare::grant::policy::key_line(&key.algorithm, &key.blob, guest);
             assert!(
-                text.lines().any(|l| format!("{l}\n") == line),
+                text.lines()
+                    .filter_map(vmshare::grant::policy::KeyLine::parse)
+                    .any(|l| l.algorithm == key.algorithm
+                        && l.blob == key.blob
+                        && l.guest == guest),
                 "guest {guest} not granted in {text:?}"
             );
         }

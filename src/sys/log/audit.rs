@@ -1,5 +1,6 @@
 //! The audit trail: every guest login, refusal, kill, leave and grant-file
-//! change is one event with the same fields, so one query answers "who logged
+//! change, and every session ended at its deadline, is one event with the
+//! same fields, so one query answers "who logged
 //! in as alice last week". Sent to journald natively when it runs (fields
 //! `VMSHARE_EVENT`, `VMSHARE_OWNER`, `VMSHARE_GUEST`, `VMSHARE_FINGERPRINT`,
 //! `VMSHARE_REMOTE`, `VMSHARE_SESSION`), else to syslog as `key=value` text.
@@ -20,6 +21,8 @@ pub enum Kind {
     Kill,
     Leave,
     GrantChange,
+    /// The daemon ended a guest's access at its `expires` deadline.
+    Expiry,
 }
 
 impl Kind {
@@ -31,6 +34,7 @@ impl Kind {
             Kind::Kill => "kill",
             Kind::Leave => "leave",
             Kind::GrantChange => "grant-change",
+            Kind::Expiry => "expiry",
         }
     }
 }
