@@ -14,7 +14,7 @@ use crate::grant::policy::{guest_in_lines, line_in_lines};
 use crate::session::backend::{self, Login};
 use crate::session::owner_keys::{self, Client, When};
 use crate::store::config::Config;
-use crate::store::lookup::owner_lines;
+use crate::store::lookup::owner_key_line;
 use crate::store::records::{self, SessionRecord};
 use crate::sys::accounts::SystemAccounts;
 use crate::sys::as_user::{self, Reader, UserFile};
@@ -351,7 +351,7 @@ fn open_session(config_path: Option<PathBuf>, env: &Env) -> ExitCode {
         }
     };
     let owners = owners_own_checker(&config, env);
-    let lines = owner_lines(&config, &env.user, &SystemAccounts).map(|a| a.lines);
+    let lines = lines_of_keys(&config, &env.user, &keys);
     let decision = classify(&keys, &lines, &owners);
     // A login whose ssh client runs inside a guest session (through a
     // forwarded agent, or a key left in the owner's home) is that guest's.
@@ -390,6 +390,22 @@ fn open_session(config_path: Option<PathBuf>, env: &Env) -> ExitCode {
         }
         (Decision::Owner(_), None) => ExitCode::SUCCESS,
     }
+}
+
+/// The owner's current lines for these keys, expired ones too (so an
+/// expired guest's key is known, and refused): through the snapshot's
+/// index, one line per key, so a login costs the same at any number of
+/// guests. `Err` as for `owner_lines`: grant nothing.
+fn lines_of_keys(config: &Config, owner: &str, keys: &[AuthKey]) -> Result<String, String> {
+    let mut lines = String::new();
+    for key in keys.iter().filter(|k| !k.is_certificate()) {
+        let found = owner_key_line(config, owner, &key.algorithm, &key.blob, None, &SystemAccounts)?;
+        lines.push_str(&found.lines);
+        if !lines.is_empty() && !lines.ends_with('\n') {
+            lines.push('\n');
+        }
+    }
+    Ok(lines)
 }
 
 /// The one-line notice for a guest's login, on stdout: the PAM line's
@@ -658,8 +674,8 @@ fn admit_guest(
     // The re-check: the record exists now, so a revoke from here on is the
     // daemon's to enforce; one that already happened is seen here.
     let still = client_address(env).and_then(|ip| {
-        owner_lines(config, &env.user, &SystemAccounts)
-            .and_then(|a| grant_now(&a.lines, key, unix_now(), ip))
+        lines_of_keys(config, &env.user, std::slice::from_ref(key))
+            .and_then(|lines| grant_now(&lines, key, unix_now(), ip))
     });
     match still {
         Ok(Some((g, limits))) if g == guest => {

@@ -45,19 +45,20 @@ pub fn owner_lines(
 
 /// The current line of key (`algorithm`, `blob`) for `owner`, if it is
 /// granted and its deadline has not passed at `now` (`lines` empty if
-/// not): through the snapshot's index when the snapshot is current, so the
-/// cost does not grow with the owner's guests. `Err` as for
-/// [`owner_lines`].
+/// not; with `now` `None`, also a line whose deadline has passed, as
+/// [`owner_lines`] gives them): through the snapshot's index when the
+/// snapshot is current, so the cost does not grow with the owner's guests.
+/// `Err` as for [`owner_lines`].
 pub fn owner_key_line(
     config: &Config,
     owner: &str,
     algorithm: &str,
     blob: &str,
-    now: i64,
+    now: Option<i64>,
     accounts: &dyn Accounts,
 ) -> Result<Answer, String> {
     let want = Want::Key { algorithm, blob };
-    answer::<io::Sink>(config, owner, want, Some(now), accounts, None)
+    answer::<io::Sink>(config, owner, want, now, accounts, None)
 }
 
 /// Which of an owner's lines the key lookup prints.

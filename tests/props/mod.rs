@@ -296,7 +296,7 @@ pub fn check_lookup_args(fixture: &LookupFixture, args: Vec<OsString>) {
                 user,
                 algorithm,
                 blob,
-                now,
+                Some(now),
                 &vmshare::sys::accounts::SystemAccounts,
             );
             if let Ok(answer) = answer {
