@@ -1,4 +1,5 @@
-//! The grant file in its plain layout, read straight from TOML's events.
+//! The grant file in its plain layout, read straight from TOML's events as
+//! the grammar produces them (no tree, no list of events).
 //!
 //! A general TOML document builds a tree of tables before serde sees it, and
 //! at 10,000 guests that tree is most of a reload. The file as the CLI
@@ -14,19 +15,20 @@
 //! value of the wrong type makes it return `None`, and the caller then reads
 //! the file through `toml` as before, which gives the positioned error or
 //! the same result. So a file read here means what it means to `toml`
-//! (`plain_layout_agrees_with_toml` in the tests and the `grants_plain` fuzz
-//! target check this), and a hand-written file in another layout (inline
+//! (`plain_layout_agrees_with_toml` here, and `check_grants` in the property
+//! tests and the `grants` fuzz target, compare the two readers), and a hand-written file in another layout (inline
 //! tables, dotted keys, `[owners]` on its own) is still read, just slower.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 
 use serde::de::IntoDeserializer;
 use serde::Deserialize;
 use toml::Spanned;
-use toml_parser::decoder::ScalarKind;
-use toml_parser::parser::{Event, EventKind, RecursionGuard, ValidateWhitespace};
-use toml_parser::{ParseError, Source};
+use toml_parser::decoder::{Encoding, ScalarKind};
+use toml_parser::parser::{EventReceiver, RecursionGuard, ValidateWhitespace};
+use toml_parser::{ErrorSink, ParseError, Source, Span};
 
 use super::model::Status;
 use super::parse::{RawFile, RawGuest, RawOwner};
@@ -38,247 +40,340 @@ const NESTING_LIMIT: u32 = 80;
 pub(super) fn read(source: &str) -> Option<RawFile> {
     let toml = Source::new(source);
     let tokens = toml.lex().into_vec();
-    let mut events: Vec<Event> = Vec::with_capacity(tokens.len());
     let mut errors: Option<ParseError> = None;
+    let mut reader = Reader::new(toml);
     {
         // The same receivers `toml` puts between the grammar and its tree:
-        // whitespace, comments and newlines checked, nesting bounded.
-        let mut checked = ValidateWhitespace::new(&mut events, toml);
+        // whitespace, comments and newlines checked, nesting bounded. The
+        // events are taken as they come, never held as a list.
+        let mut checked = ValidateWhitespace::new(&mut reader, toml);
         let mut bounded = RecursionGuard::new(&mut checked, NESTING_LIMIT);
         toml_parser::parser::parse_document(&tokens, &mut bounded, &mut errors);
     }
     if errors.is_some() {
         return None;
     }
-    let mut reader = Reader {
-        source: toml,
-        events: &events,
-        at: 0,
-    };
-    let mut file = RawFile::default();
-    // Whether each owner's table was opened by its own header (it may then
-    // not be opened again) or only on the way to a guest's.
-    let mut explicit: BTreeMap<String, bool> = BTreeMap::new();
-    while let Some(event) = reader.next_significant() {
-        if event.kind() != EventKind::StdTableOpen {
-            // A key/value at the top, an array of tables, or stray events.
-            return None;
-        }
-        let header = reader.header()?;
-        match header.as_slice() {
-            [owners, owner] if owners.get_ref() == "owners" => {
-                // An owner's table after one of its guests' would be legal
-                // TOML (an implicit table defined later); rare enough to
-                // leave to `toml`.
-                if explicit.insert(owner.get_ref().clone(), true).is_some() {
-                    return None;
-                }
-                let mut raw = RawOwner::default();
-                reader.owner_fields(&mut raw)?;
-                file.owners.insert(owner.clone(), raw);
-            }
-            [owners, owner, guests, guest]
-                if owners.get_ref() == "owners" && guests.get_ref() == "guests" =>
-            {
-                explicit.entry(owner.get_ref().clone()).or_insert(false);
-                let raw_owner = file.owners.entry(owner.clone()).or_default();
-                if raw_owner.guests.contains_key(guest) {
-                    return None;
-                }
-                let mut raw = RawGuest::default();
-                reader.guest_fields(&mut raw)?;
-                raw_owner.guests.insert(guest.clone(), raw);
-            }
-            _ => return None,
-        }
-    }
-    Some(file)
+    reader.finish()
 }
 
 /// One value of the plain layout.
 enum Value<'i> {
-    String(Spanned<Cow<'i, str>>),
+    String(Cow<'i, str>),
     Boolean(bool),
     Datetime(Spanned<toml::value::Datetime>),
     /// An array of strings, with the span of the whole array.
     Strings(Spanned<Vec<Spanned<String>>>),
 }
 
-struct Reader<'e, 'i> {
-    source: Source<'i>,
-    events: &'e [Event],
-    at: usize,
+/// Where in the layout the next event falls.
+enum State<'i> {
+    /// Before the first header: only blank lines and comments.
+    Top,
+    /// Inside `[…]`, its keys so far.
+    Header(Vec<Spanned<String>>),
+    /// In a table, between its `key = value` lines.
+    Fields,
+    /// After a field's key.
+    Key(String),
+    /// After `key =`.
+    Value(String),
+    /// Inside a field's array of strings: where it opened, its items.
+    Array(String, usize, Vec<Spanned<String>>),
+    /// Something outside the layout: the rest is ignored.
+    Other,
+    /// Transient, while a state is being replaced.
+    Moving(PhantomData<&'i ()>),
 }
 
-impl<'i> Reader<'_, 'i> {
-    fn peek(&self) -> Option<&Event> {
-        self.events.get(self.at)
-    }
+/// The table whose fields are being read.
+enum Table {
+    Owner(Spanned<String>, RawOwner),
+    Guest(Spanned<String>, Spanned<String>, RawGuest),
+}
 
-    fn next(&mut self) -> Option<Event> {
-        let event = self.events.get(self.at).copied();
-        self.at += 1;
-        event
-    }
+struct Reader<'i> {
+    source: Source<'i>,
+    state: State<'i>,
+    table: Option<Table>,
+    /// The fields set in the current table, to refuse one set twice.
+    set: Vec<String>,
+    file: RawFile,
+    /// Whether each owner's table was opened by its own header (it may then
+    /// not be opened again) or only on the way to a guest's.
+    explicit: BTreeMap<String, bool>,
+}
 
-    /// The next event that is not whitespace, a comment or a newline.
-    fn next_significant(&mut self) -> Option<Event> {
-        while let Some(event) = self.next() {
-            if !matches!(
-                event.kind(),
-                EventKind::Whitespace | EventKind::Comment | EventKind::Newline
-            ) {
-                return Some(event);
-            }
-        }
-        None
-    }
-
-    /// A key, decoded, with the span `toml` gives it.
-    fn key(&self, event: Event) -> Option<Spanned<String>> {
-        let raw = self.source.get(event)?;
-        let mut decoded = Cow::Borrowed("");
-        let mut errors: Option<ParseError> = None;
-        raw.decode_key(&mut decoded, &mut errors);
-        let span = event.span();
-        errors
-            .is_none()
-            .then(|| Spanned::new(span.start()..span.end(), decoded.into_owned()))
-    }
-
-    /// The keys of a table header, after its `[`, through its `]`.
-    fn header(&mut self) -> Option<Vec<Spanned<String>>> {
-        let mut path = Vec::new();
-        loop {
-            let event = self.next()?;
-            match event.kind() {
-                EventKind::Whitespace | EventKind::KeySep => {}
-                EventKind::SimpleKey => path.push(self.key(event)?),
-                EventKind::StdTableClose => return Some(path),
-                _ => return None,
-            }
+impl<'i> Reader<'i> {
+    fn new(source: Source<'i>) -> Self {
+        Reader {
+            source,
+            state: State::Top,
+            table: None,
+            set: Vec::new(),
+            file: RawFile::default(),
+            explicit: BTreeMap::new(),
         }
     }
 
-    /// The `key = value` lines up to the next header or the end, as
-    /// (key, value) in order; `None` on a dotted key or a repeated one.
-    fn fields(&mut self) -> Option<Vec<(String, Value<'i>)>> {
-        let mut fields: Vec<(String, Value<'i>)> = Vec::new();
-        loop {
-            match self.peek().map(Event::kind) {
-                None | Some(EventKind::StdTableOpen | EventKind::ArrayTableOpen) => {
-                    return Some(fields)
-                }
-                Some(EventKind::Whitespace | EventKind::Comment | EventKind::Newline) => {
-                    self.at += 1;
-                }
-                Some(EventKind::SimpleKey) => {
-                    let event = self.next()?;
-                    let key = self.key(event)?.into_inner();
-                    self.skip_whitespace();
-                    if self.next()?.kind() != EventKind::KeyValSep {
-                        // A dotted key.
-                        return None;
-                    }
-                    self.skip_whitespace();
-                    let value = self.value()?;
-                    if fields.iter().any(|(k, _)| *k == key) {
-                        return None;
-                    }
-                    fields.push((key, value));
-                }
-                Some(_) => return None,
-            }
-        }
-    }
-
-    fn skip_whitespace(&mut self) {
-        while self.peek().map(Event::kind) == Some(EventKind::Whitespace) {
-            self.at += 1;
-        }
-    }
-
-    fn value(&mut self) -> Option<Value<'i>> {
-        let event = self.next()?;
-        match event.kind() {
-            EventKind::Scalar => match self.scalar(event)? {
-                (ScalarKind::String, text) => Some(Value::String(text)),
-                (ScalarKind::Boolean(value), _) => Some(Value::Boolean(value)),
-                (ScalarKind::DateTime, text) => {
-                    let span = text.span();
-                    let value = text.get_ref().parse::<toml::value::Datetime>().ok()?;
-                    Some(Value::Datetime(Spanned::new(span, value)))
-                }
-                _ => None,
-            },
-            EventKind::ArrayOpen => {
-                let open = event;
-                let mut items = Vec::new();
-                loop {
-                    let event = self.next()?;
-                    match event.kind() {
-                        EventKind::Whitespace
-                        | EventKind::Comment
-                        | EventKind::Newline
-                        | EventKind::ValueSep => {}
-                        EventKind::Scalar => match self.scalar(event)? {
-                            (ScalarKind::String, text) => {
-                                let span = text.span();
-                                items.push(Spanned::new(span, text.into_inner().into_owned()));
-                            }
-                            _ => return None,
-                        },
-                        EventKind::ArrayClose => {
-                            let span = open.span().start()..event.span().end();
-                            return Some(Value::Strings(Spanned::new(span, items)));
-                        }
-                        _ => return None,
-                    }
-                }
+    fn finish(mut self) -> Option<RawFile> {
+        match self.state {
+            State::Top | State::Fields => {
+                self.close_table()?;
+                Some(self.file)
             }
             _ => None,
         }
     }
 
-    fn scalar(&self, event: Event) -> Option<(ScalarKind, Spanned<Cow<'i, str>>)> {
-        let raw = self.source.get(event)?;
+    /// The next state, given the current one and an event; `None` for an
+    /// event outside the layout.
+    fn on(&mut self, event: Kind, span: Span) {
+        let state = std::mem::replace(&mut self.state, State::Moving(PhantomData));
+        self.state = self.step(state, event, span).unwrap_or(State::Other);
+    }
+
+    fn step(&mut self, state: State<'i>, event: Kind, span: Span) -> Option<State<'i>> {
+        use Kind::*;
+        Some(match (state, event) {
+            (State::Other, _) => State::Other,
+            (state @ (State::Top | State::Fields), Blank) => state,
+            (State::Top | State::Fields, TableOpen) => {
+                self.close_table()?;
+                State::Header(Vec::new())
+            }
+            (State::Header(path), Blank | KeySep) => State::Header(path),
+            (State::Header(mut path), Key(encoding)) => {
+                path.push(self.key(span, encoding)?);
+                State::Header(path)
+            }
+            (State::Header(path), TableClose) => {
+                self.open_table(path)?;
+                State::Fields
+            }
+            (State::Fields, Key(encoding)) => State::Key(self.key(span, encoding)?.into_inner()),
+            (State::Key(key), Blank) => State::Key(key),
+            (State::Key(key), KeyValSep) => State::Value(key),
+            (State::Value(key), Blank) => State::Value(key),
+            (State::Value(key), Scalar(encoding)) => {
+                let value = match self.decode_scalar(span, encoding)? {
+                    (ScalarKind::String, text) => Value::String(text.into_inner()),
+                    (ScalarKind::Boolean(value), _) => Value::Boolean(value),
+                    (ScalarKind::DateTime, text) => {
+                        let span = text.span();
+                        let value = text.get_ref().parse::<toml::value::Datetime>().ok()?;
+                        Value::Datetime(Spanned::new(span, value))
+                    }
+                    _ => return None,
+                };
+                self.set_field(key, value)?;
+                State::Fields
+            }
+            (State::Value(key), ArrayOpen) => State::Array(key, span.start(), Vec::new()),
+            (State::Array(key, at, items), Blank | ValueSep) => State::Array(key, at, items),
+            (State::Array(key, at, mut items), Scalar(encoding)) => {
+                match self.decode_scalar(span, encoding)? {
+                    (ScalarKind::String, text) => {
+                        let text_span = text.span();
+                        items.push(Spanned::new(text_span, text.into_inner().into_owned()));
+                        State::Array(key, at, items)
+                    }
+                    _ => return None,
+                }
+            }
+            (State::Array(key, at, items), ArrayClose) => {
+                let value = Value::Strings(Spanned::new(at..span.end(), items));
+                self.set_field(key, value)?;
+                State::Fields
+            }
+            _ => return None,
+        })
+    }
+
+    /// A key, decoded, with the span `toml` gives it.
+    fn key(&self, span: Span, encoding: Option<Encoding>) -> Option<Spanned<String>> {
+        let raw = self.raw(span, encoding)?;
+        let mut decoded = Cow::Borrowed("");
+        let mut errors: Option<ParseError> = None;
+        raw.decode_key(&mut decoded, &mut errors);
+        errors
+            .is_none()
+            .then(|| Spanned::new(span.start()..span.end(), decoded.into_owned()))
+    }
+
+    fn decode_scalar(
+        &self,
+        span: Span,
+        encoding: Option<Encoding>,
+    ) -> Option<(ScalarKind, Spanned<Cow<'i, str>>)> {
+        let raw = self.raw(span, encoding)?;
         let mut decoded = Cow::Borrowed("");
         let mut errors: Option<ParseError> = None;
         let kind = raw.decode_scalar(&mut decoded, &mut errors);
-        let span = event.span();
         errors
             .is_none()
             .then(|| (kind, Spanned::new(span.start()..span.end(), decoded)))
     }
 
-    fn owner_fields(&mut self, owner: &mut RawOwner) -> Option<()> {
-        for (key, value) in self.fields()? {
-            match (key.as_str(), value) {
-                ("sharing", Value::Boolean(sharing)) => owner.sharing = sharing,
-                _ => return None,
+    fn raw(&self, span: Span, encoding: Option<Encoding>) -> Option<toml_parser::Raw<'i>> {
+        let text = self.source.input().get(span.start()..span.end())?;
+        Some(toml_parser::Raw::new_unchecked(text, encoding, span))
+    }
+
+    /// Starts the table a header names, if it is one of the layout's.
+    fn open_table(&mut self, path: Vec<Spanned<String>>) -> Option<()> {
+        let mut path = path.into_iter();
+        let (owners, owner) = (path.next()?, path.next()?);
+        if owners.get_ref() != "owners" {
+            return None;
+        }
+        match (path.next(), path.next(), path.next()) {
+            (None, None, None) => {
+                // An owner's table after one of its guests' would be legal
+                // TOML (an implicit table defined later); rare enough to
+                // leave to `toml`.
+                if self
+                    .explicit
+                    .insert(owner.get_ref().clone(), true)
+                    .is_some()
+                {
+                    return None;
+                }
+                self.table = Some(Table::Owner(owner, RawOwner::default()));
+            }
+            (Some(guests), Some(guest), None) if guests.get_ref() == "guests" => {
+                self.explicit
+                    .entry(owner.get_ref().clone())
+                    .or_insert(false);
+                let known = self
+                    .file
+                    .owners
+                    .get(&owner)
+                    .is_some_and(|o| o.guests.contains_key(&guest));
+                if known {
+                    return None;
+                }
+                self.table = Some(Table::Guest(owner, guest, RawGuest::default()));
+            }
+            _ => return None,
+        }
+        self.set.clear();
+        Some(())
+    }
+
+    /// Files the table just read.
+    fn close_table(&mut self) -> Option<()> {
+        match self.table.take() {
+            None => {}
+            Some(Table::Owner(name, raw)) => {
+                self.file.owners.insert(name, raw);
+            }
+            Some(Table::Guest(owner, guest, raw)) => {
+                let owner = self.file.owners.entry(owner).or_default();
+                if owner.guests.insert(guest, raw).is_some() {
+                    return None;
+                }
             }
         }
         Some(())
     }
 
-    fn guest_fields(&mut self, guest: &mut RawGuest) -> Option<()> {
-        for (key, value) in self.fields()? {
-            match (key.as_str(), value) {
-                ("status", Value::String(word)) => {
-                    let word: &str = word.get_ref();
-                    let status: Result<Status, serde::de::value::Error> =
-                        Status::deserialize(word.into_deserializer());
-                    guest.status = Some(status.ok()?);
-                }
-                ("keys", Value::Strings(keys)) => guest.keys = keys.into_inner(),
-                ("admin", Value::Boolean(admin)) => guest.admin = admin,
-                ("expires", Value::Datetime(at)) => guest.expires = Some(at),
-                ("from", Value::Strings(from)) => guest.from = Some(from),
-                ("forwarding", Value::Boolean(on)) => guest.forwarding = Some(on),
-                _ => return None,
-            }
+    fn set_field(&mut self, key: String, value: Value<'i>) -> Option<()> {
+        if self.set.contains(&key) {
+            return None;
         }
+        match (self.table.as_mut()?, key.as_str(), value) {
+            (Table::Owner(_, owner), "sharing", Value::Boolean(sharing)) => owner.sharing = sharing,
+            (Table::Guest(_, _, guest), field, value) => set_guest_field(guest, field, value)?,
+            _ => return None,
+        }
+        self.set.push(key);
         Some(())
+    }
+}
+
+fn set_guest_field(guest: &mut RawGuest, field: &str, value: Value<'_>) -> Option<()> {
+    match (field, value) {
+        ("status", Value::String(word)) => {
+            let word: &str = &word;
+            let status: Result<Status, serde::de::value::Error> =
+                Status::deserialize(word.into_deserializer());
+            guest.status = Some(status.ok()?);
+        }
+        ("keys", Value::Strings(keys)) => guest.keys = keys.into_inner(),
+        ("admin", Value::Boolean(admin)) => guest.admin = admin,
+        ("expires", Value::Datetime(at)) => guest.expires = Some(at),
+        ("from", Value::Strings(from)) => guest.from = Some(from),
+        ("forwarding", Value::Boolean(on)) => guest.forwarding = Some(on),
+        _ => return None,
+    }
+    Some(())
+}
+
+/// The events of TOML's grammar, as the layout tells them apart.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Whitespace, a comment or a newline.
+    Blank,
+    TableOpen,
+    TableClose,
+    Key(Option<Encoding>),
+    KeySep,
+    KeyValSep,
+    Scalar(Option<Encoding>),
+    ArrayOpen,
+    ArrayClose,
+    ValueSep,
+    /// Anything else: an array of tables, an inline table, an error.
+    Other,
+}
+
+impl EventReceiver for Reader<'_> {
+    fn std_table_open(&mut self, span: Span, _: &mut dyn ErrorSink) {
+        self.on(Kind::TableOpen, span);
+    }
+    fn std_table_close(&mut self, span: Span, _: &mut dyn ErrorSink) {
+        self.on(Kind::TableClose, span);
+    }
+    fn array_table_open(&mut self, span: Span, _: &mut dyn ErrorSink) {
+        self.on(Kind::Other, span);
+    }
+    fn inline_table_open(&mut self, span: Span, _: &mut dyn ErrorSink) -> bool {
+        self.on(Kind::Other, span);
+        true
+    }
+    fn array_open(&mut self, span: Span, _: &mut dyn ErrorSink) -> bool {
+        self.on(Kind::ArrayOpen, span);
+        true
+    }
+    fn array_close(&mut self, span: Span, _: &mut dyn ErrorSink) {
+        self.on(Kind::ArrayClose, span);
+    }
+    fn simple_key(&mut self, span: Span, encoding: Option<Encoding>, _: &mut dyn ErrorSink) {
+        self.on(Kind::Key(encoding), span);
+    }
+    fn key_sep(&mut self, span: Span, _: &mut dyn ErrorSink) {
+        self.on(Kind::KeySep, span);
+    }
+    fn key_val_sep(&mut self, span: Span, _: &mut dyn ErrorSink) {
+        self.on(Kind::KeyValSep, span);
+    }
+    fn scalar(&mut self, span: Span, encoding: Option<Encoding>, _: &mut dyn ErrorSink) {
+        self.on(Kind::Scalar(encoding), span);
+    }
+    fn value_sep(&mut self, span: Span, _: &mut dyn ErrorSink) {
+        self.on(Kind::ValueSep, span);
+    }
+    fn whitespace(&mut self, span: Span, _: &mut dyn ErrorSink) {
+        self.on(Kind::Blank, span);
+    }
+    fn comment(&mut self, span: Span, _: &mut dyn ErrorSink) {
+        self.on(Kind::Blank, span);
+    }
+    fn newline(&mut self, span: Span, _: &mut dyn ErrorSink) {
+        self.on(Kind::Blank, span);
+    }
+    fn error(&mut self, span: Span, _: &mut dyn ErrorSink) {
+        self.on(Kind::Other, span);
     }
 }
 
