@@ -15,9 +15,10 @@
 //! value of the wrong type makes it return `None`, and the caller then reads
 //! the file through `toml` as before, which gives the positioned error or
 //! the same result. So a file read here means what it means to `toml`
-//! (`plain_layout_agrees_with_toml` here, and `check_grants` in the property
-//! tests and the `grants` fuzz target, compare the two readers), and a hand-written file in another layout (inline
-//! tables, dotted keys, `[owners]` on its own) is still read, just slower.
+//! (`plain_layout_agrees_with_toml` here, and `check_grants` in the
+//! property tests and the `grants` fuzz target, compare the two readers),
+//! and a hand-written file in another layout (inline tables, dotted keys,
+//! `[owners]` on its own) is still read, just slower.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
