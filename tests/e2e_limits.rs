@@ -299,7 +299,9 @@ fn without_forwarding_sshd_refuses_forwards_and_a_terminal_works() {
 fn the_guest_is_told_at_an_interactive_login_and_nowhere_else() {
     let c = setup();
     let _daemon = c.host.start_daemon();
-    let deadline = now_secs() + 7200;
+    // Half a minute short of two hours, so the login and whoami below
+    // both show "1h59m" however quickly (or slowly, up to 30 s) they run.
+    let deadline = now_secs() + 7200 - 30;
     c.host.write_grants(&grants(
         &c,
         &format!("expires = {}\nforwarding = false", utc(deadline)),
