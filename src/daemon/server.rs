@@ -8,8 +8,10 @@
 //! closed as soon as it is accepted. The caller is pinned when accepted: its
 //! uid, and its pid with that process's start time, so a request whose
 //! process exited (and whose pid may be someone else's by then) is refused.
-//! Linux 6.5's SO_PEERPIDFD would pin the process itself, but nix has no
-//! safe wrapper for it and the crate has no unsafe code.
+//! Linux 6.5's SO_PEERPIDFD (Debian 13's 6.12 has it) would pin the process
+//! itself from connect on, but neither nix 0.29 nor rustix 1.1 has a safe
+//! getter for it, tokio and std none either, and the crate has no unsafe
+//! code; a pidfd opened at accept pins no more than the start time does.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;

@@ -605,11 +605,11 @@ fn log_unread(user: &str, why: &str) {
 }
 
 /// Drops the refused connection. A failed PAM session alone does not:
-/// sshd logs it and keeps the connection open with no command run. So the
-/// hook ends the connection's `sshd: USER [priv]` process and everything
-/// under it (never itself, never anything outside that tree).
+/// sshd logs it and keeps the connection open with no command run (OpenSSH
+/// 9.2 and 10.0 alike). So the hook ends the connection's privileged
+/// process and everything under it (never itself, never anything outside
+/// that tree).
 fn end_connection() {
-    use nix::sys::signal::{kill, Signal};
     let Ok(monitor) = monitor() else {
         return;
     };
@@ -619,15 +619,12 @@ fn end_connection() {
     if !matches!(comm.trim_end(), "sshd" | "sshd-session") {
         return;
     }
-    let me = std::process::id() as i32;
-    for pid in procfs::tree(monitor.pid) {
-        if pid != me && procfs::stat(pid).is_ok() {
-            let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
+    crate::sys::kill::kill_tree(&monitor, std::process::id() as i32);
 }
 
-/// The monitor process this hook serves: our parent, `sshd: USER [priv]`.
+/// The monitor process this hook serves: our parent, sshd's privileged
+/// per-connection process (`sshd: USER [priv]`; from OpenSSH 9.8 on it is
+/// the `sshd-session` program, titled `sshd-session: USER [priv]`).
 fn monitor() -> Result<procfs::Stat, String> {
     let ppid = nix::unistd::getppid().as_raw();
     procfs::stat(ppid).map_err(|e| format!("cannot read the sshd monitor process {ppid}: {e}"))

@@ -32,7 +32,8 @@ pub struct SessionRecord {
     pub remote: String,
     /// Session start, seconds since the epoch.
     pub since: i64,
-    /// The per-connection `sshd: USER [priv]` process.
+    /// sshd's privileged per-connection process (`sshd: USER [priv]`, or
+    /// `sshd-session: USER [priv]` from OpenSSH 9.8 on).
     pub monitor_pid: i32,
     /// That process's start time (field 22 of /proc/PID/stat), so a reused
     /// pid is never mistaken for the session.

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod as_user;
 pub mod fsutil;
+pub mod kill;
 pub mod log;
 pub mod procfs;
 pub mod sockets;

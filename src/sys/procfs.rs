@@ -52,15 +52,25 @@ pub fn all() -> Vec<Stat> {
 
 /// `root` and all its descendants, parents before children.
 pub fn tree(root: i32) -> Vec<i32> {
-    let procs = all();
     let mut out = vec![root];
+    out.extend(descendants(root).iter().map(|p| p.pid));
+    out
+}
+
+/// The descendants of `root` as they are now, parents before children.
+pub fn descendants(root: i32) -> Vec<Stat> {
+    let procs = all();
+    let mut out: Vec<Stat> = Vec::new();
     let mut i = 0;
-    while i < out.len() {
-        let parent = out[i];
-        out.extend(procs.iter().filter(|p| p.ppid == parent).map(|p| p.pid));
+    let mut parent = root;
+    loop {
+        out.extend(procs.iter().filter(|p| p.ppid == parent));
+        let Some(next) = out.get(i) else {
+            return out;
+        };
+        parent = next.pid;
         i += 1;
     }
-    out
 }
 
 /// The ancestors of `pid`, nearest first (excluding `pid`, stopping at 1).

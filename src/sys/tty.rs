@@ -26,8 +26,8 @@ pub fn parse_tty_nr(stat: &str) -> Option<u64> {
 }
 
 /// The ptys named in the title of sshd's per-connection process
-/// (`sshd: alice@pts/3,pts/5`, or `sshd-session: …`), from its
-/// /proc/PID/cmdline.
+/// (`sshd: alice@pts/3,pts/5`, or `sshd-session: …` from OpenSSH 9.8 on,
+/// padded with spaces), from its /proc/PID/cmdline.
 pub fn parse_title_ptys(cmdline: &[u8]) -> Vec<u32> {
     let title = cmdline.split(|b| *b == 0).next().unwrap_or_default();
     let title = String::from_utf8_lossy(title);
@@ -112,6 +112,11 @@ mod tests {
         assert_eq!(
             parse_title_ptys(b"sshd-session: alice@pts/3,pts/12"),
             [3, 12]
+        );
+        // OpenSSH 10 pads the title with spaces to the original length.
+        assert_eq!(
+            parse_title_ptys(b"sshd-session: alice@pts/4           \0"),
+            [4]
         );
         assert_eq!(parse_title_ptys(b"sshd: alice@notty"), Vec::<u32>::new());
         assert_eq!(parse_title_ptys(b"sshd: alice [priv]"), Vec::<u32>::new());

@@ -198,9 +198,10 @@ pub fn kill(group: &Path, timeout: Duration) -> io::Result<()> {
 }
 
 fn kill_members(group: &Path) -> io::Result<()> {
-    use nix::sys::signal::{kill, Signal};
     for pid in pids(group)? {
-        let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        // Only while the pid is still a member: it may be another
+        // process's by the time the signal goes.
+        let _ = crate::sys::kill::kill_if(pid, || group_of(pid).as_deref() == Some(group));
     }
     if let Ok(entries) = fs::read_dir(group) {
         for sub in entries.flatten().filter(|e| e.path().is_dir()) {

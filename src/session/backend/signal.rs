@@ -4,12 +4,9 @@
 
 use std::path::Path;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
 use super::{Backend, Login, Placement};
 use crate::store::records::SessionRecord;
-use crate::sys::procfs;
+use crate::sys::{kill, procfs};
 
 pub struct SignalBackend;
 
@@ -39,12 +36,10 @@ impl Backend for SignalBackend {
 /// SIGKILLs the monitor and its descendants, if the monitor is still the
 /// process the record names.
 pub fn signal_tree(record: &SessionRecord) {
-    if !procfs::is_alive(record.monitor_pid, record.monitor_start) {
-        return;
-    }
-    // The tree is listed parent first, so the parent stops before it can
-    // fork replacements.
-    for pid in procfs::tree(record.monitor_pid) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
+    let monitor = procfs::Stat {
+        pid: record.monitor_pid,
+        ppid: 0,
+        start: record.monitor_start,
+    };
+    kill::kill_tree(&monitor, 0);
 }
