@@ -399,7 +399,14 @@ fn open_session(config_path: Option<PathBuf>, env: &Env) -> ExitCode {
 fn lines_of_keys(config: &Config, owner: &str, keys: &[AuthKey]) -> Result<String, String> {
     let mut lines = String::new();
     for key in keys.iter().filter(|k| !k.is_certificate()) {
-        let found = owner_key_line(config, owner, &key.algorithm, &key.blob, None, &SystemAccounts)?;
+        let found = owner_key_line(
+            config,
+            owner,
+            &key.algorithm,
+            &key.blob,
+            None,
+            &SystemAccounts,
+        )?;
         lines.push_str(&found.lines);
         if !lines.is_empty() && !lines.ends_with('\n') {
             lines.push('\n');
