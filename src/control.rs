@@ -38,6 +38,10 @@ pub struct SessionInfo {
     pub fingerprint: String,
     pub remote: String,
     pub since: i64,
+    /// The guest may become root as the owner can (`admin = true` in the
+    /// grant file as it is now). Absent from older daemons: false.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -251,3 +251,31 @@ fn the_owner_keeps_sudo_whatever_state_vmshare_is_in() {
     assert_root(&host, &c.own, "sudo -n id -u");
     assert_root(&host, &c.own, "su -c 'id -u'");
 }
+
+/// pkexec through the real polkitd on a system bus: the owner's pkexec is
+/// allowed without a password by a polkit rule, so what a guest meets is
+/// the polkit-1 PAM stack. pkexec skips the account check when polkit says
+/// yes without a password; the session lines refuse, and say why on the
+/// caller's stderr (pkexec cannot show PAM messages).
+#[test]
+fn pkexec_refuses_a_guest_without_admin() {
+    let (host, c) = setup();
+    let _polkit = host.start_polkit("alice");
+    let pkexec = "pkexec id -u";
+    assert_root(&host, &c.own, pkexec);
+
+    assert_refused_root(&host, &c.bob, pkexec, BOB_REFUSED);
+    assert_refused_root(
+        &host,
+        &c.bob,
+        "setsid sh -c 'pkexec id -u' </dev/null",
+        BOB_REFUSED,
+    );
+    assert_root(&host, &c.carol, pkexec);
+
+    // The owner, while both guests are logged in.
+    let _bob = LiveSession::open(&host, "alice", &c.bob);
+    let _carol = LiveSession::open(&host, "alice", &c.carol);
+    assert_root(&host, &c.own, pkexec);
+    assert_refused_root(&host, &c.bob, pkexec, BOB_REFUSED);
+}

@@ -200,6 +200,19 @@ fn from_admits_only_the_listed_addresses() {
         "from ::1: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let out = ssh_to(&c.host, &[], "alice@::1", &c.bob, "vmshare whoami --json");
+    let who: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("whoami --json: {e}: {out:?}"));
+    assert_eq!(
+        who["from"],
+        serde_json::json!(["127.0.0.2", "::1"]),
+        "{who}"
+    );
+    assert!(
+        who["expires"].is_null() && who["expires_in"].is_null(),
+        "{who}"
+    );
+    assert_eq!(who["forwarding"], true, "{who}");
 
     c.host.write_grants(&grants(&c, "from = [\"127.0.0.2\"]"));
     let out = as_alice(&[], "alice@::1");
@@ -321,8 +334,9 @@ fn the_guest_is_told_at_an_interactive_login_and_nowhere_else() {
     );
     tty.type_in("vmshare whoami; exit\n");
     let whoami = tty.wait_for(Duration::from_secs(20), |s| {
-        (s.contains("in alice's account (session") && s.contains("no forwarding\r\n"))
-            .then(|| s.to_string())
+        (s.contains("in alice's account (session")
+            && s.contains("no forwarding; may not become root\r\n"))
+        .then(|| s.to_string())
     });
     assert!(
         whoami.as_deref().is_some_and(|s| s
@@ -330,6 +344,20 @@ fn the_guest_is_told_at_an_interactive_login_and_nowhere_else() {
             && s.contains("no forwarding")),
         "whoami: {whoami:?}"
     );
+    // whoami --json says the same.
+    let out = c.host.ssh("alice", &c.bob, "vmshare whoami --json");
+    let who: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("whoami --json: {e}: {out:?}"));
+    assert_eq!(who["format"], 1, "{who}");
+    assert_eq!(who["result"], "guest", "{who}");
+    assert_eq!(who["guest"], "bob", "{who}");
+    assert_eq!(who["expires"], utc(deadline).as_str(), "{who}");
+    let left = who["expires_in"].as_i64().unwrap_or(-1);
+    assert!((7000..=7200).contains(&left), "{who}");
+    assert_eq!(who["expired"], false, "{who}");
+    assert!(who["from"].is_null(), "{who}");
+    assert_eq!(who["forwarding"], false, "{who}");
+    assert_eq!(who["admin"], false, "{who}");
 
     // A command, with or without a terminal, and sftp: nothing extra.
     let out = c.host.ssh("alice", &c.bob, "echo hi");

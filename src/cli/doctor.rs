@@ -400,6 +400,23 @@ fn check_hook_lines(path: &str, lines: &[PamLine], out: &mut Vec<Finding>) {
             "pam",
             format!("{path} runs the session hook at open ({control})"),
         ));
+        // pam_exec's own options come before the program's path.
+        let stdout = l
+            .words
+            .iter()
+            .take_while(|w| **w != PAM_HOOK)
+            .any(|w| *w == "stdout");
+        if !stdout {
+            out.push(bad(
+                "pam",
+                Verdict::Warning,
+                format!(
+                    "{path}:{}: the hook runs without pam_exec's `stdout` option, so guests are not shown their notice (who they are, whose account, until when) at login",
+                    l.number
+                ),
+                format!("use `{OPEN_LINE}`"),
+            ));
+        }
         if !hook_lines.iter().any(|l| has_arg(l, "close_session")) {
             out.push(bad(
                 "pam",
@@ -910,6 +927,12 @@ mod tests {
             .join("\n");
         let e = check(Some(DEBIAN_SSHD), Some(&no_close));
         assert!(e[0].contains("not run the hook at session close"), "{e:?}");
+        // Without `stdout` the guest's notice goes nowhere.
+        let silent = VMSHARE.replace("quiet stdout type=open_session", "quiet type=open_session");
+        assert_ne!(silent, VMSHARE);
+        let e = check(Some(DEBIAN_SSHD), Some(&silent));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("without pam_exec's `stdout` option"), "{e:?}");
     }
 
     #[test]

@@ -5,8 +5,11 @@
 
 use std::process::ExitCode;
 
+use serde::Serialize;
+
 use super::output;
 use crate::control::{self, Request, Response};
+use crate::grant::limits::Limits;
 use crate::store::config::Config;
 
 fn ask(config: &Config, request: &Request) -> Result<Response, ExitCode> {
@@ -25,11 +28,15 @@ pub fn whoami(config: &Config, json: bool) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    if json {
-        return output::print_json(&response);
-    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(i64::MAX, |d| d.as_secs() as i64);
     match response {
         Response::Guest(s) => {
+            let limits = limits_of(config, &s);
+            if json {
+                return output::print_json(&WhoamiJson::guest(&s, limits.as_ref(), now));
+            }
             println!(
                 "guest {} in {}'s account (session {}, key {}, from {}, since {})",
                 s.guest,
@@ -39,23 +46,103 @@ pub fn whoami(config: &Config, json: bool) -> ExitCode {
                 s.remote,
                 output::utc(s.since)
             );
-            println!("{}", limits_of(config, &s));
+            let access = match limits {
+                Ok(limits) => limits.describe(now),
+                Err(why) => why,
+            };
+            println!("{access}; {}", admin_text(s.admin));
             ExitCode::SUCCESS
         }
+        Response::NotAGuest { uid } if json => output::print_json(&WhoamiJson::not_a_guest(uid)),
         Response::NotAGuest { uid } => {
             println!("not a guest session (uid {uid}): an owner's own login or no login at all");
             ExitCode::SUCCESS
         }
+        other if json => output::print_json(&other),
         other => failed(other),
     }
 }
+
+fn admin_text(admin: bool) -> &'static str {
+    if admin {
+        "may become root (admin)"
+    } else {
+        "may not become root"
+    }
+}
+
+/// `whoami --json`: the daemon's answer and the guest's limits, with the
+/// field names of `status --json`.
+#[derive(Debug, Serialize)]
+struct WhoamiJson<'a> {
+    format: u32,
+    result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    session: Option<&'a control::SessionInfo>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    limits: Option<LimitsJson>,
+    /// Why the limits are unknown or gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct LimitsJson {
+    expires: Option<String>,
+    expires_in: Option<i64>,
+    expired: bool,
+    from: Option<Vec<String>>,
+    forwarding: bool,
+}
+
+impl<'a> WhoamiJson<'a> {
+    const FORMAT: u32 = 1;
+
+    fn guest(s: &'a control::SessionInfo, limits: Result<&Limits, &String>, now: i64) -> Self {
+        let (limits, access_error) = match limits {
+            Ok(l) => (
+                Some(LimitsJson {
+                    expires: l.expires.map(output::utc),
+                    expires_in: l.expires.map(|at| (at - now).max(0)),
+                    expired: l.expired(now),
+                    from: l
+                        .from
+                        .as_ref()
+                        .map(|nets| nets.iter().map(ToString::to_string).collect()),
+                    forwarding: l.forwarding,
+                }),
+                None,
+            ),
+            Err(why) => (None, Some(why.clone())),
+        };
+        WhoamiJson {
+            format: Self::FORMAT,
+            result: "guest",
+            uid: None,
+            session: Some(s),
+            limits,
+            access_error,
+        }
+    }
+
+    fn not_a_guest(uid: u32) -> Self {
+        WhoamiJson {
+            format: Self::FORMAT,
+            result: "not_a_guest",
+            uid: Some(uid),
+            session: None,
+            limits: None,
+            access_error: None,
+        }
+    }
+}
+
 /// What limits the session's guest, as the login notice says it: read from
 /// the owner's current key lines (the grant file or its snapshot), which
-/// every account may read.
-fn limits_of(config: &Config, s: &control::SessionInfo) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(i64::MAX, |d| d.as_secs() as i64);
+/// every account may read. `Err`: what to say instead.
+fn limits_of(config: &Config, s: &control::SessionInfo) -> Result<Limits, String> {
     let lines =
         crate::store::lookup::owner_lines(config, &s.owner, &crate::sys::accounts::SystemAccounts);
     // Every key of a guest carries the guest's limits.
@@ -67,9 +154,9 @@ fn limits_of(config: &Config, s: &control::SessionInfo) -> String {
             .and_then(|l| l.limits())
     });
     match (line, lines) {
-        (Some(limits), _) => limits.describe(now),
-        (None, Err(e)) => format!("access: unknown ({e})"),
-        (None, Ok(_)) => "access: none (the grant is gone; the session is being ended)".into(),
+        (Some(limits), _) => Ok(limits),
+        (None, Err(e)) => Err(format!("access: unknown ({e})")),
+        (None, Ok(_)) => Err("access: none (the grant is gone; the session is being ended)".into()),
     }
 }
 

@@ -30,6 +30,7 @@ use super::slots::{self, Slot};
 use crate::control::{self, Request, Response, SessionInfo, TIMEOUT};
 use crate::store::config::Config;
 use crate::store::records::{self, SessionRecord};
+use crate::sys::accounts::SystemAccounts;
 use crate::sys::procfs;
 
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
@@ -257,7 +258,7 @@ fn answer(config: &Config, request: Request, caller: Caller) -> (Response, Optio
     match request {
         Request::Whoami => (
             match &session {
-                Some(r) => Response::Guest(info_of(r)),
+                Some(r) => Response::Guest(info_of(config, r)),
                 None => Response::NotAGuest { uid },
             },
             None,
@@ -288,7 +289,15 @@ fn not_in_a_guest_session() -> (Response, Option<&'static str>) {
     (Response::Error { message }, None)
 }
 
-fn info_of(r: &SessionRecord) -> SessionInfo {
+/// The session as `whoami` shows it; `admin` from the grant file as it is
+/// now, the way the sudo, su and pkexec check reads it (off the loop).
+fn info_of(config: &Config, r: &SessionRecord) -> SessionInfo {
+    let loaded = crate::store::source::load(&config.grants, &SystemAccounts);
+    let admin = loaded.grants().is_some_and(|g| {
+        g.owner(&r.owner)
+            .and_then(|o| o.guest(&r.guest).filter(|g| g.has_access(o.sharing)))
+            .is_some_and(|g| g.admin)
+    });
     SessionInfo {
         owner: r.owner.clone(),
         guest: r.guest.clone(),
@@ -296,6 +305,7 @@ fn info_of(r: &SessionRecord) -> SessionInfo {
         fingerprint: r.fingerprint.clone(),
         remote: r.remote.clone(),
         since: r.since,
+        admin,
     }
 }
 

@@ -21,7 +21,7 @@ use crate::store::records::{self, SessionRecord};
 use crate::sys::accounts::SystemAccounts;
 use crate::sys::log::audit;
 use crate::sys::log::syslog::Level;
-use crate::sys::procfs;
+use crate::sys::{procfs, stderr_of};
 
 /// The hook's first argument for this check.
 pub const MODE: &str = "admin_check";
@@ -94,13 +94,25 @@ pub fn decide(
     ))
 }
 
+/// The argument that shows a refusal on the caller's own stderr, for PAM
+/// stacks whose program cannot show PAM messages: pkexec aborts on any
+/// (and skips the account check when polkit says yes without a password,
+/// so only its session lines see a guest).
+pub const CALLER_STDERR: &str = "--caller-stderr";
+
 /// Runs the check for the process that runs the PAM stack; the exit code is
 /// PAM's answer. The message goes to stdout (pam_exec's `stdout` option
-/// shows it to the caller) and to the audit trail.
+/// shows it to the caller), with `--caller-stderr` to that process's stderr
+/// instead, and to the audit trail.
 pub fn run(args: &[std::ffi::OsString]) -> ExitCode {
     let mut config_path = None;
+    let mut caller_stderr = false;
     let mut rest = args.iter().skip(2);
     while let Some(arg) = rest.next() {
+        if arg.to_str() == Some(CALLER_STDERR) {
+            caller_stderr = true;
+            continue;
+        }
         match (arg.to_str(), rest.next()) {
             (Some("--config"), Some(path)) => config_path = Some(PathBuf::from(path)),
             // A PAM line this program does not understand must not lock
@@ -132,7 +144,16 @@ pub fn run(args: &[std::ffi::OsString]) -> ExitCode {
     match decide(&who, loaded) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            println!("{message}");
+            if caller_stderr {
+                if let Err(e) = stderr_of::write(pid, &format!("{message}\n")) {
+                    log(
+                        Level::Warning,
+                        &format!("admin_check: cannot tell process {pid} why: {e}"),
+                    );
+                }
+            } else {
+                println!("{message}");
+            }
             let (owner, guest, fingerprint, session) = match &who {
                 Caller::Guest(r) => (&*r.owner, &*r.guest, &*r.fingerprint, &*r.id),
                 _ => ("", "", "", ""),

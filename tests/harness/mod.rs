@@ -21,7 +21,9 @@
 //! Files: `host.rs` (the host, its files, accounts, keys and grant file),
 //! `ssh.rs` (sshd, ssh logins and live sessions), `daemon.rs` (vmshared,
 //! the key lookup, the run dir), `cgroup.rs` (the hosts' cgroups),
-//! `package.rs` (hosts for the Debian package), and the shared scratch-dir
+//! `package.rs` (hosts for the Debian package), `admin.rs` (sudo, su and
+//! pkexec stacks with vmshare's admin check), `polkit.rs` (a system bus
+//! and polkitd for pkexec), and the shared scratch-dir
 //! rule in `tests/scratch`.
 // Each test crate uses only part of the harness.
 #![allow(dead_code)]
@@ -40,6 +42,7 @@ mod cgroup;
 mod daemon;
 mod host;
 mod package;
+mod polkit;
 #[path = "../scratch/mod.rs"]
 mod scratch;
 mod ssh;
@@ -49,6 +52,7 @@ pub use self::{
     admin::ADMIN_STACKS,
     daemon::Daemon,
     host::{Host, Key},
+    polkit::Polkit,
     ssh::{LiveSession, TtySession, CLIENT_OPTIONS},
 };
 
