@@ -496,12 +496,30 @@ fn limits_from_the_command_line_and_in_status() {
     assert!((7000..=7200).contains(&left), "{left}");
     assert_eq!(bob["from"], serde_json::json!(["10.0.0.0/8", "::1"]));
     assert_eq!(bob["forwarding"], false);
+    assert_eq!(bob["admin"], false);
     let shown = e.ok(&["status"]);
     assert!(shown.contains("bob: accepted (access, expires "), "{shown}");
     assert!(
         shown.contains("from 10.0.0.0/8 ::1, no forwarding"),
         "{shown}"
     );
+
+    // --admin beside a limit, in one invite: both land, status shows both.
+    e.ok(&[
+        "invite",
+        OWNER,
+        "dave",
+        "--key",
+        &key(7),
+        "--admin",
+        "--expires",
+        "1d",
+    ]);
+    let dave = guest(&e.status_json(), OWNER, "dave").unwrap().clone();
+    assert_eq!(dave["admin"], true, "{dave}");
+    assert!(dave["expires"].is_string(), "{dave}");
+    let shown = e.ok(&["status"]);
+    assert!(shown.contains("admin (may become root)"), "{shown}");
 
     e.ok(&["extend", OWNER, "bob", "--expires", "2999-01-01T00:00:00Z"]);
     let bob_now = e.status_json();

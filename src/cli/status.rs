@@ -82,6 +82,8 @@ struct GuestJson {
     from: Option<Vec<String>>,
     /// Port, agent and X11 forwarding allowed.
     forwarding: bool,
+    /// May become root through the owner's rights (sudo, su, pkexec).
+    admin: bool,
     keys: Vec<KeyJson>,
     sessions: Vec<SessionJson>,
 }
@@ -174,6 +176,7 @@ fn gather(config: &Config) -> StatusJson {
                         .as_ref()
                         .map(|nets| nets.iter().map(ToString::to_string).collect()),
                     forwarding: g.limits.forwarding,
+                    admin: g.admin,
                     keys: g
                         .keys
                         .iter()
@@ -328,6 +331,9 @@ fn render(s: &StatusJson) -> String {
             }
             if !guest.forwarding {
                 access.push_str(", no forwarding");
+            }
+            if guest.admin {
+                access.push_str(", admin (may become root)");
             }
             let sessions = match guest.sessions.len() {
                 0 => String::new(),
