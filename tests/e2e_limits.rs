@@ -267,6 +267,16 @@ fn without_forwarding_sshd_refuses_forwards_and_a_terminal_works() {
             &c.bob,
             "",
         );
+        // -L: the client listens; sshd opens (or refuses) the channel for
+        // each connection made through it. Read sshd's banner through it.
+        let local = c.host.run(&[
+            "bash",
+            "-c",
+            &format!(
+                "ssh {} & sleep 3; exec 3<>/dev/tcp/127.0.0.1/2223 && timeout 5 head -c 7 <&3; kill %1",
+                ssh_line(&c.bob, "-N -L 127.0.0.1:2223:127.0.0.1:22 alice@127.0.0.1")
+            ),
+        ]);
         let agent = c.host.run(&[
             "ssh-agent",
             "sh",
@@ -284,6 +294,7 @@ fn without_forwarding_sshd_refuses_forwards_and_a_terminal_works() {
                 direct.stdout.starts_with(b"SSH-2.0-"),
                 "-W refused with forwarding on"
             );
+            assert_eq!(local.stdout, b"SSH-2.0", "-L refused with forwarding on");
             assert_ne!(agent_out, "[]", "no agent with forwarding on");
             assert!(rc_ran, "~/.ssh/rc did not run with forwarding on");
         } else {
@@ -294,6 +305,7 @@ fn without_forwarding_sshd_refuses_forwards_and_a_terminal_works() {
                 String::from_utf8_lossy(&remote.stderr)
             );
             assert!(direct.stdout.is_empty(), "-W allowed");
+            assert!(local.stdout.is_empty(), "-L allowed");
             assert_eq!(agent_out, "[]", "agent forwarded");
             assert!(!rc_ran, "~/.ssh/rc ran");
         }
