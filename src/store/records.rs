@@ -145,7 +145,9 @@ pub fn list(dir: &Path) -> (Vec<SessionRecord>, Vec<(PathBuf, io::Error)>) {
 
 /// Records already read, by file name and inode. A record is written once,
 /// by a create that never replaces, and never changed after (see `write`);
-/// a file under the same name with another inode is another record. So
+/// its name is the session id (the sshd monitor's pid and start time), not
+/// reused while the run directory lives; a file under the same name with
+/// another inode is another record. So
 /// the daemon reads each record once, not once per pass: at thousands of
 /// sessions, reading them was most of a pass's enforcement.
 #[derive(Debug, Default)]
@@ -272,13 +274,17 @@ pub(crate) mod tests {
         assert_eq!(ids(&mut cache), ["a:carol"]);
         drop(keep);
         // A record that turns unreadable is reported, not served from
-        // memory: it is a new file.
+        // memory: it is a new file (again on a new inode: the one just
+        // freed could otherwise be handed straight back by the file
+        // system; session ids are never reused, see `write`).
+        let keep = fs::File::open(dir.join("a.json")).unwrap();
         remove(&dir, "a").unwrap();
         fs::write(dir.join("a.json"), "{").unwrap();
         let (records, bad) = cache.list(&dir);
         assert!(records.is_empty());
         assert_eq!(bad.len(), 1);
         assert_eq!(cache.read.len(), 0, "nothing kept of a removed record");
+        drop(keep);
     }
 
     #[test]
