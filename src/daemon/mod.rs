@@ -5,6 +5,7 @@ mod backstop;
 mod deadline;
 mod fdlimit;
 mod leave;
+mod ledger;
 mod pass;
 mod server;
 mod slots;

@@ -95,7 +95,7 @@ impl<'a> Provenance<'a> {
             origin: Origin::Authenticated,
             since: now,
         };
-        match ledger::update(&self.config.state_dir, OnBad::Keep, |l| l.record(entry))? {
+        match ledger::update(&self.config.state_dir, OnBad::Keep, |l, _| l.record(entry))? {
             Updated::LeftBad(why) => syslog::log(
                 IDENT,
                 Level::Error,

@@ -336,27 +336,29 @@ pub enum Updated {
 }
 
 /// Changes the ledger in `state_dir` under its lock: reads it, lets
-/// `change` edit it (returning whether it changed), and writes it back
+/// `change` edit it (returning whether it changed; told whether the ledger
+/// is being rebuilt, so it can add all it knows), and writes it back
 /// atomically (root:root, 0600) if it did. The directory is made (0700) if
 /// missing.
 pub fn update(
     state_dir: &Path,
     on_bad: OnBad,
-    change: impl FnOnce(&mut Ledger) -> bool,
+    change: impl FnOnce(&mut Ledger, bool) -> bool,
 ) -> Result<Updated, String> {
     ensure_dir(state_dir)?;
     let _lock = lock(state_dir)?;
     let path = path_in(state_dir);
-    let (mut ledger, bad) = match read(&path) {
-        State::Missing => (Ledger::default(), None),
-        State::Valid(l) => (l, None),
+    // Rebuilding: a ledger missing or bad (and why).
+    let (mut ledger, rebuilding, bad) = match read(&path) {
+        State::Missing => (Ledger::default(), true, None),
+        State::Valid(l) => (l, false, None),
         State::Bad { why, .. } if on_bad == OnBad::Keep => return Ok(Updated::LeftBad(why)),
         State::Bad { why, salvage } => {
             let kept = salvage.as_deref().map(Ledger::salvage).unwrap_or_default();
-            (kept, Some(why))
+            (kept, true, Some(why))
         }
     };
-    let changed = change(&mut ledger);
+    let changed = change(&mut ledger, rebuilding);
     if !changed && bad.is_none() {
         return Ok(Updated::Unchanged);
     }
@@ -518,14 +520,14 @@ mod tests {
     fn updates_write_root_only_files_and_read_back() {
         let (_tmp, dir) = state_dir();
         assert_eq!(read(&path_in(&dir)), State::Missing);
-        let done = update(&dir, OnBad::Keep, |l| {
+        let done = update(&dir, OnBad::Keep, |l, _| {
             l.record(entry(FP, "bob", Origin::Granted))
         });
         assert_eq!(done, Ok(Updated::Written));
         let meta = fs::metadata(path_in(&dir)).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o600);
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
-        let again = update(&dir, OnBad::Keep, |l| {
+        let again = update(&dir, OnBad::Keep, |l, _| {
             l.record(entry(FP, "bob", Origin::Granted))
         });
         assert_eq!(again, Ok(Updated::Unchanged));
@@ -539,7 +541,7 @@ mod tests {
     fn hostile_ledgers_are_bad_and_repaired() {
         let (_tmp, dir) = state_dir();
         let path = path_in(&dir);
-        update(&dir, OnBad::Keep, |l| {
+        update(&dir, OnBad::Keep, |l, _| {
             *l = sample();
             true
         })
@@ -589,13 +591,13 @@ mod tests {
             spoil();
             assert!(matches!(read(&path), State::Bad { .. }), "{name}");
             // The hook leaves it alone.
-            let left = update(&dir, OnBad::Keep, |l| {
+            let left = update(&dir, OnBad::Keep, |l, _| {
                 l.record(entry(FP, "bob", Origin::Granted))
             });
             assert!(matches!(left, Ok(Updated::LeftBad(_))), "{name}: {left:?}");
             // The daemon rewrites it, keeping only what a root-owned,
             // merely damaged file still holds.
-            let repaired = update(&dir, OnBad::Repair, |_| false);
+            let repaired = update(&dir, OnBad::Repair, |_, rebuilding| !rebuilding);
             assert!(
                 matches!(repaired, Ok(Updated::Repaired(_))),
                 "{name}: {repaired:?}"
