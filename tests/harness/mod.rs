@@ -41,6 +41,7 @@ mod admin;
 mod cgroup;
 mod daemon;
 mod host;
+mod journal;
 mod package;
 mod polkit;
 #[path = "../scratch/mod.rs"]
@@ -52,6 +53,7 @@ pub use self::{
     admin::ADMIN_STACKS,
     daemon::Daemon,
     host::{Host, Key},
+    journal::Journal,
     polkit::Polkit,
     ssh::{LiveSession, TtySession, CLIENT_OPTIONS},
 };

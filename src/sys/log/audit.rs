@@ -25,9 +25,6 @@ pub enum Kind {
     Expiry,
     /// Root gave a key of the key ledger back to its owner.
     KeyRelease,
-    /// A way back in left by a guest session that the agent could not end
-    /// (reported, not undone).
-    Persistence,
 }
 
 impl Kind {
@@ -41,7 +38,6 @@ impl Kind {
             Kind::GrantChange => "grant-change",
             Kind::Expiry => "expiry",
             Kind::KeyRelease => "key-release",
-            Kind::Persistence => "persistence",
         }
     }
 }
