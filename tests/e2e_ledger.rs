@@ -305,3 +305,139 @@ fn a_hostile_ledger_neither_locks_out_nor_lets_a_guest_key_pass() {
         daemon.kill();
     }
 }
+
+/// bob, in a session, adds a fresh key of his own to alice's file. The
+/// daemon sees his session write it: the key is bob's (planted), its
+/// logins are his, and it is refused after his revoke.
+#[test]
+fn a_key_planted_by_a_guest_session_is_the_guests() {
+    let (host, alice, bob) = setup();
+    let journal = host.capture_journal();
+    let _daemon = host.start_daemon();
+    let fresh = host.keypair("fresh");
+    let fp = fingerprint(&fresh);
+    // The writing shell stays until its input closes.
+    let mut writer = host.ssh_spawn(
+        "alice",
+        &bob,
+        &format!(
+            "echo '{}' >> ~/.ssh/authorized_keys; echo up; read line",
+            fresh.public
+        ),
+    );
+    let line = harness::first_line(&mut writer, Duration::from_secs(30));
+    assert_eq!(line.trim(), "up", "bob's writing session did not start");
+    assert!(
+        journal
+            .wait_for(
+                &[
+                    "VMSHARE_EVENT=key-planted",
+                    "VMSHARE_OWNER=alice",
+                    "VMSHARE_GUEST=bob",
+                    &format!("VMSHARE_FINGERPRINT={fp}"),
+                ],
+                EVENT_WITHIN
+            )
+            .is_some(),
+        "no key-planted event for bob: {:?}\n{}",
+        journal.events(),
+        host.daemon_log()
+    );
+    let entry = ledger(&host).get("alice", &fp).cloned().unwrap();
+    assert_eq!(
+        (entry.guest.as_str(), entry.origin.as_str()),
+        ("bob", "planted")
+    );
+    drop(writer.stdin.take());
+    let _ = writer.wait();
+
+    // While bob has access, the planted key is his login.
+    let mut session = LiveSession::open(&host, "alice", &fresh);
+    assert!(
+        host.session_records()
+            .iter()
+            .any(|r| r.guest == "bob" && r.fingerprint == fp),
+        "the planted key's login was not recorded as bob's: {:?}",
+        host.session_records()
+    );
+    host.write_grants(&grants(&bob, false));
+    assert!(
+        session.wait_gone(GONE_WITHIN).is_some(),
+        "the planted key's session survived bob's revoke"
+    );
+    host.assert_session_refused("alice", &fresh);
+    assert!(
+        journal
+            .wait_for(
+                &[
+                    "VMSHARE_EVENT=refusal",
+                    "VMSHARE_GUEST=bob",
+                    &format!("VMSHARE_FINGERPRINT={fp}"),
+                ],
+                EVENT_WITHIN
+            )
+            .is_some(),
+        "no refusal naming bob: {:?}",
+        journal.events()
+    );
+    host.assert_logs_in_as("alice", &alice, "alice");
+}
+
+/// A key line moved into alice's file from elsewhere while bob is logged
+/// in: no write to the watched directory tells who made it, so it is not
+/// guessed. It keeps working (as alice's), a persistence event names the
+/// file, the key and bob, and `vmshare status` shows it.
+#[test]
+fn a_change_that_cannot_be_attributed_is_reported_not_guessed() {
+    let (host, alice, bob) = setup();
+    let journal = host.capture_journal();
+    let _daemon = host.start_daemon();
+    let _bob_here = LiveSession::open(&host, "alice", &bob);
+    let other = host.keypair("other");
+    let fp = fingerprint(&other);
+    let out = host.ssh(
+        "alice",
+        &alice,
+        &format!(
+            "cp ~/.ssh/authorized_keys ~/ak.new && echo '{}' >> ~/ak.new && mv ~/ak.new ~/.ssh/authorized_keys && echo moved",
+            other.public
+        ),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "moved",
+        "{out:?}"
+    );
+    let event = journal.wait_for(
+        &[
+            "VMSHARE_EVENT=persistence",
+            "VMSHARE_OWNER=alice",
+            "VMSHARE_GUEST=bob",
+            &format!("VMSHARE_FINGERPRINT={fp}"),
+        ],
+        EVENT_WITHIN,
+    );
+    let event = event.unwrap_or_else(|| {
+        panic!(
+            "no persistence event: {:?}\n{}",
+            journal.events(),
+            host.daemon_log()
+        )
+    });
+    assert!(
+        event.contains("/home/alice/.ssh/authorized_keys"),
+        "{event}"
+    );
+    let status = host.run_ok(&["vmshare", "status"]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains(&fp) && l.contains("authorized_keys") && l.contains("bob")),
+        "status does not show the change:\n{status}"
+    );
+    assert!(
+        ledger(&host).get("alice", &fp).is_none(),
+        "guessed: {fp} in the ledger"
+    );
+    host.assert_logs_in_as("alice", &other, "alice");
+}

@@ -25,6 +25,11 @@ pub enum Kind {
     Expiry,
     /// Root gave a key of the key ledger back to its owner.
     KeyRelease,
+    /// A guest session added a key line to the owner's key files: recorded
+    /// as the guest's.
+    KeyPlanted,
+    /// A way back in that could not be attributed or undone: reported.
+    Persistence,
 }
 
 impl Kind {
@@ -38,6 +43,8 @@ impl Kind {
             Kind::GrantChange => "grant-change",
             Kind::Expiry => "expiry",
             Kind::KeyRelease => "key-release",
+            Kind::KeyPlanted => "key-planted",
+            Kind::Persistence => "persistence",
         }
     }
 }
