@@ -9,7 +9,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Host, Key, LiveSession, STATE_DIR};
+use harness::{Host, Journal, Key, LiveSession, STATE_DIR};
 use vmshare::store::ledger::Ledger;
 
 /// Generous bound for a kill in tests; the benchmark measures the real figure.
@@ -306,27 +306,16 @@ fn a_hostile_ledger_neither_locks_out_nor_lets_a_guest_key_pass() {
     }
 }
 
-/// bob, in a session, adds a fresh key of his own to alice's file. The
-/// daemon sees his session write it: the key is bob's (planted), its
-/// logins are his, and it is refused after his revoke.
-#[test]
-fn a_key_planted_by_a_guest_session_is_the_guests() {
-    let (host, alice, bob) = setup();
-    let journal = host.capture_journal();
-    let _daemon = host.start_daemon();
-    let fresh = host.keypair("fresh");
-    let fp = fingerprint(&fresh);
-    // The writing shell stays until its input closes.
+/// bob, from a session whose shell stays, appends `line` to alice's
+/// authorized_keys; waits for the daemon to record it as bob's.
+fn plant(host: &Host, journal: &Journal, bob: &Key, line: &str, fp: &str) {
     let mut writer = host.ssh_spawn(
         "alice",
-        &bob,
-        &format!(
-            "echo '{}' >> ~/.ssh/authorized_keys; echo up; read line",
-            fresh.public
-        ),
+        bob,
+        &format!("echo '{line}' >> ~/.ssh/authorized_keys; echo up; read line"),
     );
-    let line = harness::first_line(&mut writer, Duration::from_secs(30));
-    assert_eq!(line.trim(), "up", "bob's writing session did not start");
+    let up = harness::first_line(&mut writer, Duration::from_secs(30));
+    assert_eq!(up.trim(), "up", "bob's writing session did not start");
     assert!(
         journal
             .wait_for(
@@ -339,33 +328,39 @@ fn a_key_planted_by_a_guest_session_is_the_guests() {
                 EVENT_WITHIN
             )
             .is_some(),
-        "no key-planted event for bob: {:?}\n{}",
+        "no key-planted event for bob's {fp}: {:?}\n{}",
         journal.events(),
         host.daemon_log()
     );
-    let entry = ledger(&host).get("alice", &fp).cloned().unwrap();
+    let entry = ledger(host).get("alice", fp).cloned().unwrap();
     assert_eq!(
         (entry.guest.as_str(), entry.origin.as_str()),
         ("bob", "planted")
     );
     drop(writer.stdin.take());
     let _ = writer.wait();
+}
 
-    // While bob has access, the planted key is his login.
-    let mut session = LiveSession::open(&host, "alice", &fresh);
+/// A login with `key` is bob's while he has access (known by `fp`),
+/// ends with his revoke, and is refused after it, with a refusal naming
+/// him; alice's own key still works.
+fn bobs_until_revoked(host: &Host, journal: &Journal, alice: &Key, bob: &Key, key: &Key, fp: &str) {
+    let mut session = LiveSession::open(host, "alice", key);
     assert!(
         host.session_records()
             .iter()
             .any(|r| r.guest == "bob" && r.fingerprint == fp),
-        "the planted key's login was not recorded as bob's: {:?}",
+        "the login with {} was not recorded as bob's: {:?}",
+        key.name,
         host.session_records()
     );
-    host.write_grants(&grants(&bob, false));
+    host.write_grants(&grants(bob, false));
     assert!(
         session.wait_gone(GONE_WITHIN).is_some(),
-        "the planted key's session survived bob's revoke"
+        "the session with {} survived bob's revoke",
+        key.name
     );
-    host.assert_session_refused("alice", &fresh);
+    host.assert_session_refused("alice", key);
     assert!(
         journal
             .wait_for(
@@ -380,7 +375,21 @@ fn a_key_planted_by_a_guest_session_is_the_guests() {
         "no refusal naming bob: {:?}",
         journal.events()
     );
-    host.assert_logs_in_as("alice", &alice, "alice");
+    host.assert_logs_in_as("alice", alice, "alice");
+}
+
+/// bob, in a session, adds a fresh key of his own to alice's file. The
+/// daemon sees his session write it: the key is bob's (planted), its
+/// logins are his, and it is refused after his revoke.
+#[test]
+fn a_key_planted_by_a_guest_session_is_the_guests() {
+    let (host, alice, bob) = setup();
+    let journal = host.capture_journal();
+    let _daemon = host.start_daemon();
+    let fresh = host.keypair("fresh");
+    let fp = fingerprint(&fresh);
+    plant(&host, &journal, &bob, &fresh.public, &fp);
+    bobs_until_revoked(&host, &journal, &alice, &bob, &fresh, &fp);
 }
 
 /// A key line moved into alice's file from elsewhere while bob is logged
@@ -440,4 +449,39 @@ fn a_change_that_cannot_be_attributed_is_reported_not_guessed() {
         "guessed: {fp} in the ledger"
     );
     host.assert_logs_in_as("alice", &other, "alice");
+}
+
+/// bob's session adds a `cert-authority` line for a CA of his: a
+/// certificate it signed is bob's login, and refused after his revoke.
+#[test]
+fn a_certificate_through_a_planted_authority_is_the_guests() {
+    let (host, alice, bob) = setup();
+    let journal = host.capture_journal();
+    let _daemon = host.start_daemon();
+    let ca = host.keypair("ca");
+    let holder = host.keypair("holder");
+    // holder's key signed by the CA for principal alice: ssh offers
+    // `holder-cert.pub` beside the private key.
+    let holder_pub = format!("{}.pub", holder.private);
+    host.run_ok(&[
+        "ssh-keygen",
+        "-q",
+        "-s",
+        &ca.private,
+        "-I",
+        "bob-cert",
+        "-n",
+        "alice",
+        &holder_pub,
+    ]);
+    let ca_fp = fingerprint(&ca);
+    plant(
+        &host,
+        &journal,
+        &bob,
+        &format!("cert-authority {}", ca.public),
+        &ca_fp,
+    );
+    // The hook knows a certificate login by its CA.
+    bobs_until_revoked(&host, &journal, &alice, &bob, &holder, &ca_fp);
 }

@@ -99,11 +99,10 @@ pub fn classify(
     ledger: &dyn Fn(&AuthKey) -> Option<String>,
     is_owners_own: &dyn Fn(&AuthKey) -> bool,
 ) -> Decision {
-    // vmshare never grants certificates: sshd let those in on its own.
+    // vmshare never grants certificates: sshd let those in on its own,
+    // through a `cert-authority` line. The ledger may still know the CA.
     let plain: Vec<&AuthKey> = keys.iter().filter(|k| !k.is_certificate()).collect();
-    if plain.is_empty() {
-        return Decision::Owner("no plain public key authenticated this session");
-    }
+    let all: Vec<&AuthKey> = keys.iter().collect();
     if let Ok(lines) = lines {
         let granted: Vec<(&str, &AuthKey)> = plain
             .iter()
@@ -119,7 +118,7 @@ pub fn classify(
             if let Some((other, _)) = granted.iter().find(|(g, _)| *g != guest) {
                 return Decision::Deny(two_guests(guest, other));
             }
-            if let Some(other) = other_guest_in_ledger(&plain, guest, ledger) {
+            if let Some(other) = other_guest_in_ledger(&all, guest, ledger) {
                 return Decision::Deny(two_guests(guest, &other));
             }
             return Decision::Guest {
@@ -129,15 +128,18 @@ pub fn classify(
         }
     }
     // No key is granted now. One the ledger knows is a guest's wherever
-    // sshd found it.
-    if let Some((key, guest)) = plain.iter().find_map(|k| ledger(k).map(|g| (*k, g))) {
-        if let Some(other) = other_guest_in_ledger(&plain, &guest, ledger) {
+    // sshd found it (a certificate, by its CA).
+    if let Some((key, guest)) = all.iter().find_map(|k| ledger(k).map(|g| (*k, g))) {
+        if let Some(other) = other_guest_in_ledger(&all, &guest, ledger) {
             return Decision::Deny(two_guests(&guest, &other));
         }
         return Decision::Ledger {
             guest,
             key: key.clone(),
         };
+    }
+    if plain.is_empty() {
+        return Decision::Owner("no plain public key authenticated this session");
     }
     // Only the owner's own files can have let them in; any other key was
     // revoked between sshd's lookup and here.
@@ -566,10 +568,10 @@ fn finish(env: &Env, decision: Decision) -> ExitCode {
 /// Refuses the session (of `guest`, when known): audited, and the
 /// connection dropped.
 fn refuse(env: &Env, guest: &str, why: String) -> ExitCode {
+    // The first key's (a certificate's CA).
     let fingerprint = parse_auth_info(&env.auth_info)
         .iter()
-        .find(|k| !k.is_certificate())
-        .and_then(fingerprint)
+        .find_map(fingerprint)
         .unwrap_or_default();
     audit::emit(
         IDENT,
@@ -909,9 +911,16 @@ mod tests {
             blob: "A".into(),
         };
         assert!(matches!(
-            classify_plain(&[cert], &Err("x".into()), &|_| false),
+            classify_plain(std::slice::from_ref(&cert), &Err("x".into()), &|_| false),
             Decision::Owner(_)
         ));
+        // Unless the ledger knows its CA (a planted cert-authority line).
+        let ledger = |k: &AuthKey| k.is_certificate().then(|| "bob".to_string());
+        let d = classify(&[cert], &Ok(String::new()), &ledger, &|_| false);
+        assert!(
+            matches!(&d, Decision::Ledger { guest, .. } if guest == "bob"),
+            "{d:?}"
+        );
     }
 
     #[test]
