@@ -698,11 +698,11 @@ fn bench_login() -> Vec<Row> {
 }
 
 /// An owner's own login (`ssh alice@host true` with her own key) with no
-/// key ledger vs a ledger of 10,000 keys (near its size bound), the
+/// key ledger vs a ledger of 20,000 keys (10,000 guests × 2 keys), the
 /// owner's key in neither; same sshd, alternating login by login.
 fn bench_ledger_login() -> Row {
     use vmshare::store::ledger::{Entry, Ledger, Origin};
-    const ENTRIES: u32 = 10_000;
+    const ENTRIES: u32 = 20_000;
     const LOGINS: usize = 45;
     let host = Host::start();
     let alice = owner(&host, "alice");

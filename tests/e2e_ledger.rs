@@ -260,7 +260,8 @@ fn a_hostile_ledger_neither_locks_out_nor_lets_a_guest_key_pass() {
             host.write_file(&path, good, 0, 0, 0o620)
         }),
         ("huge", &|good| {
-            let filler = format!("# {}\n", "x".repeat(1000)).repeat(1100);
+            // Past the 16 MiB bound.
+            let filler = format!("# {}\n", "x".repeat(1000)).repeat(17_000);
             host.write_file(&path, &format!("{good}{filler}"), 0, 0, 0o600)
         }),
     ];

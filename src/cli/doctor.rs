@@ -563,7 +563,7 @@ fn check_ledger(config: &Config) -> Finding {
             format!(
                 "the key ledger cannot be trusted: {why}; logins judge guest keys by the grant file and the session records only, so a revoked guest's key left in an owner's key files may log in as the owner"
             ),
-            "the daemon rebuilds it at its next pass (restart vmshared, or change the grant file); it must be a root-owned file, not group/world writable, under 1 MiB",
+            "the daemon rebuilds it at its next pass (restart vmshared, or change the grant file); it must be a root-owned file, not group/world writable, at most 16 MiB",
         ),
     }
 }

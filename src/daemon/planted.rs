@@ -29,13 +29,12 @@ use crate::session::owner_keys::split_line;
 use crate::store::config::Config;
 use crate::store::ledger::{self, Entry, OnBad, Origin};
 use crate::store::records;
-use crate::store::source::{self, FileVersion};
-use crate::sys::accounts::SystemAccounts;
+use crate::store::snapshot;
 use crate::sys::log::audit;
 
 /// Most of a key file read (sshd reads any size; the hook stops at 16 MiB).
 const KEY_FILE_LIMIT: u64 = 16 << 20;
-/// How often the grant file is looked at for owners who start or stop
+/// How often the snapshot is looked at for owners who start or stop
 /// sharing.
 const TICK: Duration = Duration::from_millis(500);
 /// The unattributed changes `vmshare status` shows, in the run dir.
@@ -141,7 +140,8 @@ struct Watch {
     owners: Vec<Owner>,
     /// inotify watches, by directory.
     watched: HashMap<PathBuf, WatchDescriptor>,
-    grants: Option<FileVersion>,
+    /// The snapshot last read: its digest and when it was written.
+    snapshot: Option<(String, i64)>,
     /// Writers seen per directory since it was last read.
     writers: HashMap<PathBuf, Vec<Writer>>,
 }
@@ -173,7 +173,7 @@ impl Watch {
             inotify: Inotify::init()?,
             owners: Vec::new(),
             watched: HashMap::new(),
-            grants: None,
+            snapshot: None,
             writers: HashMap::new(),
         })
     }
@@ -261,30 +261,28 @@ impl Watch {
         }
     }
 
-    /// The owners who share (with an accepted guest), re-read when the
-    /// grant file changes; their key directories watched.
+    /// The owners who share (with an accepted guest), as the snapshot the
+    /// daemon wrote lists them (its header alone: the daemon's memory
+    /// stays as small as the compile in a child keeps it); their key
+    /// directories watched.
     fn refresh_owners(&mut self) {
-        let version = std::fs::metadata(&self.config.grants)
-            .ok()
-            .map(|m| FileVersion::of(&m));
-        if version.is_some() && version == self.grants {
+        let header = snapshot::read_header(&self.config.snapshot_path()).ok();
+        let version = header.as_ref().map(|h| (h.sha256.clone(), h.written_ns));
+        if version == self.snapshot {
             // Directories made since (a new ~/.ssh) are watched too.
             self.watch_dirs();
             return;
         }
-        self.grants = version;
-        let loaded = source::load(&self.config.grants, &SystemAccounts);
-        let mut names: Vec<String> = loaded
-            .policy()
-            .map(|p| {
-                p.owners
-                    .iter()
-                    .filter(|(_, a)| !a.keys.is_empty())
-                    .map(|(n, _)| n.clone())
+        self.snapshot = version;
+        let names: Vec<String> = header
+            .map(|h| {
+                h.owners
+                    .into_iter()
+                    .filter(|(_, (_, len))| *len > 0)
+                    .map(|(n, _)| n)
                     .collect()
             })
             .unwrap_or_default();
-        names.sort();
         let keep: Vec<Owner> = std::mem::take(&mut self.owners)
             .into_iter()
             .filter(|o| names.contains(&o.name))

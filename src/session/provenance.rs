@@ -8,7 +8,7 @@ use std::cell::OnceCell;
 
 use crate::session::hook::AuthKey;
 use crate::store::config::Config;
-use crate::store::ledger::{self, Entry, Ledger, OnBad, Origin, State, Updated};
+use crate::store::ledger::{self, Entry, OnBad, Origin, Updated};
 use crate::store::records;
 use crate::sys::log::syslog::{self, Level};
 
@@ -27,7 +27,8 @@ pub fn fingerprint(key: &AuthKey) -> Option<String> {
 }
 
 enum Known {
-    Ledger(Ledger),
+    /// The ledger's text, checked whole once read.
+    Ledger(String),
     /// (fingerprint, guest) of the owner's recorded sessions.
     Records(Vec<(String, String)>),
 }
@@ -52,17 +53,23 @@ impl<'a> Provenance<'a> {
     pub fn guest_of(&self, key: &AuthKey) -> Option<String> {
         let fp = fingerprint(key)?;
         match self.known() {
-            Known::Ledger(l) => l.get(self.owner, &fp).map(|e| e.guest.clone()),
+            Known::Ledger(text) => ledger::find(text, self.owner, &fp)
+                .ok()
+                .flatten()
+                .map(|e| e.guest.to_string()),
             Known::Records(keys) => keys.iter().find(|(f, _)| *f == fp).map(|(_, g)| g.clone()),
         }
     }
 
     fn known(&self) -> &Known {
         self.known.get_or_init(|| {
-            let why = match ledger::read(&self.config.ledger_path()) {
-                State::Valid(l) => return Known::Ledger(l),
-                State::Missing => None,
-                State::Bad { why, .. } => Some(why),
+            let why = match ledger::read_text(&self.config.ledger_path()) {
+                Ok(Some(text)) => match ledger::scan(&text, |_| {}) {
+                    Ok(_) => return Known::Ledger(text),
+                    Err(e) => Some(format!("{}: {e}", self.config.ledger_path().display())),
+                },
+                Ok(None) => None,
+                Err(why) => Some(why),
             };
             if let Some(why) = why {
                 syslog::log(

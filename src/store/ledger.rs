@@ -35,9 +35,9 @@ pub const FILE_NAME: &str = "ledger";
 const LOCK_NAME: &str = "ledger.lock";
 const HEADER: &str = "vmshare-ledger 1";
 
-/// The most a ledger may hold, so a login never reads more: about eight
-/// thousand keys. A larger file is refused like a corrupt one.
-pub const LIMIT: u64 = 1 << 20;
+/// The most a ledger may hold, so a login never reads more: about two
+/// hundred thousand keys. A larger file is refused like a corrupt one.
+pub const LIMIT: u64 = 16 << 20;
 
 /// How long a writer waits for another to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -93,13 +93,27 @@ pub fn is_fingerprint(s: &str) -> bool {
     })
 }
 
-fn parse_entry(line: &str) -> Result<Entry, String> {
-    let words: Vec<&str> = line.split(' ').collect();
-    let [tag, owner, fingerprint, guest, origin, since] = words[..] else {
-        return Err("expected `key OWNER FINGERPRINT GUEST ORIGIN SINCE`".into());
-    };
-    if tag != "key" {
-        return Err(format!("unknown entry `{tag}`"));
+/// One entry line, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    pub owner: &'a str,
+    pub fingerprint: &'a str,
+    pub guest: &'a str,
+    pub origin: Origin,
+    pub since: i64,
+}
+
+fn parse_entry_ref(line: &str) -> Result<EntryRef<'_>, String> {
+    let mut words = line.split(' ');
+    let mut next = || words.next().unwrap_or_default();
+    let (tag, owner, fingerprint, guest, origin, since) =
+        (next(), next(), next(), next(), next(), next());
+    if tag != "key" || since.is_empty() || words.next().is_some() {
+        return Err(if tag == "key" {
+            "expected `key OWNER FINGERPRINT GUEST ORIGIN SINCE`".into()
+        } else {
+            format!("unknown entry `{tag}`")
+        });
     }
     if !is_account_name(owner) {
         return Err(format!("invalid owner name {owner:?}"));
@@ -114,13 +128,73 @@ fn parse_entry(line: &str) -> Result<Entry, String> {
         .ok()
         .filter(|&t| t >= 0)
         .ok_or_else(|| format!("invalid time {since:?}"))?;
-    Ok(Entry {
-        owner: owner.to_string(),
-        fingerprint: fingerprint.to_string(),
-        guest: guest.to_string(),
+    Ok(EntryRef {
+        owner,
+        fingerprint,
+        guest,
         origin,
         since,
     })
+}
+
+fn parse_entry(line: &str) -> Result<Entry, String> {
+    let e = parse_entry_ref(line)?;
+    Ok(Entry {
+        owner: e.owner.to_string(),
+        fingerprint: e.fingerprint.to_string(),
+        guest: e.guest.to_string(),
+        origin: e.origin,
+        since: e.since,
+    })
+}
+
+/// Checks a whole ledger's text as [`Ledger::parse`] does (but for keys
+/// listed twice), calling `each` for every entry, without building it in
+/// memory: the login's path.
+pub fn scan<'a>(text: &'a str, mut each: impl FnMut(EntryRef<'a>)) -> Result<usize, String> {
+    let mut lines = text.split_inclusive('\n').enumerate();
+    let mut read = match lines.next() {
+        Some((_, first)) if first.strip_suffix('\n') == Some(HEADER) => first.len(),
+        _ => return Err(format!("line 1: expected `{HEADER}`")),
+    };
+    for (i, raw) in lines {
+        let n = i + 1;
+        // Every line between the header and this one was an entry.
+        let count = i - 1;
+        read += raw.len();
+        let Some(line) = raw.strip_suffix('\n') else {
+            return Err(format!("line {n}: cut short (no line end)"));
+        };
+        if let Some(trailer) = line.strip_prefix("end ") {
+            if trailer.parse::<usize>().ok() != Some(count) {
+                return Err(format!(
+                    "line {n}: the trailer counts {trailer} entries, the file has {count}"
+                ));
+            }
+            if read != text.len() {
+                return Err(format!("line {}: text after the trailer", n + 1));
+            }
+            return Ok(count);
+        }
+        each(parse_entry_ref(line).map_err(|e| format!("line {n}: {e}"))?);
+    }
+    Err("the file is cut short (no `end` trailer)".into())
+}
+
+/// The entry for `owner`'s key `fingerprint` in a ledger's text, checking
+/// the whole text (an error if it is not a whole ledger).
+pub fn find<'a>(
+    text: &'a str,
+    owner: &str,
+    fingerprint: &str,
+) -> Result<Option<EntryRef<'a>>, String> {
+    let mut found = None;
+    scan(text, |e| {
+        if found.is_none() && e.owner == owner && e.fingerprint == fingerprint {
+            found = Some(e);
+        }
+    })?;
+    Ok(found)
 }
 
 /// The ledger in memory.
@@ -133,36 +207,25 @@ impl Ledger {
     /// Parses a whole ledger. Any line out of place, a missing or wrong
     /// trailer, or two entries for one key is an error naming the line.
     pub fn parse(text: &str) -> Result<Ledger, String> {
-        let mut lines = text.split_inclusive('\n').enumerate();
-        match lines.next() {
-            Some((_, first)) if first == format!("{HEADER}\n") => {}
-            _ => return Err(format!("line 1: expected `{HEADER}`")),
-        }
         let mut ledger = Ledger::default();
-        for (i, line) in lines {
-            let n = i + 1;
-            let Some(line) = line.strip_suffix('\n') else {
-                return Err(format!("line {n}: cut short (no line end)"));
+        let mut twice = None;
+        scan(text, |e| {
+            let key = (e.owner.to_string(), e.fingerprint.to_string());
+            let entry = Entry {
+                owner: e.owner.to_string(),
+                fingerprint: e.fingerprint.to_string(),
+                guest: e.guest.to_string(),
+                origin: e.origin,
+                since: e.since,
             };
-            if let Some(count) = line.strip_prefix("end ") {
-                if count.parse::<usize>().ok() != Some(ledger.entries.len()) {
-                    return Err(format!(
-                        "line {n}: the trailer counts {count} entries, the file has {}",
-                        ledger.entries.len()
-                    ));
-                }
-                if n != text.lines().count() {
-                    return Err(format!("line {}: text after the trailer", n + 1));
-                }
-                return Ok(ledger);
+            if ledger.entries.insert(key, entry).is_some() && twice.is_none() {
+                twice = Some(e.fingerprint.to_string());
             }
-            let entry = parse_entry(line).map_err(|e| format!("line {n}: {e}"))?;
-            let key = (entry.owner.clone(), entry.fingerprint.clone());
-            if ledger.entries.insert(key, entry).is_some() {
-                return Err(format!("line {n}: a second entry for the same key"));
-            }
+        })?;
+        match twice {
+            Some(fp) => Err(format!("a second entry for the same key {fp}")),
+            None => Ok(ledger),
         }
-        Err("the file is cut short (no `end` trailer)".into())
     }
 
     /// Every entry line of a damaged ledger that still reads as one (the
@@ -261,14 +324,36 @@ pub fn path_in(state_dir: &Path) -> PathBuf {
 /// owned by root and not writable by group or others, below directories
 /// only root can write (as the grant file).
 pub fn read(path: &Path) -> State {
-    let bad = |why: String| State::Bad { why, salvage: None };
+    match read_raw(path) {
+        Ok(None) => State::Missing,
+        Ok(Some(text)) => match Ledger::parse(&text) {
+            Ok(ledger) => State::Valid(ledger),
+            Err(e) => State::Bad {
+                why: format!("{}: {e}", path.display()),
+                salvage: Some(text),
+            },
+        },
+        Err((why, salvage)) => State::Bad { why, salvage },
+    }
+}
+
+/// The ledger's text as [`read`] reads it, unchecked: `Ok(None)` when
+/// there is none, `Err` why the file cannot be trusted.
+pub fn read_text(path: &Path) -> Result<Option<String>, String> {
+    read_raw(path).map_err(|(why, _)| why)
+}
+
+/// The text, or why not (with the text of a root-owned file that is only
+/// damaged).
+fn read_raw(path: &Path) -> Result<Option<String>, (String, Option<String>)> {
+    let bad = |why: String| Err((why, None));
     let file = match OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(path)
     {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return State::Missing,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return bad(format!("cannot open {}: {e}", path.display())),
     };
     let meta = match file.metadata() {
@@ -295,23 +380,10 @@ pub fn read(path: &Path) -> State {
     if bytes.len() as u64 > LIMIT {
         return bad(format!("{} grew past {LIMIT} bytes", path.display()));
     }
-    let text = match String::from_utf8(bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
-            return State::Bad {
-                why: format!("{} is not UTF-8", path.display()),
-                salvage: Some(text),
-            };
-        }
-    };
-    match Ledger::parse(&text) {
-        Ok(ledger) => State::Valid(ledger),
-        Err(e) => State::Bad {
-            why: format!("{}: {e}", path.display()),
-            salvage: Some(text),
-        },
-    }
+    String::from_utf8(bytes).map(Some).map_err(|e| {
+        let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+        (format!("{} is not UTF-8", path.display()), Some(text))
+    })
 }
 
 /// What a writer does with a ledger it cannot trust.
@@ -487,7 +559,8 @@ mod tests {
             (text.replace(FP, "SHA256:short"), "line 2"),
             (text.replace("1764500000", "-1"), "line 2"),
             (format!("{text}key x\n"), "line 5"),
-            (text.replace(FP2, FP), "line 3"),
+            (text.replace(FP2, FP), "second entry"),
+            (text.replace("end 2\n", "end 2\nkey"), "line 5"),
         ] {
             let e = Ledger::parse(&bad).unwrap_err();
             assert!(e.contains(want), "{e} for {bad:?}");
@@ -496,6 +569,16 @@ mod tests {
         let mangled = text.replace("end 2\n", "garbage\x01\n");
         assert_eq!(Ledger::salvage(&mangled), sample());
         assert_eq!(Ledger::salvage(half).len(), 1);
+    }
+
+    #[test]
+    fn find_reads_one_entry_and_checks_the_whole_text() {
+        let text = sample().encode();
+        let e = find(&text, "alice", FP2).unwrap().unwrap();
+        assert_eq!((e.guest, e.origin), ("carol", Origin::Planted));
+        assert_eq!(find(&text, "dave", FP2), Ok(None));
+        assert!(find(&text[..text.len() - 1], "alice", FP).is_err());
+        assert!(find(&text.replace("end 2", "end 1"), "alice", FP).is_err());
     }
 
     #[test]
