@@ -39,7 +39,8 @@ use crate::store::config::Config;
     after_long_help = "Files:\n  \
         /etc/vmshare/vmshare.toml  agent configuration (--config)\n  \
         /etc/vmshare/grants.toml   the grant file: who may log in as whom\n  \
-        /run/vmshare/              snapshot, session records, control socket\n\n\
+        /run/vmshare/              snapshot, session records, control socket\n  \
+        /var/lib/vmshare/ledger    the key ledger: every key a guest was granted or used\n\n\
         Exit status: 0 done (or already so), 1 refused or a problem found, \
         2 bad usage or configuration."
 )]

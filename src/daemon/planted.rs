@@ -235,10 +235,10 @@ impl Watch {
             let Some(fd) = event.fd() else {
                 // Overflow: every watched directory had unknown writers.
                 for dir in self.watched.keys() {
-                    self.writers
-                        .entry(dir.clone())
-                        .or_default()
-                        .push(Writer::Unknown);
+                    let seen = self.writers.entry(dir.clone()).or_default();
+                    if !seen.contains(&Writer::Unknown) {
+                        seen.push(Writer::Unknown);
+                    }
                 }
                 continue;
             };
@@ -257,8 +257,20 @@ impl Watch {
                 None if Path::new(&format!("/proc/{pid}")).exists() => Writer::NotGuest,
                 None => Writer::Unknown,
             };
-            self.writers.entry(dir).or_default().push(writer);
+            let seen = self.writers.entry(dir).or_default();
+            // One of each is all the judging needs.
+            if !seen.contains(&writer) {
+                seen.push(writer);
+            }
         }
+        // Writes to directories no sharing owner uses (any more) are not
+        // kept.
+        let used: BTreeSet<&Path> = self
+            .owners
+            .iter()
+            .flat_map(|o| o.files.iter().filter_map(|f| f.parent()))
+            .collect();
+        self.writers.retain(|d, _| used.contains(d.as_path()));
     }
 
     /// The owners who share (with an accepted guest), as the snapshot the
