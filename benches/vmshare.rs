@@ -1,8 +1,8 @@
 //! vmshare's benchmarks: each figure is a ratio or a percentile measured
 //! against a baseline in the same run (these machines are noisy).
 //!
-//! Run: `scripts/bench` (all), or `scripts/bench lookup login revoke stale
-//! reload pass footprint` (a subset). Needs root (namespaces, sshd, cgroups).
+//! Run: `scripts/bench` (all), or `scripts/bench lookup login ledger revoke
+//! stale reload pass footprint` (a subset). Needs root (namespaces, sshd, cgroups).
 // A benchmark is test code: a failed setup step stops it with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -55,6 +55,11 @@ fn main() {
     }
     if run("login") {
         rows.extend(bench_login());
+    }
+    if run("ledger") {
+        // A host's usual ledger, and 10,000 guests × 2 keys.
+        rows.push(bench_ledger_login(100));
+        rows.push(bench_ledger_login(20_000));
     }
     if run("revoke") {
         rows.push(bench_revoke());
@@ -692,6 +697,78 @@ fn bench_login() -> Vec<Row> {
             met: true,
         },
     ]
+}
+
+/// An owner's own login (`ssh alice@host true` with her own key) with no
+/// key ledger vs a ledger of `entries` keys, the owner's key in neither;
+/// same sshd, alternating login by login.
+fn bench_ledger_login(entries: u32) -> Row {
+    use vmshare::store::ledger::{Entry, Ledger, Origin};
+    const LOGINS: usize = 45;
+    let host = Host::start();
+    let alice = owner(&host, "alice");
+    let bob = host.keypair("bob");
+    host.write_grants(&format!(
+        "[owners.alice]\nsharing = true\n[owners.alice.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{}\"]\n",
+        bob.public
+    ));
+    let mut ledger = Ledger::default();
+    let b64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for i in 0..entries {
+        let mut fp = String::from("SHA256:");
+        let mut n = u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..43 {
+            fp.push(char::from(b64[(n % 64) as usize]));
+            n = n.rotate_left(7) ^ u64::from(i);
+        }
+        ledger.record(Entry {
+            owner: if i % 2 == 0 {
+                "alice".into()
+            } else {
+                format!("owner{}", i % 50)
+            },
+            fingerprint: fp,
+            guest: format!("guest{i}"),
+            origin: Origin::Granted,
+            since: 1_764_500_000,
+        });
+    }
+    let text = ledger.encode();
+    assert_eq!(Ledger::parse(&text).unwrap().len(), entries as usize);
+    let path = format!("{}/ledger", harness::STATE_DIR);
+    host.mkdir(harness::STATE_DIR, 0o700);
+    let login = || {
+        let started = Instant::now();
+        let out = host.ssh("alice", &alice, "true");
+        assert!(out.status.success(), "alice's own login: {out:?}");
+        started.elapsed()
+    };
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for round in 0..LOGINS + 5 {
+        let _ = fs::remove_file(host.path(&path));
+        let a = login();
+        host.write_file(&path, &text, 0, 0, 0o600);
+        let b = login();
+        if round >= 5 {
+            without.push(a);
+            with.push(b);
+        }
+    }
+    assert!(
+        host.session_records().is_empty(),
+        "alice's login was a guest's"
+    );
+    let (e, l) = (median(without), median(with));
+    let ratio = l.as_secs_f64() / e.as_secs_f64();
+    Row {
+        figure: format!(
+            "owner's own login with a key ledger of {entries} keys ({} KiB) vs none (median of {LOGINS})",
+            text.len() / 1024
+        ),
+        measured: format!("{ratio:.3}× ({l:.1?} vs {e:.1?})"),
+        goal: "≤ 1.05×".into(),
+        met: ratio <= 1.05,
+    }
 }
 
 // ---------------------------------------------------------------- revoke

@@ -538,6 +538,36 @@ fn check_grants(config: &Config) -> Vec<Finding> {
     out
 }
 
+/// The key ledger: trusted and whole, or what a login loses without it.
+fn check_ledger(config: &Config) -> Finding {
+    use crate::store::ledger::{self, State};
+    let path = config.ledger_path();
+    match ledger::read(&path) {
+        State::Missing => ok(
+            "ledger",
+            format!("{} does not exist yet: no key recorded", path.display()),
+        ),
+        State::Valid(l) => ok(
+            "ledger",
+            format!("{} is trusted and whole ({} keys)", path.display(), l.len()),
+        ),
+        State::Bad { .. } if !nix::unistd::geteuid().is_root() => bad(
+            "ledger",
+            Verdict::Warning,
+            format!("{} can only be read by root", path.display()),
+            "run doctor as root",
+        ),
+        State::Bad { why, .. } => bad(
+            "ledger",
+            Verdict::Problem,
+            format!(
+                "the key ledger cannot be trusted: {why}; logins judge guest keys by the grant file and the session records only, so a revoked guest's key left in an owner's key files may log in as the owner"
+            ),
+            "the daemon rebuilds it at its next pass (restart vmshared, or change the grant file); it must be a root-owned file, not group/world writable, at most 16 MiB",
+        ),
+    }
+}
+
 /// What the host offers a guest (who runs as the owner) to keep access or
 /// reach past its session. None of these stops enforcement; each is a way
 /// around it that revoke cannot undo, so each is a warning.
@@ -693,6 +723,7 @@ pub fn run(config: &Config, args: &DoctorArgs) -> ExitCode {
         .unwrap_or_else(|| PathBuf::from(LIBEXEC_DIR));
     findings.extend(check_programs(&libexec));
     findings.extend(check_grants(config));
+    findings.push(check_ledger(config));
     findings.push(check_daemon(config));
     let mountinfo = args
         .mountinfo

@@ -12,6 +12,7 @@ mod docs;
 mod doctor;
 mod doctor_admin;
 mod guest;
+mod keys;
 mod output;
 mod session_list;
 mod sessions;
@@ -38,7 +39,8 @@ use crate::store::config::Config;
     after_long_help = "Files:\n  \
         /etc/vmshare/vmshare.toml  agent configuration (--config)\n  \
         /etc/vmshare/grants.toml   the grant file: who may log in as whom\n  \
-        /run/vmshare/              snapshot, session records, control socket\n\n\
+        /run/vmshare/              snapshot, session records, control socket\n  \
+        /var/lib/vmshare/ledger    the key ledger: every key a guest was granted or used\n\n\
         Exit status: 0 done (or already so), 1 refused or a problem found, \
         2 bad usage or configuration."
 )]
@@ -157,6 +159,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The key ledger: every key ever granted to a guest or used by a guest
+    /// session. Such a key logs in as that guest wherever sshd finds it
+    /// (also in the owner's own authorized_keys), and is refused once the
+    /// guest's access is gone.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Check that sshd, PAM, the grant file, the daemon and cgroups are set
     /// up for vmshare (exit 1 if something would break enforcement).
     Doctor(doctor::DoctorArgs),
@@ -174,6 +182,27 @@ pub enum Command {
         /// into this directory.
         #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
         out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List the keys in the ledger: owner, fingerprint, guest, and how the
+    /// key became the guest's (granted, authenticated, planted).
+    List {
+        /// Only this owner's keys.
+        owner: Option<String>,
+        /// Print JSON (format 1) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a key back to its owner (root only, audited): it is no guest's
+    /// from then on, so the owner's own key files let it in as the owner.
+    Release {
+        /// The owner whose key it is.
+        owner: String,
+        /// The key's fingerprint, `SHA256:…` (as `vmshare keys list` shows).
+        fingerprint: String,
     },
 }
 
@@ -252,6 +281,12 @@ pub fn main() -> ExitCode {
         } => share::leave(&config, OwnerGuest { owner, guest }),
         Command::Leave { .. } => guest::leave(&config),
         Command::Whoami { json } => guest::whoami(&config, json),
+        Command::Keys(KeysCommand::List { owner, json }) => {
+            keys::list(&config, owner.as_deref(), json)
+        }
+        Command::Keys(KeysCommand::Release { owner, fingerprint }) => {
+            keys::release(&config, &owner, &fingerprint)
+        }
         Command::Doctor(args) => doctor::run(&config, &args),
         Command::Completions { .. } | Command::Man { .. } => ExitCode::SUCCESS,
     }

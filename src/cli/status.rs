@@ -28,6 +28,9 @@ struct StatusJson {
     /// Live sessions whose guest has no access now (the daemon ends them).
     sessions_without_access: Vec<SessionJson>,
     unreadable_sessions: Vec<UnreadableJson>,
+    /// Key lines added to owners' key files while guests were present,
+    /// by a writer that could not be told (added within format 2).
+    unattributed_keys: Vec<crate::daemon::planted::Report>,
 }
 
 #[derive(Debug, Serialize)]
@@ -215,6 +218,7 @@ fn gather(config: &Config) -> StatusJson {
         owners,
         sessions_without_access,
         unreadable_sessions,
+        unattributed_keys: crate::daemon::planted::read_reports(config),
     }
 }
 
@@ -377,6 +381,20 @@ fn render(s: &StatusJson) -> String {
             "warning: unreadable session record {}: {}\n",
             u.path, u.error
         ));
+    }
+    if !s.unattributed_keys.is_empty() {
+        out.push_str("\nkey lines added while guests were present, writer unknown (they work; check them):\n");
+        for r in &s.unattributed_keys {
+            let what = if r.authority { "cert-authority " } else { "" };
+            out.push_str(&format!(
+                "  {} {}: {what}{} in {} (guests present: {})\n",
+                output::utc(r.time),
+                r.owner,
+                r.fingerprint,
+                r.file,
+                r.guests.join(", ")
+            ));
+        }
     }
     out
 }

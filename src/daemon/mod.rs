@@ -5,7 +5,9 @@ mod backstop;
 mod deadline;
 mod fdlimit;
 mod leave;
+mod ledger;
 mod pass;
+pub mod planted;
 mod server;
 mod slots;
 mod watch;
@@ -230,6 +232,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     let mut deadlines =
         deadline::Deadlines::new().map_err(|e| format!("cannot create the deadline timer: {e}"))?;
     arm(&deadlines, first.next_deadline);
+    planted::spawn(config.clone());
     let mut watcher = watch::Watcher::new(&config.grants)
         .map_err(|e| format!("cannot watch {}: {e}", config.grants.display()))?;
     let config = Arc::new(config);

@@ -105,6 +105,7 @@ pub fn compile_grant_file(config: &Config) -> (Compiled, Loaded) {
     };
     let _ = prepare_run_dir(config);
     let written_ns = now_ns();
+    super::ledger::note_grants(config, &loaded, written_ns.div_euclid(1_000_000_000));
     let written = snapshot::write(&config.snapshot_path(), &loaded, written_ns);
     let compiled = Compiled {
         state: loaded.outcome.state(),

@@ -194,6 +194,87 @@ fn decode_base64_groups<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// Decodes standard base64 (padding optional); `None` for anything else.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim_end_matches('=');
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let value = BASE64_VALUES[usize::from(c)];
+        if value == 0xff {
+            return None;
+        }
+        acc = (acc << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// Reads SSH wire data: `string` and fixed-size integers.
+struct Wire<'a>(&'a [u8]);
+
+impl<'a> Wire<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let len = self.take(4)?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        self.take(len)
+    }
+}
+
+/// The `SHA256:` fingerprint of the CA that signed an OpenSSH certificate
+/// (`algorithm` ends `-cert-v01@openssh.com`, `blob` its base64), read
+/// from the wire format (PROTOCOL.certkeys) without checking the
+/// signature: sshd did, when it let the certificate in. `None` for a
+/// certificate type not known here or data that does not parse.
+pub fn certificate_authority_fingerprint(algorithm: &str, blob: &str) -> Option<String> {
+    let base = algorithm.strip_suffix("-cert-v01@openssh.com")?;
+    // The key's own fields, after the nonce, by key type.
+    let fields = match base {
+        "ssh-ed25519" => 1,
+        "ssh-rsa" | "ecdsa-sha2-nistp256" | "ecdsa-sha2-nistp384" | "ecdsa-sha2-nistp521" => 2,
+        "sk-ssh-ed25519@openssh.com" | "sk-ssh-ed25519" => 2,
+        "sk-ecdsa-sha2-nistp256@openssh.com" | "sk-ecdsa-sha2-nistp256" => 3,
+        "ssh-dss" => 4,
+        _ => return None,
+    };
+    let bytes = decode_base64(blob)?;
+    let mut wire = Wire(&bytes);
+    if wire.string()? != algorithm.as_bytes() {
+        return None;
+    }
+    wire.string()?; // nonce
+    for _ in 0..fields {
+        wire.string()?;
+    }
+    wire.take(8 + 4)?; // serial, type
+    for _ in 0..2 {
+        wire.string()?; // key id, principals
+    }
+    wire.take(8 + 8)?; // valid after, valid before
+    for _ in 0..3 {
+        wire.string()?; // critical options, extensions, reserved
+    }
+    let authority = wire.string()?;
+    let mut fingerprint = String::with_capacity(50);
+    fingerprint.push_str("SHA256:");
+    encode_base64_unpadded(&Sha256::digest(authority), &mut fingerprint);
+    Some(fingerprint)
+}
+
 /// Appends `bytes` in base64 without padding, as `ssh-keygen -l` prints a
 /// SHA-256 fingerprint.
 fn encode_base64_unpadded(bytes: &[u8], out: &mut String) {

@@ -10,11 +10,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::grant::limits::{guest_notice, Limits};
-use crate::grant::policy::{guest_in_lines, line_in_lines};
+use crate::grant::policy::{guest_in_lines, line_in_lines, KeyLine};
 use crate::session::backend::{self, Login};
 use crate::session::owner_keys::{self, Client, When};
+use crate::session::provenance::{fingerprint, Provenance};
 use crate::store::config::Config;
-use crate::store::lookup::owner_key_line;
+use crate::store::lookup::{owner_key_line, owner_lines};
 use crate::store::records::{self, SessionRecord};
 use crate::sys::accounts::SystemAccounts;
 use crate::sys::as_user::{self, Reader, UserFile};
@@ -72,6 +73,13 @@ pub enum Decision {
         guest: String,
         key: AuthKey,
     },
+    /// A key the key ledger names as this guest's, granted to nobody now
+    /// (laundered into the owner's files, or planted there): the guest's
+    /// login if the guest still has access, refused if not.
+    Ledger {
+        guest: String,
+        key: AuthKey,
+    },
     Deny(String),
 }
 
@@ -81,18 +89,20 @@ pub enum Decision {
 ///
 /// A key granted to a guest right now makes the login that guest's,
 /// whatever the owner's files say: a guest runs as the owner and can write
-/// those files. Only when no key is granted does the owner's own key pass,
-/// and then every key must be the owner's.
+/// those files. So does a key the key ledger (`ledger`: the guest it names
+/// for a key) gives to a guest, granted or not. Only when no key is a
+/// guest's does the owner's own key pass, and then every key must be the
+/// owner's.
 pub fn classify(
     keys: &[AuthKey],
     lines: &Result<String, String>,
+    ledger: &dyn Fn(&AuthKey) -> Option<String>,
     is_owners_own: &dyn Fn(&AuthKey) -> bool,
 ) -> Decision {
-    // vmshare never grants certificates: sshd let those in on its own.
+    // vmshare never grants certificates: sshd let those in on its own,
+    // through a `cert-authority` line. The ledger may still know the CA.
     let plain: Vec<&AuthKey> = keys.iter().filter(|k| !k.is_certificate()).collect();
-    if plain.is_empty() {
-        return Decision::Owner("no plain public key authenticated this session");
-    }
+    let all: Vec<&AuthKey> = keys.iter().collect();
     if let Ok(lines) = lines {
         let granted: Vec<(&str, &AuthKey)> = plain
             .iter()
@@ -106,9 +116,10 @@ pub fn classify(
             // the other guest's revoke. Refusing is fail-closed and leaves
             // the records as they are.
             if let Some((other, _)) = granted.iter().find(|(g, _)| *g != guest) {
-                return Decision::Deny(format!(
-                    "keys of two guests ({guest} and {other}) authenticated one login"
-                ));
+                return Decision::Deny(two_guests(guest, other));
+            }
+            if let Some(other) = other_guest_in_ledger(&all, guest, ledger) {
+                return Decision::Deny(two_guests(guest, &other));
             }
             return Decision::Guest {
                 guest: guest.to_string(),
@@ -116,8 +127,22 @@ pub fn classify(
             };
         }
     }
-    // No key is granted now: only the owner's own files can have let them
-    // in; any other key was revoked between sshd's lookup and here.
+    // No key is granted now. One the ledger knows is a guest's wherever
+    // sshd found it (a certificate, by its CA).
+    if let Some((key, guest)) = all.iter().find_map(|k| ledger(k).map(|g| (*k, g))) {
+        if let Some(other) = other_guest_in_ledger(&all, &guest, ledger) {
+            return Decision::Deny(two_guests(&guest, &other));
+        }
+        return Decision::Ledger {
+            guest,
+            key: key.clone(),
+        };
+    }
+    if plain.is_empty() {
+        return Decision::Owner("no plain public key authenticated this session");
+    }
+    // Only the owner's own files can have let them in; any other key was
+    // revoked between sshd's lookup and here.
     match plain.iter().find(|k| !is_owners_own(k)) {
         None => Decision::Owner("the authenticating key is the owner's own"),
         Some(key) => Decision::Deny(match lines {
@@ -129,6 +154,21 @@ pub fn classify(
             Err(e) => e.clone(),
         }),
     }
+}
+
+fn two_guests(one: &str, other: &str) -> String {
+    format!("keys of two guests ({one} and {other}) authenticated one login")
+}
+
+/// A guest other than `guest` that the ledger names for one of `keys`.
+fn other_guest_in_ledger(
+    keys: &[&AuthKey],
+    guest: &str,
+    ledger: &dyn Fn(&AuthKey) -> Option<String>,
+) -> Option<String> {
+    keys.iter()
+        .filter_map(|k| ledger(k))
+        .find(|g| g.as_str() != guest)
 }
 
 /// The owner's own key files, expanded like sshd's `AuthorizedKeysFile`.
@@ -341,55 +381,92 @@ fn open_session(config_path: Option<PathBuf>, env: &Env) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             // Without configuration nothing can be granted, but the owner's
-            // own key still gets in.
+            // own key still gets in (and a key the ledger at its default
+            // place gives to a guest does not).
             let fallback = Config::default();
             let owners = owners_own_checker(&fallback, env);
-            return finish(
-                env,
-                classify(&keys, &Err(format!("bad configuration: {e}")), &owners),
-            );
+            let provenance = Provenance::new(&fallback, &env.user);
+            let why = Err(format!("bad configuration: {e}"));
+            return match classify(&keys, &why, &|k| provenance.guest_of(k), &owners) {
+                Decision::Ledger { guest, .. } => refuse(env, &guest, format!("{e}")),
+                decision => finish(env, decision),
+            };
         }
     };
     let owners = owners_own_checker(&config, env);
+    let provenance = Provenance::new(&config, &env.user);
     let lines = lines_of_keys(&config, &env.user, &keys);
-    let decision = classify(&keys, &lines, &owners);
+    let decision = classify(&keys, &lines, &|k| provenance.guest_of(k), &owners);
+    // A guest's login: the guest, the key that holds the grant (and ends
+    // the session when it goes), and the key that authenticated.
+    let login = match decision {
+        Decision::Deny(why) => return finish(env, Decision::Deny(why)),
+        Decision::Owner(_) => None,
+        Decision::Guest { guest, key } => Some((guest, key.clone(), key)),
+        Decision::Ledger { guest, key } => match granted_key_of(&config, &env.user, &guest) {
+            Ok(Some(grant)) => Some((guest, grant, key)),
+            Ok(None) => {
+                let why = format!(
+                    "the key is guest {guest}'s (key ledger), and {guest} has no access now"
+                );
+                return refuse(env, &guest, why);
+            }
+            Err(e) => return refuse(env, &guest, e),
+        },
+    };
     // A login whose ssh client runs inside a guest session (through a
     // forwarded agent, or a key left in the owner's home) is that guest's.
     let origin = match monitor() {
         Ok(m) => nested_origin(&config, m.pid),
         Err(_) => None,
     };
-    match (decision, origin) {
-        (Decision::Deny(why), _) => finish(env, Decision::Deny(why)),
-        (Decision::Guest { guest, .. }, Some(parent)) if parent.guest != guest => finish(
+    match (login, origin) {
+        (Some((guest, ..)), Some(parent)) if parent.guest != guest => finish(
             env,
             Decision::Deny(format!(
                 "a login from inside guest {}'s session with guest {guest}'s key",
                 parent.guest
             )),
         ),
-        (Decision::Guest { guest, key }, _) => match admit_guest(&config, env, &guest, &key) {
-            Ok(limits) => {
-                tell_guest(env, &guest, &limits);
-                ExitCode::SUCCESS
+        (Some((guest, grant, key)), _) => {
+            match admit_guest(&config, env, &guest, &grant, Some((&key, &provenance))) {
+                Ok(limits) => {
+                    tell_guest(env, &guest, &limits);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => refuse(env, &guest, e),
             }
-            Err(e) => finish(env, Decision::Deny(e)),
-        },
+        }
         // The owner's own key (or no key) used from inside a guest's session:
         // the guest's login, held to the guest's grant with the key the
         // guest's own session authenticated with.
-        (Decision::Owner(_), Some(parent)) => {
+        (None, Some(parent)) => {
             let key = AuthKey {
                 algorithm: parent.key_algorithm.clone(),
                 blob: parent.key_blob.clone(),
             };
-            match admit_guest(&config, env, &parent.guest, &key) {
+            match admit_guest(&config, env, &parent.guest, &key, None) {
                 Ok(_) => ExitCode::SUCCESS,
-                Err(e) => finish(env, Decision::Deny(e)),
+                Err(e) => refuse(env, &parent.guest, e),
             }
         }
-        (Decision::Owner(_), None) => ExitCode::SUCCESS,
+        (None, None) => ExitCode::SUCCESS,
     }
+}
+
+/// One of `guest`'s keys granted now, if the guest has access: what a
+/// login with a ledger key is held to.
+fn granted_key_of(config: &Config, owner: &str, guest: &str) -> Result<Option<AuthKey>, String> {
+    let answer = owner_lines(config, owner, &SystemAccounts)?;
+    Ok(answer
+        .lines
+        .lines()
+        .filter_map(KeyLine::parse)
+        .find(|l| l.guest == guest)
+        .map(|l| AuthKey {
+            algorithm: l.algorithm.to_string(),
+            blob: l.blob.to_string(),
+        }))
 }
 
 /// The owner's current lines for these keys, expired ones too (so an
@@ -483,31 +560,34 @@ fn finish(env: &Env, decision: Decision) -> ExitCode {
     match decision {
         Decision::Owner(_) => ExitCode::SUCCESS,
         Decision::Guest { .. } => ExitCode::SUCCESS,
-        Decision::Deny(why) => {
-            let fingerprint = parse_auth_info(&env.auth_info)
-                .iter()
-                .find(|k| !k.is_certificate())
-                .and_then(|k| {
-                    crate::grant::key::parse_key(&format!("{} {}", k.algorithm, k.blob)).ok()
-                })
-                .map(|k| k.fingerprint)
-                .unwrap_or_default();
-            audit::emit(
-                IDENT,
-                Level::Warning,
-                &audit::Event {
-                    kind: Some(audit::Kind::Refusal),
-                    owner: &env.user,
-                    fingerprint: &fingerprint,
-                    remote: &env.rhost,
-                    message: &format!("guest session refused: {why}"),
-                    ..audit::Event::default()
-                },
-            );
-            end_connection();
-            ExitCode::FAILURE
-        }
+        Decision::Ledger { guest, .. } => refuse(env, &guest, "a key of the ledger".into()),
+        Decision::Deny(why) => refuse(env, "", why),
     }
+}
+
+/// Refuses the session (of `guest`, when known): audited, and the
+/// connection dropped.
+fn refuse(env: &Env, guest: &str, why: String) -> ExitCode {
+    // The first key's (a certificate's CA).
+    let fingerprint = parse_auth_info(&env.auth_info)
+        .iter()
+        .find_map(fingerprint)
+        .unwrap_or_default();
+    audit::emit(
+        IDENT,
+        Level::Warning,
+        &audit::Event {
+            kind: Some(audit::Kind::Refusal),
+            owner: &env.user,
+            guest,
+            fingerprint: &fingerprint,
+            remote: &env.rhost,
+            message: &format!("guest session refused: {why}"),
+            ..audit::Event::default()
+        },
+    );
+    end_connection();
+    ExitCode::FAILURE
 }
 
 /// Most of an owner's key file the hook reads (sshd has no limit; a key
@@ -636,11 +716,17 @@ fn session_id(monitor: &procfs::Stat) -> String {
 
 /// Confines and records the session, then checks the grant once more, with
 /// its limits; returns them.
+///
+/// `key` is the guest's granted key, by which the session is judged from
+/// then on; `authenticated`, the key the login used (when it is not the
+/// owner's own, used from inside a guest session) and the ledger to record
+/// it in. The record names the authenticated key's fingerprint.
 fn admit_guest(
     config: &Config,
     env: &Env,
     guest: &str,
-    key: &crate::session::hook::AuthKey,
+    key: &AuthKey,
+    authenticated: Option<(&AuthKey, &Provenance)>,
 ) -> Result<Limits, String> {
     let monitor = monitor()?;
     let id = session_id(&monitor);
@@ -648,9 +734,7 @@ fn admit_guest(
         .ok()
         .flatten()
         .map_or(u32::MAX, |u| u.uid.as_raw());
-    let fingerprint = crate::grant::key::parse_key(&format!("{} {}", key.algorithm, key.blob))
-        .map(|k| k.fingerprint)
-        .unwrap_or_default();
+    let fingerprint = fingerprint(authenticated.map_or(key, |(k, _)| k)).unwrap_or_default();
     let logind_session = env.logind_session.clone();
     let backend = backend::for_login(config, logind_session.as_deref())?;
     let placement = backend.place(&Login {
@@ -683,6 +767,12 @@ fn admit_guest(
     });
     match still {
         Ok(Some((g, limits))) if g == guest => {
+            if let Some((k, provenance)) = authenticated {
+                if let Err(e) = provenance.record(guest, k, unix_now()) {
+                    let _ = records::remove(&dir, &id);
+                    return Err(format!("cannot record the key in the key ledger: {e}"));
+                }
+            }
             audit::emit(
                 IDENT,
                 Level::Info,
@@ -751,6 +841,15 @@ fn close_session(config_path: Option<PathBuf>) {
 mod tests {
     use super::*;
 
+    /// [`classify`] with an empty ledger.
+    fn classify_plain(
+        keys: &[AuthKey],
+        lines: &Result<String, String>,
+        own: &dyn Fn(&AuthKey) -> bool,
+    ) -> Decision {
+        classify(keys, lines, &|_| None, own)
+    }
+
     fn key(blob: &str) -> AuthKey {
         AuthKey {
             algorithm: "ssh-ed25519".into(),
@@ -769,14 +868,14 @@ mod tests {
     #[test]
     fn owners_own_key_passes_even_if_grant_file_is_broken() {
         let own = |_: &AuthKey| true;
-        let d = classify(&[key("A")], &Err("invalid".into()), &own);
+        let d = classify_plain(&[key("A")], &Err("invalid".into()), &own);
         assert!(matches!(d, Decision::Owner(_)));
     }
 
     #[test]
     fn granted_guest_key_is_a_guest() {
         let lines = Ok("ssh-ed25519 A vmshare:bob\n".to_string());
-        let d = classify(&[key("A")], &lines, &|_| false);
+        let d = classify_plain(&[key("A")], &lines, &|_| false);
         assert_eq!(
             d,
             Decision::Guest {
@@ -792,11 +891,11 @@ mod tests {
         // owner's, not granted now.
         let lines = Ok("ssh-ed25519 B vmshare:carol\n".to_string());
         assert!(matches!(
-            classify(&[key("A")], &lines, &|_| false),
+            classify_plain(&[key("A")], &lines, &|_| false),
             Decision::Deny(_)
         ));
         assert!(matches!(
-            classify(&[key("A")], &Err("bad".into()), &|_| false),
+            classify_plain(&[key("A")], &Err("bad".into()), &|_| false),
             Decision::Deny(_)
         ));
     }
@@ -804,7 +903,7 @@ mod tests {
     #[test]
     fn no_key_or_certificate_is_not_ours() {
         assert!(matches!(
-            classify(&[], &Err("x".into()), &|_| false),
+            classify_plain(&[], &Err("x".into()), &|_| false),
             Decision::Owner(_)
         ));
         let cert = AuthKey {
@@ -812,16 +911,23 @@ mod tests {
             blob: "A".into(),
         };
         assert!(matches!(
-            classify(&[cert], &Err("x".into()), &|_| false),
+            classify_plain(std::slice::from_ref(&cert), &Err("x".into()), &|_| false),
             Decision::Owner(_)
         ));
+        // Unless the ledger knows its CA (a planted cert-authority line).
+        let ledger = |k: &AuthKey| k.is_certificate().then(|| "bob".to_string());
+        let d = classify(&[cert], &Ok(String::new()), &ledger, &|_| false);
+        assert!(
+            matches!(&d, Decision::Ledger { guest, .. } if guest == "bob"),
+            "{d:?}"
+        );
     }
 
     #[test]
     fn a_granted_key_is_a_guest_even_in_the_owners_files() {
         // bob wrote his key into the owner's authorized_keys.
         let lines = Ok("ssh-ed25519 A vmshare:bob\n".to_string());
-        let d = classify(&[key("A")], &lines, &|_| true);
+        let d = classify_plain(&[key("A")], &lines, &|_| true);
         assert!(matches!(d, Decision::Guest { guest, .. } if guest == "bob"));
     }
 
@@ -833,14 +939,14 @@ mod tests {
         );
         let own = |k: &AuthKey| k.blob == "O";
         // The owner's key first, a guest's second: still the guest's login.
-        let d = classify(&[key("O"), key("B")], &lines, &own);
+        let d = classify_plain(&[key("O"), key("B")], &lines, &own);
         assert!(matches!(d, Decision::Guest { guest, key } if guest == "bob" && key.blob == "B"));
         // Two keys of one guest: that guest.
-        let d = classify(&[key("B"), key("D")], &lines, &own);
+        let d = classify_plain(&[key("B"), key("D")], &lines, &own);
         assert!(matches!(d, Decision::Guest { guest, .. } if guest == "bob"));
         // Two guests' keys: refused, whatever else authenticated.
         for keys in [vec![key("B"), key("C")], vec![key("O"), key("C"), key("B")]] {
-            let d = classify(&keys, &lines, &own);
+            let d = classify_plain(&keys, &lines, &own);
             assert!(
                 matches!(&d, Decision::Deny(why) if why.contains("two guests")),
                 "{d:?}"
@@ -848,11 +954,51 @@ mod tests {
         }
         // No key granted: all must be the owner's.
         assert!(matches!(
-            classify(&[key("O"), key("X")], &lines, &own),
+            classify_plain(&[key("O"), key("X")], &lines, &own),
             Decision::Deny(_)
         ));
         assert!(matches!(
-            classify(&[key("O"), key("O")], &lines, &own),
+            classify_plain(&[key("O"), key("O")], &lines, &own),
+            Decision::Owner(_)
+        ));
+    }
+
+    #[test]
+    fn a_ledger_key_is_the_guests_wherever_sshd_found_it() {
+        // bob's key, revoked, still in alice's authorized_keys.
+        let ledger = |k: &AuthKey| (k.blob == "B" || k.blob == "P").then(|| "bob".to_string());
+        let own = |k: &AuthKey| k.blob != "X";
+        let none = Ok(String::new());
+        for lines in [&none, &Err("grant file invalid".to_string())] {
+            let d = classify(&[key("B")], lines, &ledger, &own);
+            assert!(
+                matches!(&d, Decision::Ledger { guest, key } if guest == "bob" && key.blob == "B"),
+                "{d:?}"
+            );
+            // With the owner's own key beside it: still bob's.
+            let d = classify(&[key("O"), key("P")], lines, &ledger, &own);
+            assert!(
+                matches!(&d, Decision::Ledger { guest, .. } if guest == "bob"),
+                "{d:?}"
+            );
+        }
+        // Granted now to carol, but the ledger says bob's: not one guest.
+        let lines = Ok("ssh-ed25519 C vmshare:carol\n".to_string());
+        let d = classify(&[key("C"), key("B")], &lines, &ledger, &own);
+        assert!(
+            matches!(&d, Decision::Deny(why) if why.contains("two guests")),
+            "{d:?}"
+        );
+        // A granted key the ledger also knows is the grant's guest.
+        let lines = Ok("ssh-ed25519 B vmshare:bob\n".to_string());
+        let d = classify(&[key("B")], &lines, &ledger, &own);
+        assert!(
+            matches!(&d, Decision::Guest { guest, .. } if guest == "bob"),
+            "{d:?}"
+        );
+        // The owner's key the ledger does not know stays the owner's.
+        assert!(matches!(
+            classify(&[key("O")], &none, &ledger, &own),
             Decision::Owner(_)
         ));
     }

@@ -17,6 +17,8 @@ pub struct Config {
     pub grants: PathBuf,
     /// Snapshot, session records and control socket.
     pub run_dir: PathBuf,
+    /// What must outlive a reboot: the key ledger.
+    pub state_dir: PathBuf,
     /// The owners' own key files, as sshd's `AuthorizedKeysFile` names them
     /// (`%h`, `%u`, `%%`; relative paths are under the home directory). A
     /// key found there is the owner's own login, never a guest's.
@@ -47,6 +49,7 @@ impl Default for Config {
         Config {
             grants: PathBuf::from("/etc/vmshare/grants.toml"),
             run_dir: PathBuf::from("/run/vmshare"),
+            state_dir: PathBuf::from("/var/lib/vmshare"),
             authorized_keys_files: vec![
                 ".ssh/authorized_keys".into(),
                 ".ssh/authorized_keys2".into(),
@@ -72,7 +75,11 @@ impl Config {
             Some(span) => Diagnostic::at(source, span.start, e.message().trim_end()),
             None => Diagnostic::whole_file(e.message().trim_end()),
         })?;
-        for (name, path) in [("grants", &config.grants), ("run_dir", &config.run_dir)] {
+        for (name, path) in [
+            ("grants", &config.grants),
+            ("run_dir", &config.run_dir),
+            ("state_dir", &config.state_dir),
+        ] {
             if !path.is_absolute() {
                 return Err(Diagnostic::whole_file(format!(
                     "`{name}` must be an absolute path, not {}",
@@ -118,6 +125,10 @@ impl Config {
 
     pub fn sessions_dir(&self) -> PathBuf {
         self.run_dir.join("sessions")
+    }
+
+    pub fn ledger_path(&self) -> PathBuf {
+        crate::store::ledger::path_in(&self.state_dir)
     }
 
     pub fn socket_path(&self) -> PathBuf {

@@ -481,10 +481,12 @@ exec sleep infinity"#;
         let config = format!(
             "grants = \"/etc/vmshare/grants.toml\"\n\
              run_dir = \"/run/vmshare\"\n\
+             state_dir = \"{}\"\n\
              \n\
              [enforcement]\n\
              backend = \"cgroup\"\n\
              cgroup_root = {}\n",
+            super::STATE_DIR,
             toml_string(&self.sessions_cgroup().display().to_string())
         );
         self.write_file(AGENT_CONFIG, &config, 0, 0, 0o644);

@@ -41,6 +41,7 @@ mod admin;
 mod cgroup;
 mod daemon;
 mod host;
+mod journal;
 mod package;
 mod polkit;
 #[path = "../scratch/mod.rs"]
@@ -52,6 +53,7 @@ pub use self::{
     admin::ADMIN_STACKS,
     daemon::Daemon,
     host::{Host, Key},
+    journal::Journal,
     polkit::Polkit,
     ssh::{LiveSession, TtySession, CLIENT_OPTIONS},
 };
@@ -60,6 +62,9 @@ pub use self::{
 pub const GRANTS: &str = "/etc/vmshare/grants.toml";
 /// Where the agent config lives inside the host.
 pub const AGENT_CONFIG: &str = "/etc/vmshare/vmshare.toml";
+/// The agent's `state_dir` (the key ledger): under /etc, whose overlay
+/// keeps it private to the host.
+pub const STATE_DIR: &str = "/etc/vmshare/state";
 
 /// Scratch space inside the host, on its private /run: keys, sshd log.
 const SCRATCH: &str = "/run/vmshare-e2e";

@@ -1,5 +1,5 @@
-//! The audit trail: every guest login, refusal, kill, leave and grant-file
-//! change, and every session ended at its deadline, is one event with the
+//! The audit trail: every guest login, refusal, kill, leave, grant-file
+//! change and key release, and every session ended at its deadline, is one event with the
 //! same fields, so one query answers "who logged
 //! in as alice last week". Sent to journald natively when it runs (fields
 //! `VMSHARE_EVENT`, `VMSHARE_OWNER`, `VMSHARE_GUEST`, `VMSHARE_FINGERPRINT`,
@@ -23,6 +23,13 @@ pub enum Kind {
     GrantChange,
     /// The daemon ended a guest's access at its `expires` deadline.
     Expiry,
+    /// Root gave a key of the key ledger back to its owner.
+    KeyRelease,
+    /// A guest session added a key line to the owner's key files: recorded
+    /// as the guest's.
+    KeyPlanted,
+    /// A way back in that could not be attributed or undone: reported.
+    Persistence,
 }
 
 impl Kind {
@@ -35,6 +42,9 @@ impl Kind {
             Kind::Leave => "leave",
             Kind::GrantChange => "grant-change",
             Kind::Expiry => "expiry",
+            Kind::KeyRelease => "key-release",
+            Kind::KeyPlanted => "key-planted",
+            Kind::Persistence => "persistence",
         }
     }
 }
