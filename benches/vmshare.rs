@@ -720,7 +720,8 @@ fn bench_revoke() -> Row {
     for _ in 0..100 {
         host.write_grants(&granted);
         let mut session = LiveSession::open(&host, "alice", &bob);
-        let group = session_group(&host.sessions_cgroup()).expect("session cgroup");
+        let group = harness::fleet::populated_session_group(&host.sessions_cgroup())
+            .expect("session cgroup");
         let events = group.join("cgroup.events");
         let started = Instant::now();
         host.write_grants(&revoked);
@@ -758,7 +759,8 @@ fn bench_deadline() -> Row {
     for _ in 0..TRIALS {
         host.write_grants(&granted);
         let mut session = LiveSession::open(&host, "alice", &bob);
-        let group = session_group(&host.sessions_cgroup()).expect("session cgroup");
+        let group = harness::fleet::populated_session_group(&host.sessions_cgroup())
+            .expect("session cgroup");
         let events = group.join("cgroup.events");
         let deadline = (realtime_ns() / 1_000_000_000) as i64 + 2;
         host.write_grants(&format!(
@@ -796,17 +798,4 @@ fn bench_deadline() -> Row {
         goal: "p99 ≤ 100 ms".into(),
         met: p99 <= Duration::from_millis(100),
     }
-}
-
-/// The one populated session group under `root`.
-fn session_group(root: &Path) -> Option<PathBuf> {
-    fs::read_dir(root)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.is_dir()
-                && fs::read_to_string(p.join("cgroup.events"))
-                    .is_ok_and(|t| t.contains("populated 1"))
-        })
 }
