@@ -334,11 +334,12 @@ impl Agent {
     }
 
     /// Reports to `/vmshare/v1/status/<vm-id>`; a failure is logged and the
-    /// next tick tries again.
+    /// next tick tries again. Strict staleness still sets in meanwhile.
     async fn send_status(&mut self, kv: &mut KvClient) {
         let json = self.status().to_json();
         let key = self.config.status_key();
-        match timeout(REQUEST_TIMEOUT, kv.put(key, json, None)).await {
+        let sent = self.guard(timeout(REQUEST_TIMEOUT, kv.put(key, json, None)));
+        match sent.await {
             Ok(Ok(_)) => {
                 self.status_sent = Some(Instant::now());
                 self.contact();

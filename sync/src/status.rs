@@ -60,7 +60,10 @@ impl Status {
             Outcome::Applied { .. } => "applied",
             Outcome::Invalid { .. } => "invalid document: sharing nothing",
             Outcome::Missing { .. } => "no grants key: sharing nothing",
-            Outcome::Stale { .. } => "no contact: sharing nothing",
+            Outcome::Stale { .. } if self.mode == Mode::Strict => "no contact: sharing nothing",
+            // best_effort never empties the file: only its first contact
+            // is still to come.
+            Outcome::Stale { .. } => "no contact yet: grant file kept as it was",
         };
         let mut out = String::new();
         let _ = writeln!(out, "vm:               {}", self.vm_id);
