@@ -494,8 +494,15 @@ impl Agent {
         fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
-    /// `vmshare-sync status [--json]`.
+    /// `vmshare-sync status [--json]`, once the agent has saved a status
+    /// (it does so right after its first write of the grant file).
     pub fn status_cmd(&self, json: bool) -> String {
+        let saved = self.dir.path().join("run/status.json");
+        assert!(
+            wait_until(Duration::from_secs(30), || saved.exists()),
+            "no status saved; log:\n{}",
+            self.log()
+        );
         let mut cmd = Command::new(AGENT_BIN);
         cmd.arg("--config")
             .arg(self.dir.path().join("sync.toml"))
