@@ -2,10 +2,14 @@
 //! against a baseline in the same run (these machines are noisy).
 //!
 //! Run: `scripts/bench` (all), or `scripts/bench lookup login revoke stale
-//! reload pass footprint` (a subset). Needs root (namespaces, sshd, cgroups).
+//! reload pass footprint` (a subset). `scripts/bench fleet` (etcd and
+//! vmshare-sync; see benches/fleet) runs only when named. Needs root
+//! (namespaces, sshd, cgroups).
 // A benchmark is test code: a failed setup step stops it with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "fleet/mod.rs"]
+mod fleet;
 #[path = "../tests/harness/mod.rs"]
 mod harness;
 
@@ -61,6 +65,11 @@ fn main() {
     }
     if run("deadline") {
         rows.push(bench_deadline());
+    }
+    // Minutes of setup (an etcd cluster, 50 hosts, 1,000 agents): only
+    // when asked for by name.
+    if wanted.iter().any(|w| w == "fleet") {
+        rows.extend(fleet::bench_fleet());
     }
     let mut table = String::from("| figure | measured | goal | met |\n|---|---|---|---|\n");
     for r in &rows {

@@ -108,6 +108,8 @@ impl Fabric {
             etcd::make_cert(&certs, ip, ip, true);
         }
         etcd::make_cert(&certs, "root", "root", false);
+        // For etcd's JSON gateway (user root by password).
+        etcd::make_cert(&certs, "gateway", "", false);
         // Many VMs: a few openssl at a time.
         for chunk in vms.chunks(8) {
             std::thread::scope(|s| {
