@@ -2,10 +2,14 @@
 //! against a baseline in the same run (these machines are noisy).
 //!
 //! Run: `scripts/bench` (all), or `scripts/bench lookup login ledger revoke
-//! stale reload pass footprint` (a subset). Needs root (namespaces, sshd, cgroups).
+//! stale reload pass footprint` (a subset). `scripts/bench fleet` (etcd and
+//! vmshare-sync; see benches/fleet) runs only when named. Needs root
+//! (namespaces, sshd, cgroups).
 // A benchmark is test code: a failed setup step stops it with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "fleet/mod.rs"]
+mod fleet;
 #[path = "../tests/harness/mod.rs"]
 mod harness;
 
@@ -66,6 +70,11 @@ fn main() {
     }
     if run("deadline") {
         rows.push(bench_deadline());
+    }
+    // Minutes of setup (an etcd cluster, 50 hosts, 1,000 agents): only
+    // when asked for by name.
+    if wanted.iter().any(|w| w == "fleet") {
+        rows.extend(fleet::bench_fleet());
     }
     let mut table = String::from("| figure | measured | goal | met |\n|---|---|---|---|\n");
     for r in &rows {
@@ -797,7 +806,8 @@ fn bench_revoke() -> Row {
     for _ in 0..100 {
         host.write_grants(&granted);
         let mut session = LiveSession::open(&host, "alice", &bob);
-        let group = session_group(&host.sessions_cgroup()).expect("session cgroup");
+        let group = harness::fleet::populated_session_group(&host.sessions_cgroup())
+            .expect("session cgroup");
         let events = group.join("cgroup.events");
         let started = Instant::now();
         host.write_grants(&revoked);
@@ -835,7 +845,8 @@ fn bench_deadline() -> Row {
     for _ in 0..TRIALS {
         host.write_grants(&granted);
         let mut session = LiveSession::open(&host, "alice", &bob);
-        let group = session_group(&host.sessions_cgroup()).expect("session cgroup");
+        let group = harness::fleet::populated_session_group(&host.sessions_cgroup())
+            .expect("session cgroup");
         let events = group.join("cgroup.events");
         let deadline = (realtime_ns() / 1_000_000_000) as i64 + 2;
         host.write_grants(&format!(
@@ -873,17 +884,4 @@ fn bench_deadline() -> Row {
         goal: "p99 ≤ 100 ms".into(),
         met: p99 <= Duration::from_millis(100),
     }
-}
-
-/// The one populated session group under `root`.
-fn session_group(root: &Path) -> Option<PathBuf> {
-    fs::read_dir(root)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.is_dir()
-                && fs::read_to_string(p.join("cgroup.events"))
-                    .is_ok_and(|t| t.contains("populated 1"))
-        })
 }

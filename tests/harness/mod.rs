@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 mod admin;
 mod cgroup;
 mod daemon;
+pub mod fleet;
 mod host;
 mod journal;
 mod package;

@@ -1,0 +1,129 @@
+//! The agent's status: written to `/vmshare/v1/status/<vm-id>` for the
+//! control plane and to the run dir for `vmshare-sync status`, the same
+//! JSON in both places.
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use vmshare::grant::civil;
+use vmshare::sys::fsutil;
+
+use crate::config::Mode;
+use crate::document::Outcome;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub vm_id: String,
+    pub mode: Mode,
+    pub max_staleness_ms: u64,
+    /// What the grant file says and why.
+    pub outcome: Outcome,
+    /// The store revision whose state the grant file reflects (while stale:
+    /// the last one applied before contact was lost).
+    pub applied_revision: Option<i64>,
+    /// The last problem: an invalid document, a lost connection, a failed
+    /// write. `None` once everything is in order.
+    pub last_error: Option<String>,
+    /// Seconds since the epoch of the last confirmed contact with etcd.
+    pub last_contact: Option<i64>,
+}
+
+impl Status {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads the status the agent left in the run dir, if any.
+    pub fn read(path: &Path) -> Result<Option<Status>, String> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        fsutil::atomic_write(path, self.to_json().as_bytes(), 0o644, None)
+    }
+
+    /// For people: one field a line.
+    pub fn render(&self, now: i64) -> String {
+        let state = match &self.outcome {
+            Outcome::Applied { .. } => "applied",
+            Outcome::Invalid { .. } => "invalid document: sharing nothing",
+            Outcome::Missing { .. } => "no grants key: sharing nothing",
+            Outcome::Stale { .. } if self.mode == Mode::Strict => "no contact: sharing nothing",
+            // best_effort never empties the file: only its first contact
+            // is still to come.
+            Outcome::Stale { .. } => "no contact yet: grant file kept as it was",
+        };
+        let mut out = String::new();
+        let _ = writeln!(out, "vm:               {}", self.vm_id);
+        let _ = writeln!(out, "state:            {state}");
+        let revision = self
+            .applied_revision
+            .map_or_else(|| "none".to_string(), |r| r.to_string());
+        let _ = writeln!(out, "applied revision: {revision}");
+        let contact = match self.last_contact {
+            Some(t) => format!("{} ({} ago)", civil::utc(t), civil::span(now - t)),
+            None => "never".into(),
+        };
+        let _ = writeln!(out, "last contact:     {contact}");
+        let mode = match self.mode {
+            Mode::Strict => "strict",
+            Mode::BestEffort => "best_effort",
+        };
+        let _ = writeln!(
+            out,
+            "mode:             {mode} (max_staleness {} ms)",
+            self.max_staleness_ms
+        );
+        let error = self.last_error.as_deref().unwrap_or("none");
+        let mut lines = error.lines();
+        let _ = writeln!(out, "last error:       {}", lines.next().unwrap_or(""));
+        for line in lines {
+            let _ = writeln!(out, "                  {line}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn round_trips_and_renders() {
+        let s = Status {
+            vm_id: "vm-1".into(),
+            mode: Mode::Strict,
+            max_staleness_ms: 300_000,
+            outcome: Outcome::Invalid {
+                revision: 5,
+                error: "line 1, column 2: bad".into(),
+            },
+            applied_revision: Some(5),
+            last_error: Some("line 1, column 2: bad\nline 3, column 1: worse".into()),
+            last_contact: Some(1_700_000_000),
+        };
+        let json = s.to_json();
+        assert!(json.contains("\"state\":\"invalid\""), "{json}");
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
+        let text = s.render(1_700_000_042);
+        assert!(text.contains("applied revision: 5\n"), "{text}");
+        assert!(text.contains("2023-11-14T22:13:20Z (42s ago)"), "{text}");
+        assert!(
+            text.contains("\n                  line 3, column 1: worse\n"),
+            "{text}"
+        );
+    }
+}
