@@ -12,6 +12,7 @@ use crate::grant::diag::Diagnostic;
 use crate::grant::model::Grants;
 use crate::grant::policy::Accounts;
 use crate::store::config::Config;
+use crate::store::escapes::{self, Report};
 use crate::store::snapshot;
 use crate::store::source::{self, FileVersion, GrantFileState, Outcome};
 use crate::sys::accounts::SystemAccounts;
@@ -28,6 +29,9 @@ struct StatusJson {
     /// Live sessions whose guest has no access now (the daemon ends them).
     sessions_without_access: Vec<SessionJson>,
     unreadable_sessions: Vec<UnreadableJson>,
+    /// What guests may have left behind in owners' accounts (units in the
+    /// user manager, lingering, crontab and at jobs), oldest first.
+    persistence: Vec<Report>,
 }
 
 #[derive(Debug, Serialize)]
@@ -215,6 +219,7 @@ fn gather(config: &Config) -> StatusJson {
         owners,
         sessions_without_access,
         unreadable_sessions,
+        persistence: escapes::read(&config.run_dir),
     }
 }
 
@@ -378,5 +383,25 @@ fn render(s: &StatusJson) -> String {
             u.path, u.error
         ));
     }
+    render_persistence(&s.persistence, &mut out);
     out
+}
+
+/// What guests may have left behind, as the daemon found it.
+fn render_persistence(reports: &[Report], out: &mut String) {
+    if reports.is_empty() {
+        return;
+    }
+    out.push_str("\nleft behind in owners' accounts (persistence):\n");
+    for r in reports {
+        out.push_str(&format!(
+            "  {} {}: {} {} (guests: {}): {}\n",
+            output::utc(r.at),
+            r.owner,
+            r.kind,
+            r.what,
+            r.guests.join(", "),
+            r.action
+        ));
+    }
 }

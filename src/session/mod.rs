@@ -6,3 +6,4 @@ pub mod backend;
 pub mod hook;
 pub mod membership;
 pub mod owner_keys;
+pub mod persistence;

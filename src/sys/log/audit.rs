@@ -23,6 +23,9 @@ pub enum Kind {
     GrantChange,
     /// The daemon ended a guest's access at its `expires` deadline.
     Expiry,
+    /// Something a guest may have left behind in the owner's account to
+    /// outlive its access (a user unit, lingering, a crontab or at job).
+    Persistence,
 }
 
 impl Kind {
@@ -35,6 +38,7 @@ impl Kind {
             Kind::Leave => "leave",
             Kind::GrantChange => "grant-change",
             Kind::Expiry => "expiry",
+            Kind::Persistence => "persistence",
         }
     }
 }
