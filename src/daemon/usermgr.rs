@@ -64,6 +64,8 @@ pub struct Roots {
     pub atjobs: PathBuf,
     /// Users' runtime directories (`/run/user`).
     pub run_user: PathBuf,
+    /// logind's session state files (`/run/systemd/sessions`).
+    pub sessions: PathBuf,
 }
 
 impl Roots {
@@ -74,6 +76,7 @@ impl Roots {
             crontabs: PathBuf::from("/var/spool/cron/crontabs"),
             atjobs: PathBuf::from("/var/spool/cron/atjobs"),
             run_user: PathBuf::from("/run/user"),
+            sessions: PathBuf::from("/run/systemd/sessions"),
         }
     }
 
@@ -126,6 +129,8 @@ pub struct Watcher {
     inotify: Option<Inotify>,
     accounts: BTreeMap<String, Account>,
     reports: Vec<Report>,
+    /// Records already read (each is written once).
+    records: records::Cache,
     /// The grant file's policy, read again only when the file changes.
     grants: Option<(Option<FileVersion>, Option<Policy>)>,
 }
@@ -149,6 +154,7 @@ pub fn spawn(config: Arc<Config>) {
         inotify,
         accounts: BTreeMap::new(),
         reports: Vec::new(),
+        records: records::Cache::default(),
         grants: None,
     };
     let started = std::thread::Builder::new()
@@ -165,7 +171,7 @@ pub fn spawn(config: Arc<Config>) {
 impl Watcher {
     /// One look at every account that shares or has guest sessions.
     pub fn look(&mut self, now: i64) {
-        let (records, _) = records::list(&self.config.sessions_dir());
+        let (records, _) = self.records.list(&self.config.sessions_dir());
         let created = self.drain_created();
         let version = fs::metadata(&self.config.grants)
             .ok()
@@ -283,16 +289,25 @@ fn account<'a>(
 }
 
 /// The logind sessions of the account now: `session-ID.scope` groups in
-/// its slice.
+/// its slice, less the user manager's own (class `manager`, systemd 256
+/// and later), which is no one's login.
 fn live_sessions(roots: &Roots, uid: u32) -> BTreeSet<String> {
     fs::read_dir(roots.user_slice(uid))
         .map(|entries| {
             entries
                 .flatten()
                 .filter_map(|e| session_id(&e.file_name().to_string_lossy()).map(String::from))
+                .filter(|id| !is_manager_session(&roots.sessions.join(id)))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+fn is_manager_session(state: &Path) -> bool {
+    fs::read_to_string(state).is_ok_and(|text| {
+        text.lines()
+            .any(|l| matches!(l, "CLASS=manager" | "CLASS=manager-early"))
+    })
 }
 
 fn session_id(group: &str) -> Option<&str> {
@@ -705,6 +720,7 @@ mod tests {
                 crontabs: base.join("crontabs"),
                 atjobs: base.join("atjobs"),
                 run_user: base.join("run-user"),
+                sessions: base.join("sessions"),
             };
             for d in [
                 roots.manager_group(1000).join("app.slice"),
@@ -712,6 +728,7 @@ mod tests {
                 roots.crontabs.clone(),
                 roots.atjobs.clone(),
                 roots.run_user.join("1000/systemd/transient"),
+                roots.sessions.clone(),
                 base.join("home/.config/systemd/user"),
             ] {
                 fs::create_dir_all(d).unwrap();
@@ -799,6 +816,10 @@ mod tests {
         let mut a = t.account();
         // The owner's own job, started before any guest came.
         t.unit("owner-job.service", true);
+        // The lingering user manager's own session (systemd 256 and later)
+        // is no one's login.
+        t.session("2", true);
+        fs::write(t.roots.sessions.join("2"), "UID=1000\nCLASS=manager\n").unwrap();
         assert!(t.look(&mut a, &[], &[]).is_empty());
         let bob = [guest_session("bob", "7")];
         t.session("7", true);
