@@ -508,6 +508,11 @@ fn look_at(
     }
     account.unit_files = files;
 
+    // The user manager's own audit session id, which the services it forks
+    // inherit.
+    let manager = cgroup::pids(&roots.manager_group(account.uid).join("init.scope"))
+        .ok()
+        .and_then(|pids| pids.first().and_then(|&p| procfs::audit_session(p)));
     for (unit, group) in &units {
         if account.units.contains(unit) {
             continue;
@@ -517,7 +522,7 @@ fn look_at(
         if !persistence::is_judged(unit, transient, written) {
             continue;
         }
-        let proof = persistence::proof_from_sessions(&unit_sessions(group), &|id| {
+        let proof = persistence::proof_from_sessions(&unit_sessions(group), manager, &|id| {
             guest_sessions.get(&id.to_string()).cloned()
         });
         let verdict = match (&proof, account.guest_units.get(unit)) {

@@ -94,13 +94,18 @@ pub fn attribute(window: &Presence, proof: &Proof) -> Verdict {
 
 /// The proof the audit session ids of a unit's processes give. `guest_of`
 /// names the guest whose recorded login has that id. Ids of no login
-/// (`4294967295`, the user manager's children) prove nothing; a login that
-/// is no guest's proves the unit is not a guest's; two guests' ids in one
-/// unit prove nothing about which of them made it.
-pub fn proof_from_sessions(ids: &[u32], guest_of: &dyn Fn(u32) -> Option<String>) -> Proof {
+/// (`4294967295`) and the user manager's own (`manager`: its PAM stack may
+/// run pam_loginuid, and every service it forks inherits that id) prove
+/// nothing; a login that is no guest's proves the unit is not a guest's;
+/// two guests' ids in one unit prove nothing about which of them made it.
+pub fn proof_from_sessions(
+    ids: &[u32],
+    manager: Option<u32>,
+    guest_of: &dyn Fn(u32) -> Option<String>,
+) -> Proof {
     let mut guests = BTreeSet::new();
     for &id in ids {
-        if id == NO_SESSION {
+        if id == NO_SESSION || Some(id) == manager {
             continue;
         }
         match guest_of(id) {
@@ -257,15 +262,17 @@ mod tests {
             9 => Some("carol".to_string()),
             _ => None,
         };
-        assert_eq!(
-            proof_from_sessions(&[7, NO_SESSION, 7], &guest_of),
-            Proof::Guest("bob".into())
-        );
-        assert_eq!(proof_from_sessions(&[NO_SESSION], &guest_of), Proof::None);
-        assert_eq!(proof_from_sessions(&[], &guest_of), Proof::None);
-        assert_eq!(proof_from_sessions(&[7, 9], &guest_of), Proof::None);
+        let proof = |ids: &[u32]| proof_from_sessions(ids, Some(2), &guest_of);
+        assert_eq!(proof(&[7, NO_SESSION, 7]), Proof::Guest("bob".into()));
+        assert_eq!(proof(&[NO_SESSION]), Proof::None);
+        assert_eq!(proof(&[]), Proof::None);
+        assert_eq!(proof(&[7, 9]), Proof::None);
         // Any process from a login that is no guest's: never a guest's.
-        assert_eq!(proof_from_sessions(&[7, 3], &guest_of), Proof::NotGuest);
+        assert_eq!(proof(&[7, 3]), Proof::NotGuest);
+        // The user manager's own id (a service it forked) proves nothing.
+        assert_eq!(proof(&[2]), Proof::None);
+        assert_eq!(proof(&[2, 7]), Proof::Guest("bob".into()));
+        assert_eq!(proof_from_sessions(&[2], None, &guest_of), Proof::NotGuest);
     }
 
     #[test]
