@@ -49,6 +49,9 @@ pub const TICK: Duration = Duration::from_millis(500);
 const KEPT_REPORTS: usize = 200;
 /// Units remembered per owner as a guest's.
 const KEPT_UNITS: usize = 4096;
+/// How many looks a new scope may be empty before it is judged without
+/// its processes' sessions.
+const EMPTY_SCOPE_LOOKS: u32 = 6;
 /// How long killing one unit's processes may take.
 const UNIT_KILL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -120,6 +123,9 @@ struct Account {
     guest_units: BTreeMap<String, String>,
     /// Lingering a guest turned on.
     guest_linger: Option<String>,
+    /// New scopes with no process in them yet, by how many looks found them
+    /// empty.
+    empty_scopes: BTreeMap<String, u32>,
 }
 
 /// The thread's state.
@@ -513,6 +519,7 @@ fn look_at(
     let manager = cgroup::pids(&roots.manager_group(account.uid).join("init.scope"))
         .ok()
         .and_then(|pids| pids.first().and_then(|&p| procfs::audit_session(p)));
+    let mut deferred = Vec::new();
     for (unit, group) in &units {
         if account.units.contains(unit) {
             continue;
@@ -522,7 +529,19 @@ fn look_at(
         if !persistence::is_judged(unit, transient, written) {
             continue;
         }
-        let proof = persistence::proof_from_sessions(&unit_sessions(group), manager, &|id| {
+        let ids = unit_sessions(group);
+        // The user manager makes a scope's group before it has the system
+        // manager move the caller's process in: judged once it is there.
+        if ids.is_empty() && unit.ends_with(".scope") {
+            let looks = account.empty_scopes.entry(unit.clone()).or_insert(0);
+            *looks += 1;
+            if *looks < EMPTY_SCOPE_LOOKS {
+                deferred.push(unit.clone());
+                continue;
+            }
+        }
+        account.empty_scopes.remove(unit);
+        let proof = persistence::proof_from_sessions(&ids, manager, &|id| {
             guest_sessions.get(&id.to_string()).cloned()
         });
         let verdict = match (&proof, account.guest_units.get(unit)) {
@@ -551,7 +570,11 @@ fn look_at(
             ),
         }
     }
+    account.empty_scopes.retain(|u, _| units.contains_key(u));
     account.units = units.into_keys().collect();
+    for unit in deferred {
+        account.units.remove(&unit);
+    }
 
     if linger && !account.linger {
         match judge(&Proof::None) {
@@ -844,7 +867,11 @@ mod tests {
         .unwrap();
         fs::write(t.roots.linger.join("alice"), "").unwrap();
         fs::write(t.roots.crontabs.join("alice"), "17 3 * * * true\n").unwrap();
-        let found = summary(&t.look(&mut a, &bob, &[]));
+        // The scope, empty here, is judged once it has been empty a while.
+        let mut found = Vec::new();
+        for _ in 0..EMPTY_SCOPE_LOOKS {
+            found.extend(summary(&t.look(&mut a, &bob, &[])));
+        }
         for want in [
             "unit guest-run.service bob stopped when",
             "unit guest-scope.scope bob stopped when",
@@ -897,6 +924,22 @@ mod tests {
             "{found:?}"
         );
         assert!(a.guest_units.is_empty());
+
+        // A scope still empty (its process not moved in yet) waits for it.
+        t.unit("run-r9.scope", false);
+        assert!(t.look(&mut a, &bob, &[]).is_empty());
+        assert_eq!(a.empty_scopes.get("run-r9.scope"), Some(&1));
+        // Empty for good: judged on who was there.
+        let mut found = Vec::new();
+        for _ in 1..EMPTY_SCOPE_LOOKS {
+            found.extend(summary(&t.look(&mut a, &bob, &[])));
+        }
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("unit run-r9.scope bob reported"),
+            "{found:?}"
+        );
+        assert!(a.empty_scopes.is_empty());
 
         // The owner left; a session came and went between two looks.
         t.session("8", false);
