@@ -956,3 +956,32 @@ fn doctor_requires_cgroup_v2_for_the_cgroup_backend() {
     let (code, text) = setup.doctor(&e, &["--mountinfo", mountinfo.to_str().unwrap()]);
     assert_problem(code, &text, "no cgroup v2");
 }
+
+/// What the daemon found guests left behind (its `persistence.json`) is
+/// shown by status, in the text and in --json; without the file, nothing.
+#[test]
+fn status_shows_what_guests_left_behind() {
+    let e = env();
+    e.ok(&["sharing", OWNER, "on"]);
+    assert_eq!(e.status_json()["persistence"], serde_json::json!([]));
+    assert!(!e.ok(&["status"]).contains("left behind"));
+    let reports = [vmshare::store::escapes::Report {
+        at: 1_700_000_000,
+        owner: OWNER.into(),
+        guests: vec!["bob".into(), "carol".into()],
+        kind: "unit".into(),
+        what: "run-u12.service".into(),
+        action: "reported, not stopped: started while more than one person was logged in".into(),
+    }];
+    vmshare::store::escapes::write(&e.run_dir, &reports).unwrap();
+    let s = e.status_json();
+    assert_eq!(s["persistence"][0]["what"], "run-u12.service");
+    assert_eq!(s["persistence"][0]["guests"][1], "carol");
+    let text = e.ok(&["status"]);
+    assert!(
+        text.contains(&format!(
+            "2023-11-14T22:13:20Z {OWNER}: unit run-u12.service (guests: bob, carol): reported, not stopped"
+        )),
+        "{text}"
+    );
+}

@@ -88,6 +88,19 @@ impl FakeManager {
             .push((format!("KillSession {who} {signal}"), id.clone()));
         self.kill_scope(&id)
     }
+
+    async fn set_user_linger(
+        &self,
+        uid: u32,
+        enable: bool,
+        interactive: bool,
+    ) -> Result<(), LoginError> {
+        self.calls.lock().unwrap().push((
+            format!("SetUserLinger {enable} {interactive}"),
+            uid.to_string(),
+        ));
+        Ok(())
+    }
 }
 
 /// A private bus: `dbus-daemon` with a configuration that allows everything.
@@ -455,4 +468,24 @@ fn revoke_ends_the_session_through_logind_on_the_system_bus() {
         "{}",
         daemon.log()
     );
+}
+
+/// Turning off the lingering a guest turned on: `SetUserLinger(uid, false,
+/// false)` to logind on the system bus, and an error when no logind
+/// answers. The only test in this file that points this process (not a
+/// child) at the private bus.
+#[test]
+fn lingering_is_turned_off_through_logind_on_the_system_bus() {
+    let dir = scratch::trusted_tempdir("vmshare-linger-");
+    let bus = Bus::start(dir.path());
+    std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", &bus.address);
+    let logind = FakeLogind::start(&bus.address);
+    vmshare::session::backend::logind::disable_linger(1000).unwrap();
+    assert_eq!(
+        logind.calls(),
+        vec![("SetUserLinger false false".to_string(), "1000".to_string())]
+    );
+    drop(logind);
+    let err = vmshare::session::backend::logind::disable_linger(1000).unwrap_err();
+    assert!(err.contains("SetUserLinger(1000, false)"), "{err}");
 }

@@ -580,6 +580,101 @@ pub struct HostFacts<'a> {
     pub sharing_owners: &'a [String],
     /// Whether systemd keeps an owner's user manager running while logged out.
     pub lingers: &'a dyn Fn(&str) -> bool,
+    /// An owner's home directory.
+    pub home_of: &'a dyn Fn(&str) -> Option<String>,
+    /// `Err(why)` when a file, or a directory above it, is not held by root
+    /// alone (not root-owned, or group/world writable): whoever runs as the
+    /// owner may then be able to change it.
+    pub root_held: &'a dyn Fn(&Path) -> Result<(), String>,
+}
+
+const STRICT_MODE_FIX: &str = "use strict mode (README, \"Strict mode\"): keep owners' keys root-owned, e.g. `AuthorizedKeysFile /etc/vmshare/owner_keys/%u` in sshd_config and the same in authorized_keys_files";
+
+/// Key files a guest, running as the owner, can add keys to: any in the
+/// home (relative, `%h`, or under the owner's home once expanded), and any
+/// elsewhere that the owner's uid could write. Such a key outlives the
+/// guest's revoke.
+fn check_key_files(sshd_t: &str, facts: &HostFacts) -> Vec<Finding> {
+    let patterns: Vec<String> = match sshd_value(sshd_t, "authorizedkeysfile") {
+        None | Some("none") => Vec::new(),
+        Some(v) => v.split_ascii_whitespace().map(String::from).collect(),
+    };
+    let mut out = Vec::new();
+    let in_home: Vec<&str> = patterns
+        .iter()
+        .map(String::as_str)
+        .filter(|f| !f.starts_with('/') || f.starts_with("%h"))
+        .collect();
+    if !in_home.is_empty() {
+        out.push(bad(
+            "escapes",
+            Verdict::Warning,
+            format!(
+                "AuthorizedKeysFile `{}` is in the owner's home: a guest, running as the owner, can add keys there that outlive the guest's revoke",
+                in_home.join(" ")
+            ),
+            STRICT_MODE_FIX,
+        ));
+    }
+    let elsewhere: Vec<String> = patterns
+        .iter()
+        .filter(|f| f.starts_with('/') && !f.starts_with("%h"))
+        .cloned()
+        .collect();
+    for owner in facts.sharing_owners {
+        let Some(home) = (facts.home_of)(owner) else {
+            continue;
+        };
+        for file in crate::session::hook::owner_key_files(&elsewhere, owner, &home) {
+            let why = if file.starts_with(&home) {
+                Some(format!("is in {owner}'s home"))
+            } else {
+                (facts.root_held)(&file).err()
+            };
+            if let Some(why) = why {
+                out.push(bad(
+                    "escapes",
+                    Verdict::Warning,
+                    format!(
+                        "owner `{owner}`'s key file {} {why}: a guest, running as the owner, may add keys there that outlive the guest's revoke",
+                        file.display()
+                    ),
+                    STRICT_MODE_FIX,
+                ));
+            }
+        }
+    }
+    if out.is_empty() && !patterns.is_empty() {
+        out.push(ok(
+            "escapes",
+            "owners' key files are root-held (strict mode): a guest cannot add keys",
+        ));
+    }
+    out
+}
+
+/// The real `root_held`: the file, when it exists, and every existing
+/// directory above it are root-owned and not group/world writable. A
+/// missing file under such directories cannot be created by the owner.
+pub fn root_held(path: &Path) -> Result<(), String> {
+    for (i, p) in path.ancestors().enumerate() {
+        let Ok(meta) = std::fs::metadata(p) else {
+            continue;
+        };
+        if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            let what = if i == 0 {
+                String::from("itself")
+            } else {
+                p.display().to_string()
+            };
+            return Err(format!(
+                "is not root's alone: {what} has owner uid {} and mode {:o}",
+                meta.uid(),
+                meta.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub fn check_escapes(facts: &HostFacts) -> Vec<Finding> {
@@ -608,25 +703,7 @@ pub fn check_escapes(facts: &HostFacts) -> Vec<Finding> {
                 "set `PermitUserRC no` in sshd_config (owners lose ~/.ssh/rc too), then reload sshd",
             ));
         }
-        let files = match sshd_value(sshd_t, "authorizedkeysfile") {
-            None | Some("none") => Vec::new(),
-            Some(v) => v.split_ascii_whitespace().collect(),
-        };
-        let in_home: Vec<&str> = files
-            .into_iter()
-            .filter(|f| !f.starts_with('/') || f.starts_with("%h") || f.starts_with("/home/"))
-            .collect();
-        if !in_home.is_empty() {
-            out.push(bad(
-                "escapes",
-                Verdict::Warning,
-                format!(
-                    "AuthorizedKeysFile `{}` is in the owner's home: a guest, running as the owner, can add keys there that outlive the guest's revoke",
-                    in_home.join(" ")
-                ),
-                "keep owners' keys root-owned: e.g. `AuthorizedKeysFile /etc/vmshare/owner_keys/%u` in sshd_config and the same in authorized_keys_files",
-            ));
-        }
+        out.extend(check_key_files(sshd_t, facts));
     }
     for owner in facts.sharing_owners {
         if (facts.lingers)(owner) {
@@ -755,6 +832,13 @@ pub fn run(config: &Config, args: &DoctorArgs) -> ExitCode {
         ptrace_scope: ptrace.as_deref(),
         sharing_owners: &sharing,
         lingers: &lingers,
+        home_of: &|owner| {
+            nix::unistd::User::from_name(owner)
+                .ok()
+                .flatten()
+                .map(|u| u.dir.to_string_lossy().into_owned())
+        },
+        root_held: &root_held,
     }));
     let systemd = crate::session::backend::logind::systemd_booted();
     let signal_backend = match config.enforcement.backend {
@@ -975,6 +1059,10 @@ mod tests {
         assert_eq!(check_cgroup(v1, Backend::Auto).verdict, Verdict::Warning);
     }
 
+    fn home(owner: &str) -> Option<String> {
+        Some(format!("/home/{owner}"))
+    }
+
     #[test]
     fn escapes_the_host_offers_are_warnings() {
         let sharing = vec!["alice".to_string(), "dave".to_string()];
@@ -985,8 +1073,14 @@ mod tests {
             ptrace_scope: Some("1\n"),
             sharing_owners: &sharing,
             lingers: &|_| false,
+            home_of: &home,
+            root_held: &|_| Ok(()),
         });
         assert!(f.iter().all(|f| f.verdict == Verdict::Ok), "{f:?}");
+        assert!(
+            f.iter().any(|f| f.message.contains("(strict mode)")),
+            "{f:?}"
+        );
 
         let loose = "permituserrc yes\nauthorizedkeysfile .ssh/authorized_keys /etc/keys/%u\n";
         let f = check_escapes(&HostFacts {
@@ -994,6 +1088,8 @@ mod tests {
             ptrace_scope: Some("0"),
             sharing_owners: &sharing,
             lingers: &lingers,
+            home_of: &home,
+            root_held: &|_| Ok(()),
         });
         let warned = |what: &str| {
             f.iter()
@@ -1007,14 +1103,96 @@ mod tests {
         );
         assert!(warned("owner `dave` shares and has lingering on"), "{f:?}");
         assert!(!warned("owner `alice`"), "{f:?}");
+        assert!(!warned("(strict mode)"), "{f:?}");
         assert!(f.iter().all(|x| x.verdict != Verdict::Problem));
+        assert!(f
+            .iter()
+            .filter(|x| x.message.contains("home"))
+            .all(|x| x.fix.contains("Strict mode")));
+        // PermitUserRC defaults to yes: absent from `sshd -T` is on.
+        let f = check_escapes(&HostFacts {
+            sshd_t: Some("authorizedkeysfile /etc/vmshare/owner_keys/%u\n"),
+            ptrace_scope: Some("2"),
+            sharing_owners: &[],
+            lingers: &|_| true,
+            home_of: &home,
+            root_held: &|_| Ok(()),
+        });
+        assert_eq!(problems(&f).len(), 1, "{f:?}");
+        assert!(problems(&f)[0].contains("PermitUserRC"), "{f:?}");
 
         let f = check_escapes(&HostFacts {
             sshd_t: None,
             ptrace_scope: None,
             sharing_owners: &[],
             lingers: &|_| false,
+            home_of: &home,
+            root_held: &|_| Ok(()),
         });
         assert!(f[0].message.contains("no Yama"), "{f:?}");
+    }
+
+    /// An absolute AuthorizedKeysFile is only as strict as the owner's
+    /// access to it: one the owner can write, or one that expands into the
+    /// owner's home, is as good as ~/.ssh/authorized_keys to a guest.
+    #[test]
+    fn key_files_outside_the_home_must_be_root_held() {
+        let sharing = vec!["alice".to_string(), "dave".to_string()];
+        let sshd_t = "permituserrc no\nauthorizedkeysfile /etc/keys/%u /srv/home/%u/keys\n";
+        let home_of = |o: &str| Some(format!("/srv/home/{o}"));
+        let writable = |p: &Path| {
+            if p == Path::new("/etc/keys/dave") {
+                Err("is not root's alone: itself has owner uid 1001 and mode 644".to_string())
+            } else {
+                Ok(())
+            }
+        };
+        let f = check_escapes(&HostFacts {
+            sshd_t: Some(sshd_t),
+            ptrace_scope: Some("1"),
+            sharing_owners: &sharing,
+            lingers: &|_| false,
+            home_of: &home_of,
+            root_held: &writable,
+        });
+        let p = problems(&f);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p.iter().any(|m| m.contains(
+            "owner `dave`'s key file /etc/keys/dave is not root's alone: itself has owner uid 1001"
+        )));
+        assert!(p.iter().any(
+            |m| m.contains("owner `alice`'s key file /srv/home/alice/keys is in alice's home")
+        ));
+        assert!(p
+            .iter()
+            .any(|m| m.contains("owner `dave`'s key file /srv/home/dave/keys is in dave's home")));
+        assert!(!p.iter().any(|m| m.contains("/etc/keys/alice")), "{p:?}");
+        // An owner that is not an account has no files to judge.
+        let f = check_escapes(&HostFacts {
+            sshd_t: Some(sshd_t),
+            ptrace_scope: Some("1"),
+            sharing_owners: &sharing,
+            lingers: &|_| false,
+            home_of: &|_| None,
+            root_held: &writable,
+        });
+        assert!(problems(&f).is_empty(), "{f:?}");
+    }
+
+    #[test]
+    fn root_held_looks_at_the_file_and_every_directory_above() {
+        use std::os::unix::fs::PermissionsExt;
+        // /etc is root's alone on any host these tests run on; the missing
+        // directories below it cannot be created by anyone else.
+        assert_eq!(
+            root_held(Path::new("/etc/vmshare-absent/owner_keys/alice")),
+            Ok(())
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let file = dir.path().join("keys");
+        let why = root_held(&file).unwrap_err();
+        assert!(why.contains(&dir.path().display().to_string()), "{why}");
+        assert!(why.contains("mode 777"), "{why}");
     }
 }

@@ -12,6 +12,7 @@ use crate::grant::diag::Diagnostic;
 use crate::grant::model::Grants;
 use crate::grant::policy::Accounts;
 use crate::store::config::Config;
+use crate::store::escapes::{self, Report};
 use crate::store::snapshot;
 use crate::store::source::{self, FileVersion, GrantFileState, Outcome};
 use crate::sys::accounts::SystemAccounts;
@@ -31,6 +32,9 @@ struct StatusJson {
     /// Key lines added to owners' key files while guests were present,
     /// by a writer that could not be told (added within format 2).
     unattributed_keys: Vec<crate::daemon::planted::Report>,
+    /// What guests may have left behind in owners' accounts (units in the
+    /// user manager, lingering, crontab and at jobs), oldest first.
+    persistence: Vec<Report>,
 }
 
 #[derive(Debug, Serialize)]
@@ -219,6 +223,7 @@ fn gather(config: &Config) -> StatusJson {
         sessions_without_access,
         unreadable_sessions,
         unattributed_keys: crate::daemon::planted::read_reports(config),
+        persistence: escapes::read(&config.run_dir),
     }
 }
 
@@ -396,5 +401,25 @@ fn render(s: &StatusJson) -> String {
             ));
         }
     }
+    render_persistence(&s.persistence, &mut out);
     out
+}
+
+/// What guests may have left behind, as the daemon found it.
+fn render_persistence(reports: &[Report], out: &mut String) {
+    if reports.is_empty() {
+        return;
+    }
+    out.push_str("\nleft behind in owners' accounts (persistence):\n");
+    for r in reports {
+        out.push_str(&format!(
+            "  {} {}: {} {} (guests: {}): {}\n",
+            output::utc(r.at),
+            r.owner,
+            r.kind,
+            r.what,
+            r.guests.join(", "),
+            r.action
+        ));
+    }
 }

@@ -10,6 +10,7 @@ mod pass;
 pub mod planted;
 mod server;
 mod slots;
+mod usermgr;
 mod watch;
 
 pub use pass::{apply, compile_grant_file, now_ns, Compiled, Pass, Scope};
@@ -249,6 +250,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
         .ok();
     let slots = slots::Shared::new(caps);
     tokio::spawn(server::run(listener, Arc::clone(&config), pass_tx, slots));
+    usermgr::spawn(Arc::clone(&config));
 
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;

@@ -6,4 +6,5 @@ pub mod backend;
 pub mod hook;
 pub mod membership;
 pub mod owner_keys;
+pub mod persistence;
 pub mod provenance;

@@ -1,9 +1,11 @@
 //! State on disk: the agent config, the grant file read strictly with its
 //! version, the compiled snapshot and the key lookup over it, edits of the
-//! grant file, the session records, and the key ledger.
+//! grant file, the session records, the key ledger, and reports of what
+//! guests left behind.
 
 pub mod config;
 pub mod edit;
+pub mod escapes;
 pub mod ledger;
 pub mod lookup;
 pub mod records;

@@ -89,6 +89,17 @@ pub fn ancestors(pid: i32) -> Vec<Stat> {
     out
 }
 
+/// The kernel's audit session id of `pid` (`/proc/PID/sessionid`): set at
+/// login by pam_loginuid, inherited, and not changeable without
+/// CAP_AUDIT_CONTROL. `u32::MAX` outside any login.
+pub fn audit_session(pid: i32) -> Option<u32> {
+    fs::read_to_string(format!("/proc/{pid}/sessionid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The cgroup v2 path of `pid` relative to the hierarchy root (the `0::`
 /// line of /proc/PID/cgroup).
 pub fn cgroup_of(pid: i32) -> io::Result<PathBuf> {

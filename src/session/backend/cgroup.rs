@@ -172,6 +172,15 @@ pub fn kill(group: &Path, timeout: Duration) -> io::Result<()> {
     if !group.exists() {
         return Ok(());
     }
+    kill_processes(group, timeout)?;
+    remove(group)
+}
+
+/// Kills every process in `group` and below and waits up to `timeout` for
+/// them to be gone, leaving the group itself to whoever made it. Where
+/// `cgroup.kill` is missing or not ours to write (a group delegated to a
+/// user), each member is sent SIGKILL.
+pub fn kill_processes(group: &Path, timeout: Duration) -> io::Result<()> {
     match fs::write(group.join("cgroup.kill"), "1") {
         Ok(()) => {}
         Err(e)
@@ -194,7 +203,7 @@ pub fn kill(group: &Path, timeout: Duration) -> io::Result<()> {
         let _ = kill_members(group);
         std::thread::sleep(Duration::from_millis(1));
     }
-    remove(group)
+    Ok(())
 }
 
 fn kill_members(group: &Path) -> io::Result<()> {

@@ -158,6 +158,37 @@ pub fn terminate(id: &str) -> Result<(), String> {
         return Err(format!("invalid logind session id {id:?}"));
     }
     let id = id.to_string();
+    on_system_bus(move || async move { terminate_on_bus(&id).await })
+}
+
+/// Turns lingering off for `uid` (`SetUserLinger(uid, false, false)`), so
+/// its user manager, and what runs in it, stops once it has no session.
+/// logind asks polkit, which lets root do it.
+pub fn disable_linger(uid: u32) -> Result<(), String> {
+    on_system_bus(move || async move {
+        let bus = zbus::Connection::system()
+            .await
+            .map_err(|e| format!("cannot connect to the system bus: {e}"))?;
+        bus.call_method(
+            Some(DESTINATION),
+            PATH,
+            Some(MANAGER),
+            "SetUserLinger",
+            &(uid, false, false),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("logind SetUserLinger({uid}, false): {e}"))
+    })
+}
+
+/// Runs one exchange with the system bus on a thread and runtime of its
+/// own, bounded by CALL_TIMEOUT.
+fn on_system_bus<F, Fut>(call: F) -> Result<(), String>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     std::thread::Builder::new()
         .name("logind".into())
         .spawn(move || {
@@ -166,7 +197,7 @@ pub fn terminate(id: &str) -> Result<(), String> {
                 .build()
                 .map_err(|e| format!("cannot start a runtime for D-Bus: {e}"))?;
             runtime.block_on(async {
-                tokio::time::timeout(CALL_TIMEOUT, terminate_on_bus(&id))
+                tokio::time::timeout(CALL_TIMEOUT, call())
                     .await
                     .map_err(|_| format!("logind did not answer within {CALL_TIMEOUT:?}"))?
             })

@@ -28,7 +28,9 @@ pub enum Kind {
     /// A guest session added a key line to the owner's key files: recorded
     /// as the guest's.
     KeyPlanted,
-    /// A way back in that could not be attributed or undone: reported.
+    /// A way back in that could not be attributed or undone, reported:
+    /// a key line whose writer cannot be told, a user unit, lingering, a
+    /// crontab or at job a guest may have left to outlive its access.
     Persistence,
 }
 
