@@ -28,6 +28,8 @@ use etcd_client::{Certificate, Client, ConnectOptions, Identity, Permission, Tls
 
 #[path = "etcd.rs"]
 mod etcd;
+#[path = "../../../tests/scratch/mod.rs"]
+mod scratch_rule;
 pub use etcd::{make_ca, make_cert, member_args, CLIENT_PORT};
 
 pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_vmshare-sync");
@@ -47,14 +49,10 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 }
 
 /// A scratch dir whose ancestors are root-owned and not world-writable (the
-/// agent refuses a config under /tmp, as the core does).
+/// agent refuses a config under /tmp, as the core does), by the core tests'
+/// one rule (the build tree, or a fallback when the checkout is under /tmp).
 pub fn scratch() -> tempfile::TempDir {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    fs::create_dir_all(base).unwrap();
-    tempfile::Builder::new()
-        .prefix("vmshare-sync-")
-        .tempdir_in(base)
-        .unwrap()
+    scratch_rule::trusted_tempdir("vmshare-sync-")
 }
 
 use etcd::run;
