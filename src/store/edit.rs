@@ -2,13 +2,13 @@
 //! comments, order and layout kept) and the one place that writes the file,
 //! under a lock, atomically.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, Value};
 
 use crate::grant::diag::{Diagnostic, FileErrors};
@@ -419,37 +419,13 @@ pub fn lock_path(path: &Path) -> PathBuf {
 /// Takes the edit lock, waiting up to `wait`.
 fn lock(path: &Path, wait: Duration) -> Result<Flock<File>, EditError> {
     let lock_path = lock_path(path);
-    let deadline = Instant::now() + wait;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(&lock_path)
-        .map_err(|e| EditError::Lock(format!("cannot open {}: {e}", lock_path.display())))?;
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(locked) => return Ok(locked),
-            Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
-                file = f;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                return Err(EditError::Busy {
-                    lock: lock_path,
-                    waited: wait,
-                })
-            }
-            Err((_, e)) => {
-                return Err(EditError::Lock(format!(
-                    "cannot lock {}: {e}",
-                    lock_path.display()
-                )))
-            }
-        }
-    }
+    fsutil::lock_exclusive(&lock_path, wait).map_err(|e| match e {
+        fsutil::LockError::Busy => EditError::Busy {
+            lock: lock_path,
+            waited: wait,
+        },
+        fsutil::LockError::Failed(why) => EditError::Lock(why),
+    })
 }
 
 /// Applies `change` to the grant file at `path`: under the edit lock, reads

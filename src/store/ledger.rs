@@ -24,9 +24,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 
 use crate::grant::parse::{check_guest_name, is_account_name};
 use crate::sys::fsutil;
@@ -479,26 +479,13 @@ fn ensure_dir(dir: &Path) -> Result<(), String> {
 
 fn lock(state_dir: &Path) -> Result<Flock<File>, String> {
     let path = state_dir.join(LOCK_NAME);
-    let deadline = Instant::now() + LOCK_WAIT;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(locked) => return Ok(locked),
-            Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
-                file = f;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err((_, e)) => return Err(format!("cannot lock {}: {e}", path.display())),
-        }
-    }
+    fsutil::lock_exclusive(&path, LOCK_WAIT).map_err(|e| match e {
+        fsutil::LockError::Busy => format!(
+            "cannot lock {}: still held after {LOCK_WAIT:?}",
+            path.display()
+        ),
+        fsutil::LockError::Failed(why) => why,
+    })
 }
 
 #[cfg(test)]

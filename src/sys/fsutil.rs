@@ -101,6 +101,50 @@ pub fn read_strict(path: &Path, limit: u64) -> Result<Option<(String, Metadata)>
     Ok(Some((text, meta)))
 }
 
+/// Why [`lock_exclusive`] did not get its lock.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another holder kept it for the whole wait.
+    Busy,
+    /// The lock file could not be opened or locked; the message names it.
+    Failed(String),
+}
+
+/// Takes an exclusive `flock` on `path` (created root-only if missing,
+/// never through a symlink), waiting up to `wait` for another holder.
+pub fn lock_exclusive(
+    path: &Path,
+    wait: std::time::Duration,
+) -> Result<nix::fcntl::Flock<File>, LockError> {
+    use nix::fcntl::{Flock, FlockArg};
+    let deadline = std::time::Instant::now() + wait;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| LockError::Failed(format!("cannot open {}: {e}", path.display())))?;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(locked),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(LockError::Busy),
+            Err((_, e)) => {
+                return Err(LockError::Failed(format!(
+                    "cannot lock {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+    }
+}
+
 /// Writes `data` to `path` atomically: a temp file in the same directory,
 /// fsync, rename over, fsync of the directory. The new file gets `mode` and,
 /// when given, the owner `(uid, gid)`.
