@@ -34,6 +34,27 @@ pub fn stat(pid: i32) -> io::Result<Stat> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc stat"))
 }
 
+/// `PF_EXITING` in the stat flags: the process has begun to exit.
+const PF_EXITING: u64 = 0x4;
+
+/// The flags word (field 9) of /proc/PID/stat text.
+fn parse_flags(text: &str) -> Option<u64> {
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(6)?.parse().ok()
+}
+
+/// Whether `pid` is gone or on its way out. A process that has begun to
+/// exit runs none of its own code again, yet stays listed in its cgroup
+/// for a moment after its descriptors are closed, which is when a parent
+/// waiting on them wakes. Any other doubt (an unreadable stat) counts as
+/// staying.
+pub fn is_leaving(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(text) => parse_flags(&text).is_some_and(|f| f & PF_EXITING != 0),
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    }
+}
+
 /// Whether `pid` is still the process that started at `start`.
 pub fn is_alive(pid: i32, start: u64) -> bool {
     stat(pid).is_ok_and(|s| s.start == start)
@@ -132,6 +153,22 @@ mod tests {
             })
         );
         assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_flags(text), Some(4194560));
+        assert_eq!(parse_flags("garbage"), None);
+    }
+
+    #[test]
+    fn a_live_process_is_not_leaving_and_a_reaped_one_is() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(!is_leaving(pid));
+        assert!(!is_leaving(std::process::id() as i32));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(is_leaving(pid));
     }
 
     #[test]

@@ -65,12 +65,7 @@ impl Backend for CgroupBackend {
     }
 
     fn outlives_login(&self, record: &SessionRecord, login: &Login) -> bool {
-        pids(group_in(record))
-            .map(|pids| {
-                pids.iter()
-                    .any(|&p| p != login.hook && p != login.monitor.pid)
-            })
-            .unwrap_or(false)
+        pids(group_in(record)).is_ok_and(|pids| login.outlived_by(&pids))
     }
 
     fn release(&self, record: &SessionRecord) {

@@ -94,12 +94,7 @@ impl Backend for LogindBackend {
         let Some(scope) = super::cgroup::group_of(login.hook) else {
             return false;
         };
-        super::cgroup::pids(&scope)
-            .map(|pids| {
-                pids.iter()
-                    .any(|&p| p != login.hook && p != login.monitor.pid)
-            })
-            .unwrap_or(false)
+        super::cgroup::pids(&scope).is_ok_and(|pids| login.outlived_by(&pids))
     }
 }
 

@@ -63,6 +63,17 @@ pub trait Backend {
     fn release(&self, _record: &SessionRecord) {}
 }
 
+impl Login<'_> {
+    /// At logout: whether any of `pids` (a session's group) is a process
+    /// that stays: not the hook, not the sshd process, not one already on
+    /// its way out (sshd's own session process wakes the monitor as it
+    /// exits, a moment before it leaves the group).
+    pub fn outlived_by(&self, pids: &[i32]) -> bool {
+        pids.iter()
+            .any(|&p| p != self.hook && p != self.monitor.pid && !procfs::is_leaving(p))
+    }
+}
+
 impl Placement {
     pub fn name(&self) -> &'static str {
         match self {
