@@ -45,7 +45,8 @@ fn fingerprint(key: &Key) -> String {
         .fingerprint
 }
 
-/// bob, logged in as alice, appends `key` to alice's authorized_keys.
+/// bob, logged in as alice, appends `key` to alice's authorized_keys in a
+/// one-shot login.
 fn launder(host: &Host, bob: &Key, key: &Key) {
     let out = host.ssh(
         "alice",
@@ -329,6 +330,13 @@ fn plant(host: &Host, journal: &Journal, bob: &Key, line: &str, fp: &str) {
     );
     let up = harness::first_line(&mut writer, Duration::from_secs(30));
     assert_eq!(up.trim(), "up", "bob's writing session did not start");
+    assert_planted(host, journal, fp);
+    drop(writer.stdin.take());
+    let _ = writer.wait();
+}
+
+/// A key-planted event names bob's `fp`, and the ledger holds it as his.
+fn assert_planted(host: &Host, journal: &Journal, fp: &str) {
     assert!(
         journal
             .wait_for(
@@ -350,8 +358,6 @@ fn plant(host: &Host, journal: &Journal, bob: &Key, line: &str, fp: &str) {
         (entry.guest.as_str(), entry.origin.as_str()),
         ("bob", "planted")
     );
-    drop(writer.stdin.take());
-    let _ = writer.wait();
 }
 
 /// A login with `key` is bob's while he has access (known by `fp`),
@@ -396,12 +402,30 @@ fn bobs_until_revoked(host: &Host, journal: &Journal, alice: &Key, bob: &Key, ke
 /// logins are his, and it is refused after his revoke.
 #[test]
 fn a_key_planted_by_a_guest_session_is_the_guests() {
+    a_fresh_key_is_bobs(false);
+}
+
+/// The same in a one-shot login (`ssh … 'echo KEY >> …'`): the writing
+/// shell, and its whole session, are gone by the time the daemon judges
+/// the change; the session the file was opened from still says whose it
+/// is.
+#[test]
+fn a_key_written_by_a_one_shot_login_is_the_guests() {
+    a_fresh_key_is_bobs(true);
+}
+
+fn a_fresh_key_is_bobs(one_shot: bool) {
     let (host, alice, bob) = setup();
     let journal = host.capture_journal();
     let _daemon = host.start_daemon();
     let fresh = host.keypair("fresh");
     let fp = fingerprint(&fresh);
-    plant(&host, &journal, &bob, &fresh.public, &fp);
+    if one_shot {
+        launder(&host, &bob, &fresh);
+        assert_planted(&host, &journal, &fp);
+    } else {
+        plant(&host, &journal, &bob, &fresh.public, &fp);
+    }
     bobs_until_revoked(&host, &journal, &alice, &bob, &fresh, &fp);
 }
 

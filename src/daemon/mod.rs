@@ -6,6 +6,7 @@ mod deadline;
 mod fdlimit;
 mod leave;
 mod ledger;
+mod openers;
 mod pass;
 pub mod planted;
 mod server;

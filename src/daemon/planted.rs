@@ -3,8 +3,10 @@
 //! belongs to that guest (it goes in the key ledger as `planted`, so it is
 //! refused once the guest's access is gone). The writer is told by the
 //! kernel: fanotify reports the pid of each write to a watched directory's
-//! files, and the pid's session says whose it is. Where that cannot be told
-//! (the writer is gone, or guests and others wrote), nothing is guessed:
+//! files, and the pid's session says whose it is; a writer already gone is
+//! known by the session it opened the file from ([`super::openers`]). Where
+//! that cannot be told (a writer that never opened the file itself, a file
+//! moved in from elsewhere, guests and others writing), nothing is guessed:
 //! the line keeps working and a `persistence` event names the file, the
 //! line's key and the guests present; `vmshare status` shows it.
 //!
@@ -23,6 +25,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
 use tracing::{error, info, warn};
 
+use super::openers::{Opener, Openers};
 use crate::session::hook::owner_key_files;
 use crate::session::membership::session_of;
 use crate::session::owner_keys::split_line;
@@ -85,7 +88,8 @@ pub enum Writer {
     Guest { owner: String, guest: String },
     /// A live process in no guest session: the owner's own, or root's.
     NotGuest,
-    /// The process was gone before it could be looked at.
+    /// The process was gone before it could be looked at, and had not
+    /// opened the file from a guest session.
     Unknown,
 }
 
@@ -136,6 +140,8 @@ struct Owner {
 struct Watch {
     config: Config,
     fanotify: Option<Fanotify>,
+    /// Who opened the watched files, learnt while they waited.
+    openers: Option<Openers>,
     inotify: Inotify,
     owners: Vec<Owner>,
     /// inotify watches, by directory.
@@ -167,9 +173,13 @@ impl Watch {
         )
         .map_err(|e| warn!("fanotify unavailable ({e}): key lines added while guests are present are reported, not attributed"))
         .ok();
+        let openers = fanotify
+            .as_ref()
+            .and_then(|_| Openers::spawn(config.sessions_dir()));
         Ok(Watch {
             config,
             fanotify,
+            openers,
             inotify: Inotify::init()?,
             owners: Vec::new(),
             watched: HashMap::new(),
@@ -255,7 +265,10 @@ impl Watch {
                     guest: r.guest.clone(),
                 },
                 None if Path::new(&format!("/proc/{pid}")).exists() => Writer::NotGuest,
-                None => Writer::Unknown,
+                None => match self.openers.as_ref().and_then(|o| o.guest_of(pid)) {
+                    Some(Opener { owner, guest }) => Writer::Guest { owner, guest },
+                    None => Writer::Unknown,
+                },
             };
             let seen = self.writers.entry(dir).or_default();
             // One of each is all the judging needs.
@@ -350,6 +363,9 @@ impl Watch {
                     warn!(dir = %dir.display(), "cannot watch key directory: {e}");
                     continue;
                 }
+            }
+            if let Some(o) = &self.openers {
+                o.mark(&dir);
             }
             if let Some(f) = &self.fanotify {
                 let marked = f.mark(
