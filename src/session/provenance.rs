@@ -26,10 +26,12 @@ pub fn fingerprint(key: &AuthKey) -> Option<String> {
         .map(|k| k.fingerprint)
 }
 
+/// (fingerprint, guest) of the owner's keys, as one source tells them.
 enum Known {
-    /// The ledger's text, checked whole once read.
-    Ledger(String),
-    /// (fingerprint, guest) of the owner's recorded sessions.
+    /// From the ledger, checked whole once read (one pass over its text,
+    /// keeping only this owner's entries).
+    Ledger(Vec<(String, String)>),
+    /// From the owner's recorded sessions.
     Records(Vec<(String, String)>),
 }
 
@@ -52,22 +54,25 @@ impl<'a> Provenance<'a> {
     /// The guest the ledger names for `key`, if any.
     pub fn guest_of(&self, key: &AuthKey) -> Option<String> {
         let fp = fingerprint(key)?;
-        match self.known() {
-            Known::Ledger(text) => ledger::find(text, self.owner, &fp)
-                .ok()
-                .flatten()
-                .map(|e| e.guest.to_string()),
-            Known::Records(keys) => keys.iter().find(|(f, _)| *f == fp).map(|(_, g)| g.clone()),
-        }
+        let (Known::Ledger(keys) | Known::Records(keys)) = self.known();
+        keys.iter().find(|(f, _)| *f == fp).map(|(_, g)| g.clone())
     }
 
     fn known(&self) -> &Known {
         self.known.get_or_init(|| {
             let why = match ledger::read_text(&self.config.ledger_path()) {
-                Ok(Some(text)) => match ledger::scan(&text, |_| {}) {
-                    Ok(_) => return Known::Ledger(text),
-                    Err(e) => Some(format!("{}: {e}", self.config.ledger_path().display())),
-                },
+                Ok(Some(text)) => {
+                    let mut keys = Vec::new();
+                    let scanned = ledger::scan(&text, |e| {
+                        if e.owner == self.owner {
+                            keys.push((e.fingerprint.to_string(), e.guest.to_string()));
+                        }
+                    });
+                    match scanned {
+                        Ok(_) => return Known::Ledger(keys),
+                        Err(e) => Some(format!("{}: {e}", self.config.ledger_path().display())),
+                    }
+                }
                 Ok(None) => None,
                 Err(why) => Some(why),
             };

@@ -181,22 +181,6 @@ pub fn scan<'a>(text: &'a str, mut each: impl FnMut(EntryRef<'a>)) -> Result<usi
     Err("the file is cut short (no `end` trailer)".into())
 }
 
-/// The entry for `owner`'s key `fingerprint` in a ledger's text, checking
-/// the whole text (an error if it is not a whole ledger).
-pub fn find<'a>(
-    text: &'a str,
-    owner: &str,
-    fingerprint: &str,
-) -> Result<Option<EntryRef<'a>>, String> {
-    let mut found = None;
-    scan(text, |e| {
-        if found.is_none() && e.owner == owner && e.fingerprint == fingerprint {
-            found = Some(e);
-        }
-    })?;
-    Ok(found)
-}
-
 /// The ledger in memory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
@@ -556,6 +540,22 @@ mod tests {
         let mangled = text.replace("end 2\n", "garbage\x01\n");
         assert_eq!(Ledger::salvage(&mangled), sample());
         assert_eq!(Ledger::salvage(half).len(), 1);
+    }
+
+    /// The entry for `owner`'s key `fingerprint` in a ledger's text, checking
+    /// the whole text (an error if it is not a whole ledger).
+    fn find<'a>(
+        text: &'a str,
+        owner: &str,
+        fingerprint: &str,
+    ) -> Result<Option<EntryRef<'a>>, String> {
+        let mut found = None;
+        scan(text, |e| {
+            if found.is_none() && e.owner == owner && e.fingerprint == fingerprint {
+                found = Some(e);
+            }
+        })?;
+        Ok(found)
     }
 
     #[test]
