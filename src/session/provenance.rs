@@ -26,20 +26,15 @@ pub fn fingerprint(key: &AuthKey) -> Option<String> {
         .map(|k| k.fingerprint)
 }
 
-/// (fingerprint, guest) of the owner's keys, as one source tells them.
-enum Known {
-    /// From the ledger, checked whole once read (one pass over its text,
-    /// keeping only this owner's entries).
-    Ledger(Vec<(String, String)>),
-    /// From the owner's recorded sessions.
-    Records(Vec<(String, String)>),
-}
-
 /// One owner's keys as the ledger knows them, for one login.
 pub struct Provenance<'a> {
     config: &'a Config,
     owner: &'a str,
-    known: OnceCell<Known>,
+    /// The ledger's text, once read (`None`: none, or not trusted).
+    ledger: OnceCell<Option<String>>,
+    /// (fingerprint, guest) of the owner's recorded sessions: what stands
+    /// in for a ledger that is not trusted.
+    records: OnceCell<Vec<(String, String)>>,
 }
 
 impl<'a> Provenance<'a> {
@@ -47,49 +42,53 @@ impl<'a> Provenance<'a> {
         Provenance {
             config,
             owner,
-            known: OnceCell::new(),
+            ledger: OnceCell::new(),
+            records: OnceCell::new(),
         }
     }
 
     /// The guest the ledger names for `key`, if any.
     pub fn guest_of(&self, key: &AuthKey) -> Option<String> {
         let fp = fingerprint(key)?;
-        let (Known::Ledger(keys) | Known::Records(keys)) = self.known();
-        keys.iter().find(|(f, _)| *f == fp).map(|(_, g)| g.clone())
+        match self.in_ledger(&fp) {
+            Some(found) => found,
+            None => self
+                .records()
+                .iter()
+                .find(|(f, _)| *f == fp)
+                .map(|(_, g)| g.clone()),
+        }
     }
 
-    fn known(&self) -> &Known {
-        self.known.get_or_init(|| {
-            let why = match ledger::read_text(&self.config.ledger_path()) {
-                Ok(Some(text)) => {
-                    let mut keys = Vec::new();
-                    let scanned = ledger::scan(&text, |e| {
-                        if e.owner == self.owner {
-                            keys.push((e.fingerprint.to_string(), e.guest.to_string()));
-                        }
-                    });
-                    match scanned {
-                        Ok(_) => return Known::Ledger(keys),
-                        Err(e) => Some(format!("{}: {e}", self.config.ledger_path().display())),
-                    }
+    /// The ledger's answer for `fp`: `None` where the ledger is missing or
+    /// not trusted (the frame, or the lines naming the key, damaged).
+    fn in_ledger(&self, fp: &str) -> Option<Option<String>> {
+        let text = self
+            .ledger
+            .get_or_init(|| match ledger::read_text(&self.config.ledger_path()) {
+                Ok(text) => text,
+                Err(why) => {
+                    distrust(&why);
+                    None
                 }
-                Ok(None) => None,
-                Err(why) => Some(why),
-            };
-            if let Some(why) = why {
-                syslog::log(
-                    IDENT,
-                    Level::Error,
-                    &format!("key ledger not trusted, judging by the session records: {why}"),
-                );
+            })
+            .as_deref()?;
+        match ledger::lookup(text, self.owner, fp) {
+            Ok(found) => Some(found.map(|e| e.guest.to_string())),
+            Err(e) => {
+                distrust(&format!("{}: {e}", self.config.ledger_path().display()));
+                None
             }
+        }
+    }
+
+    fn records(&self) -> &[(String, String)] {
+        self.records.get_or_init(|| {
             let (list, _) = records::list(&self.config.sessions_dir());
-            Known::Records(
-                list.into_iter()
-                    .filter(|r| r.owner == self.owner)
-                    .map(|r| (r.fingerprint, r.guest))
-                    .collect(),
-            )
+            list.into_iter()
+                .filter(|r| r.owner == self.owner)
+                .map(|r| (r.fingerprint, r.guest))
+                .collect()
         })
     }
 
@@ -98,13 +97,12 @@ impl<'a> Provenance<'a> {
     /// left for the daemon to repair (the session record keeps the key
     /// known meanwhile); one that cannot be written is an error.
     pub fn record(&self, guest: &str, key: &AuthKey, now: i64) -> Result<(), String> {
-        if self.guest_of(key).as_deref() == Some(guest) && matches!(self.known(), Known::Ledger(_))
-        {
-            return Ok(());
-        }
         let Some(fp) = fingerprint(key) else {
             return Ok(());
         };
+        if self.in_ledger(&fp).flatten().as_deref() == Some(guest) {
+            return Ok(());
+        }
         let entry = Entry {
             owner: self.owner.to_string(),
             fingerprint: fp,
@@ -122,6 +120,14 @@ impl<'a> Provenance<'a> {
         }
         Ok(())
     }
+}
+
+fn distrust(why: &str) {
+    syslog::log(
+        IDENT,
+        Level::Error,
+        &format!("key ledger not trusted, judging by the session records: {why}"),
+    );
 }
 
 #[cfg(test)]

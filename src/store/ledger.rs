@@ -181,6 +181,56 @@ pub fn scan<'a>(text: &'a str, mut each: impl FnMut(EntryRef<'a>)) -> Result<usi
     Err("the file is cut short (no `end` trailer)".into())
 }
 
+/// `owner`'s entry for the key `fingerprint` in a ledger's text, checking
+/// the text's frame (the header, a trailer that counts every line between,
+/// a line end at the end) and parsing only the lines that name the key:
+/// the login's path, which stays as cheap at 100,000 keys as at 10. A
+/// frame fault, or a line naming the key that is not a whole entry, is an
+/// error (a damaged ledger is not trusted); a fault in a line about other
+/// keys is left to the daemon's full reads, which repair it.
+pub fn lookup<'a>(
+    text: &'a str,
+    owner: &str,
+    fingerprint: &str,
+) -> Result<Option<EntryRef<'a>>, String> {
+    check_frame(text)?;
+    let needle = format!(" {fingerprint} ");
+    for at in memchr::memmem::find_iter(text.as_bytes(), needle.as_bytes()) {
+        let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+        let line = &text[start..end];
+        let n = text[..start].bytes().filter(|&b| b == b'\n').count() + 1;
+        let entry = parse_entry_ref(line).map_err(|e| format!("line {n}: {e}"))?;
+        if entry.owner == owner && entry.fingerprint == fingerprint {
+            return Ok(Some(entry));
+        }
+    }
+    Ok(None)
+}
+
+/// The frame [`scan`] checks, without reading the entries.
+fn check_frame(text: &str) -> Result<(), String> {
+    let Some(body) = text.strip_prefix(HEADER).and_then(|t| t.strip_prefix('\n')) else {
+        return Err(format!("line 1: expected `{HEADER}`"));
+    };
+    let Some(body) = body.strip_suffix('\n') else {
+        return Err("the file is cut short (no line end)".into());
+    };
+    let (entries, trailer) = match body.rfind('\n') {
+        Some(i) => (i + 1, &body[i + 1..]),
+        None => (0, body),
+    };
+    let count = body[..entries].bytes().filter(|&b| b == b'\n').count();
+    match trailer.strip_prefix("end ") {
+        Some(n) if n.parse::<usize>().ok() == Some(count) => Ok(()),
+        Some(n) => Err(format!(
+            "line {}: the trailer counts {n} entries, the file has {count}",
+            count + 2
+        )),
+        None => Err("the file is cut short (no `end` trailer)".into()),
+    }
+}
+
 /// The ledger in memory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
@@ -556,6 +606,89 @@ mod tests {
             }
         })?;
         Ok(found)
+    }
+
+    #[test]
+    fn lookup_reads_the_frame_and_the_lines_of_its_key() {
+        let text = sample().encode();
+        assert_eq!(lookup(&text, "alice", FP2), find(&text, "alice", FP2));
+        assert_eq!(lookup(&text, "alice", FP).unwrap().unwrap().guest, "bob");
+        assert_eq!(lookup(&text, "dave", FP2), Ok(None));
+        assert_eq!(lookup(&text, "alice", &FP.replace('A', "C")), Ok(None));
+        assert_eq!(lookup("vmshare-ledger 1\nend 0\n", "alice", FP), Ok(None));
+        // The frame: every strict prefix, a wrong count, no header.
+        for cut in 0..text.len() {
+            assert!(lookup(&text[..cut], "alice", FP).is_err(), "{cut}");
+        }
+        assert!(lookup(&text.replace("end 2", "end 3"), "alice", FP).is_err());
+        assert!(lookup(&text.replace("vmshare-ledger 1", "ledger"), "alice", FP).is_err());
+        assert!(lookup(&format!("{text}key\n"), "alice", FP).is_err());
+        // A damaged line naming the key is an error; one about another
+        // key is left to the full reads.
+        let lines: Vec<&str> = text.lines().collect();
+        let spoilt = |i: usize| {
+            let mut l = lines.clone();
+            let bad = l[i]
+                .replace(" granted ", " given ")
+                .replace(" planted ", " given ");
+            l[i] = &bad;
+            format!("{}\n", l.join("\n"))
+        };
+        let bob = lines.iter().position(|l| l.contains(FP)).unwrap();
+        let carol = lines.iter().position(|l| l.contains(FP2)).unwrap();
+        let e = lookup(&spoilt(bob), "alice", FP).unwrap_err();
+        assert!(e.contains(&format!("line {}", bob + 1)), "{e}");
+        assert_eq!(
+            lookup(&spoilt(carol), "alice", FP).unwrap().unwrap().guest,
+            "bob"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+        /// Wherever the full read accepts a text, the login's lookup
+        /// answers as it does, for every key in it and one that is not.
+        #[test]
+        fn lookup_agrees_with_a_full_read(
+            keys in proptest::collection::vec(
+                (0u8..3, "[A-Za-z0-9+/]{43}", 0u8..3),
+                0..12,
+            ),
+            flip in proptest::option::of((proptest::num::usize::ANY, proptest::num::u8::ANY)),
+        ) {
+            let owners = ["alice", "bob", "carol"];
+            let mut ledger = Ledger::default();
+            let mut fps = Vec::new();
+            for (owner, digest, guest) in &keys {
+                let fp = format!("SHA256:{digest}");
+                ledger.record(Entry {
+                    owner: owners[*owner as usize].into(),
+                    fingerprint: fp.clone(),
+                    guest: format!("g{guest}"),
+                    origin: Origin::Authenticated,
+                    since: 1,
+                });
+                fps.push(fp);
+            }
+            fps.push(format!("SHA256:{}", "7".repeat(43)));
+            let mut text = ledger.encode().into_bytes();
+            if let Some((at, byte)) = flip {
+                if !text.is_empty() {
+                    let at = at % text.len();
+                    text[at] = byte;
+                }
+            }
+            let Ok(text) = String::from_utf8(text) else {
+                return Ok(());
+            };
+            if scan(&text, |_| {}).is_ok() {
+                for owner in owners {
+                    for fp in &fps {
+                        proptest::prop_assert_eq!(lookup(&text, owner, fp), find(&text, owner, fp));
+                    }
+                }
+            }
+        }
     }
 
     #[test]
