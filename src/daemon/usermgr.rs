@@ -19,8 +19,11 @@
 //! --user` and `systemctl --user` talk to the manager's private socket
 //! (`$XDG_RUNTIME_DIR/systemd/private`) first, which no bus monitor sees.
 //!
-//! What the watcher knows lives in memory: a daemon restarted while a guest
-//! is logged in takes the units then running as they are.
+//! What the watcher knows is kept in the state dir (`store::watched`): a
+//! restarted daemon (or a rebooted host) still ends what it pinned on a
+//! guest, and what appeared while it was not looking is judged as if any
+//! guest then granted the account might have been there: pinned by proof,
+//! reported otherwise, never taken as the owner's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -39,6 +42,7 @@ use crate::store::config::Config;
 use crate::store::escapes::{self, Report};
 use crate::store::records::{self, SessionRecord};
 use crate::store::source::{self, FileVersion};
+use crate::store::watched;
 use crate::sys::accounts::SystemAccounts;
 use crate::sys::log::audit;
 use crate::sys::procfs;
@@ -126,6 +130,60 @@ struct Account {
     /// New scopes with no process in them yet, by how many looks found them
     /// empty.
     empty_scopes: BTreeMap<String, u32>,
+    /// Restored from the state dir: the next look also counts whoever
+    /// may have come and gone while no one was looking.
+    resumed: bool,
+}
+
+impl Account {
+    /// What is kept across restarts.
+    fn saved(&self) -> watched::Account {
+        watched::Account {
+            uid: self.uid,
+            units: self.units.clone(),
+            unit_files: self.unit_files.clone(),
+            linger: self.linger,
+            crontab: self.crontab,
+            atjobs: self.atjobs.clone(),
+            guest_units: self.guest_units.clone(),
+            guest_linger: self.guest_linger.clone(),
+            guests_present: self.presence.guests.clone(),
+            others_present: self.presence.others,
+        }
+    }
+
+    /// At the first look after a restart: while no one looked, any guest
+    /// granted the account (`granted`, now) may have come and gone, and
+    /// so may anyone else.
+    fn wake(&mut self, granted: BTreeSet<String>) {
+        if std::mem::take(&mut self.resumed) {
+            self.presence.others = true;
+            self.presence.guests.extend(granted);
+        }
+    }
+
+    /// An account as a previous run of the daemon last saw it.
+    fn resume(name: &str, home: PathBuf, saved: watched::Account) -> Account {
+        Account {
+            name: name.to_string(),
+            uid: saved.uid,
+            home,
+            looked: true,
+            resumed: true,
+            presence: Presence {
+                guests: saved.guests_present,
+                others: saved.others_present,
+            },
+            units: saved.units,
+            unit_files: saved.unit_files,
+            linger: saved.linger,
+            crontab: saved.crontab,
+            atjobs: saved.atjobs,
+            guest_units: saved.guest_units,
+            guest_linger: saved.guest_linger,
+            ..Account::default()
+        }
+    }
 }
 
 /// The thread's state.
@@ -139,6 +197,8 @@ pub struct Watcher {
     records: records::Cache,
     /// The grant file's policy, read again only when the file changes.
     grants: Option<(Option<FileVersion>, Option<Policy>)>,
+    /// What the state dir holds of the accounts, as last written.
+    saved: BTreeMap<String, watched::Account>,
 }
 
 /// Starts the watcher thread on systemd hosts; elsewhere there is no user
@@ -154,6 +214,10 @@ pub fn spawn(config: Arc<Config>) {
     let inotify = Inotify::init()
         .map_err(|e| warn!("inotify: {e}; short sessions are not seen"))
         .ok();
+    let saved = watched::read(&config.state_dir).unwrap_or_else(|e| {
+        warn!("{e}: what guests left in user managers before now is taken as it is");
+        BTreeMap::new()
+    });
     let mut watcher = Watcher {
         config,
         roots: Roots::system(cgroup_mount),
@@ -162,7 +226,9 @@ pub fn spawn(config: Arc<Config>) {
         reports: Vec::new(),
         records: records::Cache::default(),
         grants: None,
+        saved: BTreeMap::new(),
     };
+    watcher.resume(saved);
     let started = std::thread::Builder::new()
         .name("usermgr".into())
         .spawn(move || loop {
@@ -192,11 +258,19 @@ impl Watcher {
         if let Some(p) = policy {
             owners.extend(p.owners.iter().map(|(n, a)| (n.clone(), a.uid)));
         }
+        // Accounts restored from the state dir are looked at while they
+        // hold anything pinned on a guest, shared or not.
+        for (name, a) in &self.accounts {
+            if !a.guest_units.is_empty() || a.guest_linger.is_some() {
+                owners.entry(name.clone()).or_insert(a.uid);
+            }
+        }
         for (name, uid) in owners {
             let (roots, inotify) = (&self.roots, &mut self.inotify);
             let Some(account) = account(&mut self.accounts, inotify, roots, &name, uid) else {
                 continue;
             };
+            account.wake(granted(policy, &name));
             let created = account
                 .watch
                 .as_ref()
@@ -249,10 +323,39 @@ impl Watcher {
         out
     }
 
-    fn save(&self) {
+    fn save(&mut self) {
         if let Err(e) = escapes::write(&self.config.run_dir, &self.reports) {
             warn!("cannot write the persistence reports: {e}");
         }
+        let now: BTreeMap<String, watched::Account> = self
+            .accounts
+            .iter()
+            .filter(|(_, a)| a.looked)
+            .map(|(n, a)| (n.clone(), a.saved()))
+            .collect();
+        if now != self.saved {
+            match watched::write(&self.config.state_dir, &now) {
+                Ok(()) => self.saved = now,
+                Err(e) => warn!("{e}"),
+            }
+        }
+    }
+
+    /// Takes up what a previous run saved, for the accounts that still
+    /// exist under the same uid.
+    fn resume(&mut self, saved: BTreeMap<String, watched::Account>) {
+        for (name, account) in &saved {
+            let Ok(Some(user)) = nix::unistd::User::from_name(name) else {
+                continue;
+            };
+            if user.uid.as_raw() == account.uid {
+                self.accounts.insert(
+                    name.clone(),
+                    Account::resume(name, user.dir, account.clone()),
+                );
+            }
+        }
+        self.saved = saved;
     }
 }
 
@@ -636,6 +739,14 @@ fn not_owner(verdict: Verdict) -> Option<Vec<String>> {
     }
 }
 
+/// The guests granted `owner`'s account now.
+fn granted(policy: Option<&Policy>, owner: &str) -> BTreeSet<String> {
+    policy
+        .and_then(|p| p.owners.get(owner))
+        .map(|a| a.keys.iter().map(|k| k.guest.clone()).collect())
+        .unwrap_or_default()
+}
+
 /// Whether `guest` may still log in as `owner`: an accepted grant with a
 /// key not past its deadline. No valid grant file: no one may.
 fn has_access(policy: Option<&Policy>, owner: &str, guest: &str, now: i64) -> bool {
@@ -961,9 +1072,22 @@ mod tests {
         assert!(a.guest_units.is_empty());
     }
 
-    #[test]
-    fn a_revoked_guests_lingering_is_turned_off_and_units_gone_are_forgotten() {
-        let t = Tree::new();
+    /// Ends what guests left with no valid grant file (no guest has
+    /// access): the reports, and the uids whose lingering was turned off.
+    fn no_one_has_access(t: &Tree, a: &mut Account) -> (Vec<String>, Vec<u32>) {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let disable = |uid: u32| {
+            asked.borrow_mut().push(uid);
+            Ok(())
+        };
+        let mut found = Vec::new();
+        end_revoked(a, &t.roots, None, 9, &disable, &mut found);
+        (summary(&found), asked.into_inner())
+    }
+
+    /// bob, alone in alice's account, starts a service and turns lingering
+    /// on: both pinned on him.
+    fn bob_left_a_unit_and_lingering(t: &Tree) -> (Account, [SessionRecord; 1]) {
         let mut a = t.account();
         t.look(&mut a, &[], &[]);
         t.session("7", true);
@@ -971,18 +1095,60 @@ mod tests {
         t.look(&mut a, &bob, &["7"]);
         t.unit("run-u1.service", true);
         fs::write(t.roots.linger.join("alice"), "").unwrap();
-        t.look(&mut a, &bob, &[]);
-        let asked = std::cell::RefCell::new(Vec::new());
-        let disable = |uid: u32| {
-            asked.borrow_mut().push(uid);
-            Ok(())
-        };
-        let mut found = Vec::new();
-        // No valid grant file: no guest has access.
-        end_revoked(&mut a, &t.roots, None, 9, &disable, &mut found);
-        assert_eq!(*asked.borrow(), [1000]);
+        assert_eq!(t.look(&mut a, &bob, &[]).len(), 2);
+        (a, bob)
+    }
+
+    /// The daemon stops while bob is logged in, after it pinned a unit and
+    /// lingering on him; a unit appears while it is down. The restarted
+    /// daemon reads what it saved: the new unit is reported (anyone
+    /// granted might have been there), bob's unit and lingering are still
+    /// his and end with his access.
+    #[test]
+    fn a_restart_forgets_nothing_and_takes_nothing_as_the_owners() {
+        let t = Tree::new();
+        let (a, bob) = bob_left_a_unit_and_lingering(&t);
+
+        let state = crate::sys::fsutil::tests::scratch();
+        let saved = BTreeMap::from([("alice".to_string(), a.saved())]);
+        watched::write(state.path(), &saved).unwrap();
+        drop(a);
+        t.unit("run-u2.service", true);
+        let back = watched::read(state.path())
+            .unwrap()
+            .remove("alice")
+            .unwrap();
+        let mut a = Account::resume("alice", t.home.clone(), back);
+        a.wake(BTreeSet::from(["bob".to_string(), "carol".to_string()]));
+        let found = summary(&t.look(&mut a, &bob, &[]));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("unit run-u2.service bob,carol reported, not stopped"),
+            "{found:?}"
+        );
         assert_eq!(
-            summary(&found),
+            a.guest_units.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["run-u1.service"]
+        );
+        assert_eq!(no_one_has_access(&t, &mut a).1, [1000]);
+        // Woken once: later looks judge by who is there again.
+        t.look(&mut a, &bob, &[]);
+        t.unit("run-u3.service", true);
+        let found = summary(&t.look(&mut a, &bob, &[]));
+        assert!(
+            found[0].starts_with("unit run-u3.service bob stopped when"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_revoked_guests_lingering_is_turned_off_and_units_gone_are_forgotten() {
+        let t = Tree::new();
+        let (mut a, _) = bob_left_a_unit_and_lingering(&t);
+        let (found, asked) = no_one_has_access(&t, &mut a);
+        assert_eq!(asked, [1000]);
+        assert_eq!(
+            found,
             ["linger alice bob turned off: the guest's access ended"]
         );
         assert!(a.guest_linger.is_none());
@@ -997,9 +1163,7 @@ mod tests {
                 .join("1000/systemd/transient/run-u1.service"),
         )
         .unwrap();
-        let mut found = Vec::new();
-        end_revoked(&mut a, &t.roots, None, 9, &disable, &mut found);
-        assert!(found.is_empty());
+        assert_eq!(no_one_has_access(&t, &mut a), (vec![], vec![]));
         assert!(a.guest_units.is_empty());
     }
 }

@@ -489,7 +489,7 @@ pub fn update(
 
 /// Makes `state_dir` (root, 0700) if it is missing; refuses one that
 /// others could write.
-fn ensure_dir(dir: &Path) -> Result<(), String> {
+pub(crate) fn ensure_dir(dir: &Path) -> Result<(), String> {
     match fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
