@@ -391,15 +391,18 @@ impl Drop for Fabric {
 
 /// The session group under `root` that has processes in it, if any.
 pub fn populated_session_group(root: &Path) -> Option<PathBuf> {
+    populated_session_groups(root).into_iter().next()
+}
+
+/// Every session group under `root` that has processes.
+pub fn populated_session_groups(root: &Path) -> Vec<PathBuf> {
     fs::read_dir(root)
-        .ok()?
+        .into_iter()
+        .flatten()
         .flatten()
         .map(|e| e.path())
-        .find(|p| {
-            p.is_dir()
-                && fs::read_to_string(p.join("cgroup.events"))
-                    .is_ok_and(|t| t.contains("populated 1"))
-        })
+        .filter(|p| p.is_dir() && !emptied(p))
+        .collect()
 }
 
 /// Whether `group` no longer has processes (or is gone).
