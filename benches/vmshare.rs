@@ -819,6 +819,15 @@ fn bench_revoke(laundered: bool) -> Row {
             "done",
             "{out:?}"
         );
+        // The laundering login's sshd may take a moment to go.
+        let since = Instant::now();
+        while !harness::fleet::populated_session_groups(&host.sessions_cgroup()).is_empty() {
+            assert!(
+                since.elapsed() < Duration::from_secs(10),
+                "the laundering login stayed"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         2
     } else {
         1
