@@ -218,12 +218,14 @@ pub fn spawn(config: Arc<Config>) {
         warn!("{e}: what guests left in user managers before now is taken as it is");
         BTreeMap::new()
     });
+    // What a previous run reported stays shown.
+    let reports = escapes::read(&config.run_dir);
     let mut watcher = Watcher {
         config,
         roots: Roots::system(cgroup_mount),
         inotify,
         accounts: BTreeMap::new(),
-        reports: Vec::new(),
+        reports,
         records: records::Cache::default(),
         grants: None,
         saved: BTreeMap::new(),
