@@ -120,6 +120,8 @@ impl Openers {
 /// Returns (closing the group) once the watcher is gone.
 fn answer(fanotify: &Fanotify, pending: &Receiver<PathBuf>, sessions: &Path, seen: &Mutex<Seen>) {
     let me = std::process::id() as i32;
+    // Each record is read once (records are written once, never changed).
+    let mut cache = records::Cache::default();
     loop {
         loop {
             match pending.try_recv() {
@@ -145,7 +147,7 @@ fn answer(fanotify: &Fanotify, pending: &Receiver<PathBuf>, sessions: &Path, see
             };
             let pid = event.pid();
             if pid != me {
-                let list = list.get_or_insert_with(|| records::list(sessions).0);
+                let list = list.get_or_insert_with(|| cache.list(sessions).0);
                 if let Some(r) = session_of(list, pid) {
                     let opener = Opener {
                         owner: r.owner.clone(),
