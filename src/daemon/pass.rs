@@ -271,11 +271,30 @@ impl JudgeSource {
     }
 }
 
+/// glibc's tuning variable, read once as a process starts.
+const TUNABLES: &str = "GLIBC_TUNABLES";
+/// The compiling child's heap in transparent huge pages where the system
+/// allows them on request (`madvise`): the child touches tens of MiB of
+/// new memory once, and a fault per 4 KiB page was about a sixth of its
+/// CPU time at 10,000 guests. Only the short-lived child is tuned.
+const CHILD_MALLOC: &str = "glibc.malloc.hugetlb=1";
+
+/// The daemon's own tunables, if any, with [`CHILD_MALLOC`] added.
+fn child_tunables() -> std::ffi::OsString {
+    let mut value = std::ffi::OsString::new();
+    if let Some(own) = std::env::var_os(TUNABLES).filter(|v| !v.is_empty()) {
+        value.push(own);
+        value.push(":");
+    }
+    value.push(CHILD_MALLOC);
+    value
+}
+
 /// Runs [`compile_grant_file`] in a child process; `None` if that fails.
 fn compile_in_child(config_path: Option<&Path>) -> Option<Compiled> {
     let exe = std::env::current_exe().ok()?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--compile");
+    cmd.arg("--compile").env(TUNABLES, child_tunables());
     if let Some(path) = config_path {
         cmd.arg("--config").arg(path);
     }
@@ -335,6 +354,7 @@ pub fn apply_at(
     clock: &dyn Clock,
 ) -> Pass {
     let started = Instant::now();
+    let cpu_before = cpu_time();
     let previous = snapshot::read_header(&config.snapshot_path()).ok();
     let from_child = compile_in_child(config_path).and_then(|compiled| {
         let header = snapshot::read_header(&config.snapshot_path()).ok()?;
@@ -406,9 +426,25 @@ pub fn apply_at(
         killed = pass.killed.len(),
         elapsed_us = started.elapsed().as_micros() as u64,
         enforce_us,
+        cpu_us = cpu_time().saturating_sub(cpu_before).as_micros() as u64,
         "grant file applied"
     );
     pass
+}
+
+/// CPU time used so far by the daemon and its waited-for children (the
+/// compiling child): what a pass costs, whatever else the machine runs.
+fn cpu_time() -> std::time::Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    [UsageWho::RUSAGE_SELF, UsageWho::RUSAGE_CHILDREN]
+        .into_iter()
+        .filter_map(|who| getrusage(who).ok())
+        .flat_map(|u| [u.user_time(), u.system_time()])
+        .map(|t| {
+            std::time::Duration::from_secs(t.tv_sec().max(0) as u64)
+                + std::time::Duration::from_micros(t.tv_usec().max(0) as u64)
+        })
+        .sum()
 }
 
 fn enforce_sessions(
