@@ -279,10 +279,10 @@ const TUNABLES: &str = "GLIBC_TUNABLES";
 /// CPU time at 10,000 guests. Only the short-lived child is tuned.
 const CHILD_MALLOC: &str = "glibc.malloc.hugetlb=1";
 
-/// The daemon's own tunables, if any, with [`CHILD_MALLOC`] added.
-fn child_tunables() -> std::ffi::OsString {
+/// The daemon's own tunables (`own`), if any, with [`CHILD_MALLOC`] added.
+fn child_tunables(own: Option<std::ffi::OsString>) -> std::ffi::OsString {
     let mut value = std::ffi::OsString::new();
-    if let Some(own) = std::env::var_os(TUNABLES).filter(|v| !v.is_empty()) {
+    if let Some(own) = own.filter(|v| !v.is_empty()) {
         value.push(own);
         value.push(":");
     }
@@ -294,7 +294,8 @@ fn child_tunables() -> std::ffi::OsString {
 fn compile_in_child(config_path: Option<&Path>) -> Option<Compiled> {
     let exe = std::env::current_exe().ok()?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--compile").env(TUNABLES, child_tunables());
+    cmd.arg("--compile")
+        .env(TUNABLES, child_tunables(std::env::var_os(TUNABLES)));
     if let Some(path) = config_path {
         cmd.arg("--config").arg(path);
     }
@@ -603,6 +604,16 @@ mod tests {
             uid: 1000,
             placement: Placement::Signal,
         }
+    }
+
+    #[test]
+    fn the_child_keeps_the_daemons_tunables() {
+        assert_eq!(child_tunables(None), "glibc.malloc.hugetlb=1");
+        assert_eq!(child_tunables(Some("".into())), "glibc.malloc.hugetlb=1");
+        assert_eq!(
+            child_tunables(Some("glibc.malloc.arena_max=2".into())),
+            "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+        );
     }
 
     /// Judging from the snapshot, indexing only the sessions' keys: a key
