@@ -132,8 +132,8 @@ fn grant_text_last(owner: &str, guests: u32, accepted: bool, last: Option<&str>)
     s
 }
 
-/// Config + grant file in a scratch dir, run dir on /run (tmpfs, as in
-/// production); returns (dir, config path).
+/// Config + grant file and state dir (the key ledger) in a scratch dir,
+/// run dir on /run (tmpfs, as in production); returns (dir, config path).
 fn setup(name: &str, grants: &str) -> (PathBuf, PathBuf) {
     let dir = scratch(name);
     let run_dir = PathBuf::from(format!("/run/vmshare-bench-{name}-{}", std::process::id()));
@@ -145,9 +145,11 @@ fn setup(name: &str, grants: &str) -> (PathBuf, PathBuf) {
     fs::write(
         &config,
         format!(
-            "grants = \"{}\"\nrun_dir = \"{}\"\n[enforcement]\nbackend = \"signal\"\n",
+            "grants = \"{}\"\nrun_dir = \"{}\"\nstate_dir = \"{}\"\n[enforcement]\nbackend = \"signal\"\n",
             dir.join("grants.toml").display(),
-            run_dir.display()
+            run_dir.display(),
+            // The key ledger too: never the host's own.
+            dir.join("state").display()
         ),
     )
     .expect("config");
@@ -533,8 +535,17 @@ fn bench_footprint() -> Vec<Row> {
 
 // ---------------------------------------------------------------- pass
 
-/// The numbers the daemon logs for one pass: (whole pass, enforcement).
-fn pass_times(log: &str) -> Vec<(Duration, Duration)> {
+/// The 1-minute load average, to read wall times against.
+fn load_average() -> f64 {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// The numbers the daemon logs for one pass: (whole pass, enforcement,
+/// CPU time of the daemon and its compiling child).
+fn pass_times(log: &str) -> Vec<(Duration, Duration, Duration)> {
     let field = |line: &str, name: &str| -> Option<Duration> {
         let v = line.split(&format!("{name}=")).nth(1)?;
         let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
@@ -542,7 +553,13 @@ fn pass_times(log: &str) -> Vec<(Duration, Duration)> {
     };
     log.lines()
         .filter(|l| l.contains("grant file applied"))
-        .filter_map(|l| Some((field(l, "elapsed_us")?, field(l, "enforce_us")?)))
+        .filter_map(|l| {
+            Some((
+                field(l, "elapsed_us")?,
+                field(l, "enforce_us")?,
+                field(l, "cpu_us")?,
+            ))
+        })
         .collect()
 }
 
@@ -556,7 +573,7 @@ fn bench_pass() -> Vec<Row> {
     let mut daemon = start_daemon_logging(&config, &log_path);
     let pid = daemon.id().to_string();
     std::thread::sleep(Duration::from_secs(3));
-    let passes = |n: usize| -> Vec<(Duration, Duration)> {
+    let passes = |n: usize| -> Vec<(Duration, Duration, Duration)> {
         let before = pass_times(&fs::read_to_string(&log_path).unwrap_or_default()).len();
         for _ in 0..n {
             let _ = Command::new("kill").args(["-HUP", &pid]).status();
@@ -603,11 +620,23 @@ fn bench_pass() -> Vec<Row> {
     let _ = daemon.wait();
     cleanup(&dir);
     assert_eq!(still, RECORDS as usize, "granted sessions were ended");
-    let med = |v: &[(Duration, Duration)], pick: fn(&(Duration, Duration)) -> Duration| {
-        median(v.iter().map(pick).collect())
+    type Times = (Duration, Duration, Duration);
+    let med = |v: &[Times], pick: fn(&Times) -> Duration| median(v.iter().map(pick).collect());
+    let (pass0, enf0, cpu0) = (
+        med(&empty, |p| p.0),
+        med(&empty, |p| p.1),
+        med(&empty, |p| p.2),
+    );
+    let (pass1, enf1, cpu1) = (
+        med(&loaded, |p| p.0),
+        med(&loaded, |p| p.1),
+        med(&loaded, |p| p.2),
+    );
+    let spread = |v: &[Times], pick: fn(&Times) -> Duration| {
+        let mut all: Vec<Duration> = v.iter().map(pick).collect();
+        all.sort();
+        format!("{:.1?}–{:.1?}", all[0], all[all.len() - 1])
     };
-    let (pass0, enf0) = (med(&empty, |p| p.0), med(&empty, |p| p.1));
-    let (pass1, enf1) = (med(&loaded, |p| p.0), med(&loaded, |p| p.1));
     vec![
         Row {
             figure: format!(
@@ -615,11 +644,25 @@ fn bench_pass() -> Vec<Row> {
                 loaded.len()
             ),
             measured: format!(
-                "{pass1:.1?} ({:.2}× the pass with no records, {pass0:.1?})",
+                "{pass1:.1?} (range {}; {:.2}× the pass with no records, {pass0:.1?})",
+                spread(&loaded, |p| p.0),
                 pass1.as_secs_f64() / pass0.as_secs_f64()
             ),
             goal: "≤ 50 ms".into(),
             met: pass1 <= Duration::from_millis(50),
+        },
+        Row {
+            figure: format!(
+                "CPU time of that pass, daemon and compiling child (load average {:.1})",
+                load_average()
+            ),
+            measured: format!(
+                "{cpu1:.1?} (range {}; {:.2}× the pass with no records, {cpu0:.1?})",
+                spread(&loaded, |p| p.2),
+                cpu1.as_secs_f64() / cpu0.as_secs_f64()
+            ),
+            goal: "reported (the wall time above, on a machine to itself)".into(),
+            met: true,
         },
         Row {
             figure: format!("of which judging the {RECORDS} sessions"),

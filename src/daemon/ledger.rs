@@ -16,6 +16,16 @@ pub fn note_grants(config: &Config, loaded: &Loaded, now: i64) {
     let Some(policy) = loaded.policy() else {
         return;
     };
+    let granted = policy.owners.iter().flat_map(|(owner, access)| {
+        access
+            .keys
+            .iter()
+            .map(move |k| (owner.as_str(), k.fingerprint.as_str(), k.guest.as_str()))
+    });
+    // The usual pass: every key already noted, nothing to write.
+    if ledger::holds_granted(&config.state_dir, granted) {
+        return;
+    }
     let change = |l: &mut Ledger, rebuilding: bool| {
         let mut changed = false;
         for (owner, access) in &policy.owners {

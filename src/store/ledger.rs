@@ -19,7 +19,7 @@
 //! One entry per owner and fingerprint. `release` (root only) takes an
 //! entry out, giving the key back to the owner.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -487,6 +487,45 @@ pub fn update(
     })
 }
 
+/// Whether recording each `(owner, fingerprint, guest)` of `granted` as a
+/// granted key would leave the ledger in `state_dir` as it is, so that
+/// [`update`] would neither write nor repair it: the directory is sound,
+/// and the ledger is whole, valid and already holds every key for that
+/// guest. Read without the lock (the ledger is only ever replaced whole)
+/// and checked from its text, building nothing: the daemon asks this on
+/// every pass, and the answer is nearly always yes.
+pub fn holds_granted<'a>(
+    state_dir: &Path,
+    granted: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+) -> bool {
+    if ensure_dir(state_dir).is_err() {
+        return false;
+    }
+    match read_text(&path_in(state_dir)) {
+        Ok(Some(text)) => text_holds_granted(&text, granted),
+        _ => false,
+    }
+}
+
+/// [`holds_granted`] for a ledger's text: it reads as [`Ledger::parse`]
+/// reads it (no key listed twice), and holds each granted key for that
+/// guest (which is when [`Ledger::record`] changes nothing).
+pub fn text_holds_granted<'a>(
+    text: &str,
+    granted: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+) -> bool {
+    let mut guests: HashMap<(&str, &str), &str> = HashMap::with_capacity(text.len() / 64);
+    let mut twice = false;
+    let whole = scan(text, |e| {
+        twice |= guests.insert((e.owner, e.fingerprint), e.guest).is_some();
+    });
+    whole.is_ok()
+        && !twice
+        && granted
+            .into_iter()
+            .all(|(owner, fingerprint, guest)| guests.get(&(owner, fingerprint)) == Some(&guest))
+}
+
 /// Makes `state_dir` (root, 0700) if it is missing; refuses one that
 /// others could write.
 pub(crate) fn ensure_dir(dir: &Path) -> Result<(), String> {
@@ -713,6 +752,46 @@ mod tests {
         assert!(l.release("alice", FP).is_none());
     }
 
+    /// The daemon's quick check says "nothing to record" exactly when
+    /// recording every granted key would change nothing.
+    #[test]
+    fn holding_the_granted_keys_is_what_recording_them_changes_nothing() {
+        const FP3: &str = "SHA256:CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC";
+        let text = sample().encode();
+        let cases: [&[(&str, &str, &str)]; 7] = [
+            &[],
+            &[("alice", FP, "bob")],
+            // A planted or authenticated entry keeps its guest.
+            &[("alice", FP, "bob"), ("alice", FP2, "carol")],
+            // Granted now to another guest: the entry changes hands.
+            &[("alice", FP, "bob"), ("alice", FP2, "dave")],
+            // Not there yet.
+            &[("alice", FP3, "bob")],
+            &[("dave", FP, "bob")],
+            &[("alice", FP, "bob"), ("alice", FP3, "bob")],
+        ];
+        for granted in cases {
+            let mut l = sample();
+            let changes = granted
+                .iter()
+                .map(|&(owner, fp, guest)| {
+                    l.record(Entry {
+                        owner: owner.into(),
+                        ..entry(fp, guest, Origin::Granted)
+                    })
+                })
+                .fold(false, |a, b| a | b);
+            let holds = text_holds_granted(&text, granted.iter().copied());
+            assert_eq!(holds, !changes, "{granted:?}");
+        }
+        // A ledger that does not read whole is never "held".
+        let none: [(&str, &str, &str); 0] = [];
+        assert!(!text_holds_granted(&text[..text.len() - 1], none));
+        assert!(!text_holds_granted(&text.replace("end 2", "end 3"), none));
+        assert!(!text_holds_granted(&text.replace(FP2, FP), none));
+        assert!(!text_holds_granted("", none));
+    }
+
     fn state_dir() -> (tempfile::TempDir, PathBuf) {
         let tmp = fsutil::tests::scratch();
         let dir = tmp.path().join("state");
@@ -734,6 +813,9 @@ mod tests {
             l.record(entry(FP, "bob", Origin::Granted))
         });
         assert_eq!(again, Ok(Updated::Unchanged));
+        assert!(holds_granted(&dir, [("alice", FP, "bob")]));
+        assert!(!holds_granted(&dir, [("alice", FP, "carol")]));
+        assert!(!holds_granted(&dir.join("missing"), [("alice", FP, "bob")]));
         let State::Valid(l) = read(&path_in(&dir)) else {
             panic!("not valid")
         };
@@ -793,6 +875,9 @@ mod tests {
         for (name, spoil, kept) in cases {
             spoil();
             assert!(matches!(read(&path), State::Bad { .. }), "{name}");
+            // The daemon's quick check never takes a bad ledger for a
+            // sound one, so the repair below is never skipped.
+            assert!(!holds_granted(&dir, [("alice", FP, "bob")]), "{name}");
             // The hook leaves it alone.
             let left = update(&dir, OnBad::Keep, |l, _| {
                 l.record(entry(FP, "bob", Origin::Granted))
