@@ -418,20 +418,39 @@ impl Tier {
         seen
     }
 
-    /// `sharing` for every agent, in transactions of [`TXN_OPS`]; the
-    /// revision and acknowledgement of each agent's write.
-    fn write_all(&self, writer: &mut Writer, sharing: bool) -> Vec<(i64, i128)> {
-        let mut acks = Vec::new();
-        for chunk in self.names.chunks(TXN_OPS) {
-            let puts: Vec<(String, String)> = chunk
-                .iter()
-                .map(|n| (grants_key(n), doc(BOB, sharing)))
-                .collect();
-            let ack = writer.txn(&puts);
-            acks.extend(std::iter::repeat_n(ack, chunk.len()));
-        }
-        acks
+    /// Runs `write` on a thread of its own while recording the grant files
+    /// replaced meanwhile as they are (each is stamped when it is seen, so
+    /// the reading must not wait for the writing); returns what `write`
+    /// returned and the replacements.
+    fn while_writing<W: Send>(
+        &mut self,
+        write: impl FnOnce() -> W + Send,
+    ) -> (W, Vec<(usize, i128, Option<i64>)>) {
+        std::thread::scope(|s| {
+            let writing = s.spawn(write);
+            let mut seen = Vec::new();
+            while !writing.is_finished() {
+                seen.extend(self.replaced(Duration::from_millis(100)));
+            }
+            (writing.join().unwrap(), seen)
+        })
     }
+}
+
+/// `sharing` for every agent named, in transactions of [`TXN_OPS`]: per
+/// write (agent, revision, acknowledgement).
+fn write_all(names: &[String], writer: &mut Writer, sharing: bool) -> Vec<(usize, i64, i128)> {
+    let mut writes = Vec::new();
+    for (c, chunk) in names.chunks(TXN_OPS).enumerate() {
+        let puts: Vec<(String, String)> = chunk
+            .iter()
+            .map(|n| (grants_key(n), doc(BOB, sharing)))
+            .collect();
+        let (revision, ack) = writer.txn(&puts);
+        let first = c * TXN_OPS;
+        writes.extend((first..first + chunk.len()).map(|i| (i, revision, ack)));
+    }
+    writes
 }
 
 /// For every agent's write (revision, ack): the first time its grant file
@@ -455,13 +474,8 @@ fn fan_out(tier: &mut Tier, writer: &mut Writer) -> Row {
     let mut fan_out = Vec::new();
     for trial in 0..=FAN_OUT_TRIALS {
         // Trial 0 only brings every agent to a granted document.
-        let acks = tier.write_all(writer, trial % 2 == 0);
-        let writes: Vec<(usize, i64, i128)> = acks
-            .iter()
-            .enumerate()
-            .map(|(i, &(r, t))| (i, r, t))
-            .collect();
-        let mut seen = Vec::new();
+        let names = tier.names.clone();
+        let (writes, mut seen) = tier.while_writing(|| write_all(&names, writer, trial % 2 == 0));
         let until = monotonic_ns() + 120_000_000_000;
         loop {
             seen.extend(tier.replaced(Duration::from_secs(1)));
@@ -498,33 +512,27 @@ fn storm(tier: &mut Tier, fabric: &mut Fabric) -> Row {
     );
     let names = tier.names.clone();
     let killer = &mut *fabric;
-    let (revokes, seen) = std::thread::scope(|s| {
-        let writing = s.spawn(move || {
-            let mut revokes = Vec::new();
-            for round in 0..STORM_ROUNDS {
-                let revoking = round % 2 == 1;
-                for (c, chunk) in names.chunks(TXN_OPS).enumerate() {
-                    if round == STORM_KILL_ROUND && c == 1 {
-                        killer.kill_member(leader);
-                    }
-                    let puts: Vec<(String, String)> = chunk
-                        .iter()
-                        .map(|n| (grants_key(n), doc(BOB, !revoking)))
-                        .collect();
-                    let (revision, ack) = writer.txn(&puts);
-                    if revoking {
-                        let first = c * TXN_OPS;
-                        revokes.extend((first..first + chunk.len()).map(|i| (i, revision, ack)));
-                    }
-                }
+    let (revokes, seen) = tier.while_writing(move || {
+        let (first, rest) = names.split_at(TXN_OPS.min(names.len()));
+        let mut revokes = Vec::new();
+        for round in 0..STORM_ROUNDS {
+            let revoking = round % 2 == 1;
+            // The first transaction, then the rest (the leader killed
+            // between them in STORM_KILL_ROUND).
+            let mut writes = write_all(first, &mut writer, !revoking);
+            if round == STORM_KILL_ROUND {
+                killer.kill_member(leader);
             }
-            revokes
-        });
-        let mut seen = Vec::new();
-        while !writing.is_finished() {
-            seen.extend(tier.replaced(Duration::from_millis(100)));
+            writes.extend(
+                write_all(rest, &mut writer, !revoking)
+                    .into_iter()
+                    .map(|(i, r, t)| (i + first.len(), r, t)),
+            );
+            if revoking {
+                revokes.extend(writes);
+            }
         }
-        (writing.join().unwrap(), seen)
+        revokes
     });
     // Then until every agent has its last revoke, or a minute.
     let last: Vec<(usize, i64, i128)> = revokes[revokes.len() - tier.names.len()..].to_vec();
