@@ -3,7 +3,9 @@
 //!
 //! Run: `scripts/bench` (all), or `scripts/bench lookup login ledger revoke
 //! stale reload pass footprint` (a subset). `scripts/bench fleet` (etcd and
-//! vmshare-sync; see benches/fleet) runs only when named. Needs root
+//! vmshare-sync; see benches/fleet) runs only when named, or a part of it
+//! as `fleet-one`, `fleet-all`, `fleet-fanout`, `fleet-storm`,
+//! `fleet-cutoff`. Needs root
 //! (namespaces, sshd, cgroups).
 // A benchmark is test code: a failed setup step stops it with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -73,9 +75,18 @@ fn main() {
         rows.push(bench_deadline());
     }
     // Minutes of setup (an etcd cluster, 50 hosts, 1,000 agents): only
-    // when asked for by name.
-    if wanted.iter().any(|w| w == "fleet") {
-        rows.extend(fleet::bench_fleet());
+    // when asked for by name, `fleet` for every part or `fleet-PART`.
+    let parts: Vec<&str> = if wanted.iter().any(|w| w == "fleet") {
+        fleet::PARTS.to_vec()
+    } else {
+        fleet::PARTS
+            .iter()
+            .copied()
+            .filter(|p| wanted.iter().any(|w| *w == format!("fleet-{p}")))
+            .collect()
+    };
+    if !parts.is_empty() {
+        rows.extend(fleet::bench_fleet(&parts));
     }
     let mut table = String::from("| figure | measured | goal | met |\n|---|---|---|---|\n");
     for r in &rows {

@@ -154,7 +154,26 @@ pub fn atomic_write(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> io::Result<()> {
-    write_then_place(path, data, mode, owner, |tmp| fs::rename(tmp, path))
+    write_then_place(path, data, mode, owner, Durable::Yes, |tmp| {
+        fs::rename(tmp, path)
+    })
+}
+
+/// Like [`atomic_write`] (readers see the old file or the new one, never
+/// a part), without the fsyncs: for files under a run dir (a tmpfs that a
+/// reboot empties anyway), where durability buys nothing and two fsyncs
+/// per write cost a busy host's disk.
+pub fn atomic_replace_volatile(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_then_place(path, data, mode, None, Durable::No, |tmp| {
+        fs::rename(tmp, path)
+    })
+}
+
+/// Whether a write reaches the disk before it is placed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durable {
+    Yes,
+    No,
 }
 
 /// Like [`atomic_write`], but never replaces: fails with `AlreadyExists`
@@ -166,7 +185,7 @@ pub fn atomic_create(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> io::Result<()> {
-    write_then_place(path, data, mode, owner, |tmp| {
+    write_then_place(path, data, mode, owner, Durable::Yes, |tmp| {
         fs::hard_link(tmp, path)?;
         fs::remove_file(tmp)
     })
@@ -178,6 +197,7 @@ fn write_then_place(
     data: &[u8],
     mode: u32,
     owner: Option<(u32, u32)>,
+    durable: Durable,
     place: impl FnOnce(&Path) -> io::Result<()>,
 ) -> io::Result<()> {
     let dir = path
@@ -199,6 +219,12 @@ fn write_then_place(
             std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
         }
         f.write_all(data)?;
+        if durable == Durable::No {
+            return place(&tmp);
+        }
+        // The data is on disk before the name points at it (a crash leaves
+        // the old file or the complete new one), and the rename is on disk
+        // before the caller goes on (a revoke survives a power cut).
         f.sync_all()?;
         place(&tmp)?;
         File::open(dir)?.sync_all()

@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use etcd_client::{
     Certificate, Client, ConnectOptions, EventType, Identity, KvClient, TlsOptions, WatchOptions,
 };
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{error, info, warn};
 
@@ -32,6 +34,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often the status in etcd is refreshed while nothing changes.
 const STATUS_REFRESH: Duration = Duration::from_secs(30);
+/// A status put that failed is tried again (with the latest status) after.
+const STATUS_RETRY: Duration = Duration::from_secs(1);
 
 pub struct Agent {
     config: Config,
@@ -48,7 +52,11 @@ pub struct Agent {
     last_error: Option<String>,
     /// Text that could not be written yet (retried on every tick).
     unwritten: Option<String>,
-    status_sent: Option<Instant>,
+    /// The status for etcd, sent by the session's reporter task: a revoke
+    /// is written to the grant file without waiting for etcd to take the
+    /// status, and statuses that pile up are sent as the latest one.
+    report: watch::Sender<Option<Status>>,
+    reported: Option<Instant>,
     /// Which endpoint the next connection tries.
     endpoint: usize,
 }
@@ -82,6 +90,8 @@ impl Agent {
             |s| s.outcome,
         );
         Agent {
+            report: watch::Sender::new(None),
+            reported: None,
             key,
             revision: outcome.revision().unwrap_or(0),
             outcome,
@@ -90,7 +100,6 @@ impl Agent {
             last_contact,
             last_error: None,
             unwritten: None,
-            status_sent: None,
             // Spread the fleet over the members.
             endpoint: key_hash(&key_for_hash) % config.endpoints.len().max(1),
             config,
@@ -134,6 +143,12 @@ impl Agent {
         let client = client.map_err(|_| "connecting to etcd timed out".to_string())??;
         let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
         let mut wc = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
+        let _reporter = Reporter::spawn(
+            kv.clone(),
+            self.config.status_key(),
+            self.config.vm_id.clone(),
+            self.report.subscribe(),
+        );
 
         let mut start = if self.synced && !self.is_stale() {
             self.revision + 1
@@ -157,7 +172,7 @@ impl Agent {
             self.contact();
             // Back in contact: the control plane sees it at once.
             self.last_error = self.outcome.error();
-            self.send_status(&mut kv).await;
+            self.send_status();
             let mut ticks = tokio::time::interval(tick);
             loop {
                 let deadline = self.stale_deadline();
@@ -186,7 +201,6 @@ impl Agent {
                                 EventType::Delete => None,
                             };
                             self.apply(value, kv_at.mod_revision());
-                            self.send_status(&mut kv).await;
                         } else if !response.created() {
                             // A progress notification: nothing else is
                             // pending up to its revision.
@@ -200,9 +214,9 @@ impl Agent {
                         if let Some(text) = self.unwritten.take() {
                             self.write(text);
                         }
-                        let due = self.status_sent.is_none_or(|t| t.elapsed() >= STATUS_REFRESH);
+                        let due = self.reported.is_none_or(|t| t.elapsed() >= STATUS_REFRESH);
                         if due {
-                            self.send_status(&mut kv).await;
+                            self.send_status();
                         }
                     }
                     _ = sleep_until_some(deadline) => {
@@ -231,11 +245,12 @@ impl Agent {
         }
         self.revision = self.revision.max(header);
         self.synced = true;
-        self.send_status(kv).await;
+        self.send_status();
         Ok(header + 1)
     }
 
-    /// Writes the grant file for the key's value at `revision`.
+    /// Writes the grant file for the key's value at `revision`, then
+    /// reports it.
     fn apply(&mut self, value: Option<&[u8]>, revision: i64) {
         let (text, outcome) = document::render(&self.key, value, revision);
         match &outcome {
@@ -251,6 +266,7 @@ impl Agent {
         self.revision = self.revision.max(revision);
         self.write(text);
         self.save_status();
+        self.send_status();
     }
 
     /// Strict staleness (or first boot without contact): share nothing.
@@ -333,20 +349,48 @@ impl Agent {
         }
     }
 
-    /// Reports to `/vmshare/v1/status/<vm-id>`; a failure is logged and the
-    /// next tick tries again. Strict staleness still sets in meanwhile.
-    async fn send_status(&mut self, kv: &mut KvClient) {
-        let json = self.status().to_json();
-        let key = self.config.status_key();
-        let sent = self.guard(timeout(REQUEST_TIMEOUT, kv.put(key, json, None)));
-        match sent.await {
-            Ok(Ok(_)) => {
-                self.status_sent = Some(Instant::now());
-                self.contact();
+    /// Reports to `/vmshare/v1/status/<vm-id>` through the session's
+    /// reporter (see [`Reporter`]); never waits.
+    fn send_status(&mut self) {
+        self.report.send_replace(Some(self.status()));
+        self.reported = Some(Instant::now());
+    }
+}
+
+/// Sends the latest status to etcd while a session lasts (aborted when
+/// dropped). A failed put is logged and tried again with whatever status is
+/// latest by then.
+struct Reporter(JoinHandle<()>);
+
+impl Reporter {
+    fn spawn(
+        mut kv: KvClient,
+        key: String,
+        vm_id: String,
+        mut latest: watch::Receiver<Option<Status>>,
+    ) -> Reporter {
+        Reporter(tokio::spawn(async move {
+            while latest.changed().await.is_ok() {
+                loop {
+                    let Some(json) = latest.borrow_and_update().as_ref().map(Status::to_json)
+                    else {
+                        break;
+                    };
+                    match timeout(REQUEST_TIMEOUT, kv.put(key.clone(), json, None)).await {
+                        Ok(Ok(_)) => break,
+                        Ok(Err(e)) => warn!(vm = %vm_id, error = %e, "status not sent"),
+                        Err(_) => warn!(vm = %vm_id, "status not sent: timed out"),
+                    }
+                    tokio::time::sleep(STATUS_RETRY).await;
+                }
             }
-            Ok(Err(e)) => warn!(vm = %self.config.vm_id, error = %e, "status not sent"),
-            Err(_) => warn!(vm = %self.config.vm_id, "status not sent: timed out"),
-        }
+        }))
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

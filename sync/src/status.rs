@@ -47,11 +47,13 @@ impl Status {
         }
     }
 
+    /// Saves the status in the run dir: replaced whole, not synced (a
+    /// tmpfs; a reboot starts from no contact anyway).
     pub fn write(&self, path: &Path) -> io::Result<()> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        fsutil::atomic_write(path, self.to_json().as_bytes(), 0o644, None)
+        fsutil::atomic_replace_volatile(path, self.to_json().as_bytes(), 0o644)
     }
 
     /// For people: one field a line.

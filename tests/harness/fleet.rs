@@ -65,6 +65,8 @@ pub struct Fabric {
     holder: Child,
     pub pid: u32,
     members: Vec<Option<Child>>,
+    /// `--initial-cluster` of the members, to restart one.
+    initial: String,
     /// Sync-only agents running in the fabric itself.
     agents: Vec<Child>,
     links: AtomicUsize,
@@ -97,6 +99,7 @@ impl Fabric {
             holder,
             pid,
             members: Vec::new(),
+            initial: String::new(),
             agents: Vec::new(),
             links: AtomicUsize::new(0),
         };
@@ -125,17 +128,10 @@ impl Fabric {
             .map(|(i, ip)| (format!("m{}", i + 1), *ip))
             .collect();
         let pairs: Vec<(&str, &str)> = names.iter().map(|(n, ip)| (n.as_str(), *ip)).collect();
-        let initial = etcd::initial_cluster(&pairs);
-        for (name, ip) in &pairs {
-            let log = fs::File::create(fabric.dir.path().join(format!("{name}.log"))).unwrap();
-            let child = fabric
-                .in_fabric("etcd")
-                .args(etcd::member_args(fabric.dir.path(), &initial, name, ip))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            fabric.members.push(Some(child));
+        fabric.initial = etcd::initial_cluster(&pairs);
+        for i in 0..MEMBER_IPS.len() {
+            fabric.members.push(None);
+            fabric.start_member(i);
         }
         let healthy = wait_until(Duration::from_secs(60), || {
             fabric.etcdctl(&["put", "/health", "ok"]).status.success()
@@ -143,6 +139,49 @@ impl Fabric {
         assert!(healthy, "etcd did not come up: {:?}", fabric.dir.path());
         fabric.setup_auth(vms);
         fabric
+    }
+
+    /// Starts member `i` (again: with the data it had).
+    pub fn start_member(&mut self, i: usize) {
+        let (name, ip) = (format!("m{}", i + 1), MEMBER_IPS[i]);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap();
+        let child = self
+            .in_fabric("etcd")
+            .args(etcd::member_args(self.dir.path(), &self.initial, &name, ip))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.members[i] = Some(child);
+    }
+
+    /// `kill -9` of member `i`.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The index of the member that leads, as the members report it.
+    pub fn leader(&self) -> usize {
+        let out = self.etcdctl_ok(&["endpoint", "status", "-w", "json"]);
+        let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let leading = status
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["Status"]["header"]["member_id"] == e["Status"]["leader"])
+            .and_then(|e| e["Endpoint"].as_str())
+            .unwrap_or_else(|| panic!("no member leads: {out}"));
+        MEMBER_IPS
+            .iter()
+            .position(|ip| leading.contains(&format!("//{ip}:")))
+            .unwrap()
     }
 
     pub fn certs(&self) -> PathBuf {
