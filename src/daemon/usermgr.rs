@@ -56,6 +56,11 @@ const KEPT_UNITS: usize = 4096;
 /// How many looks a new scope may be empty before it is judged without
 /// its processes' sessions.
 const EMPTY_SCOPE_LOOKS: u32 = 6;
+/// How many looks a session may be live with no guest record before it is
+/// taken for someone else's: logind makes a login's scope (pam_systemd)
+/// just before the session hook records a guest's, and a guest's unit
+/// started at once must not be judged in between.
+const SETTLE_LOOKS: u32 = 6;
 /// How long killing one unit's processes may take.
 const UNIT_KILL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -130,6 +135,11 @@ struct Account {
     /// New scopes with no process in them yet, by how many looks found them
     /// empty.
     empty_scopes: BTreeMap<String, u32>,
+    /// Live sessions with no guest record, by how many looks found them so.
+    unrecorded: BTreeMap<String, u32>,
+    /// Who was present over looks that judged nothing (a login was still
+    /// settling), for the next look that judges.
+    carried: Presence,
     /// Restored from the state dir: the next look also counts whoever
     /// may have come and gone while no one was looking.
     resumed: bool,
@@ -540,14 +550,29 @@ fn look_at(
         .iter()
         .filter_map(|n| session_id(n).map(String::from))
         .collect();
+    for id in live.iter().filter(|id| !guest_sessions.contains_key(*id)) {
+        let looks = account.unrecorded.entry(id.clone()).or_insert(0);
+        *looks = looks.saturating_add(1);
+    }
+    account
+        .unrecorded
+        .retain(|id, _| live.contains(id) && !guest_sessions.contains_key(id));
+    let settling = account.unrecorded.values().any(|&n| n < SETTLE_LOOKS);
     let now_present = Presence {
         guests: mine.iter().map(|r| r.guest.clone()).collect(),
-        others: live.iter().any(|id| !guest_sessions.contains_key(id)),
+        others: account.unrecorded.values().any(|&n| n >= SETTLE_LOOKS),
     };
-    let mut window = account.presence.union(&now_present);
+    let mut window = account.presence.union(&now_present).union(&account.carried);
     window.others |= persistence::unseen(&created_ids, &account.seen_sessions);
     // Ids of sessions gone for good are not needed past this look.
     account.seen_sessions.retain(|id| live.contains(id));
+    if account.looked && settling {
+        // A login has not shown whose it is yet: what appeared is judged
+        // at a later look, with whoever was here meanwhile.
+        account.carried = window;
+        return;
+    }
+    account.carried = Presence::default();
     account.presence = now_present;
 
     let units = unit_groups(roots, account.uid);
@@ -1020,6 +1045,27 @@ mod tests {
         assert!(t.look(&mut a, &[], &[]).is_empty());
     }
 
+    /// logind makes bob's session scope before the session hook records
+    /// it as bob's, and bob starts a unit at once: judged when the record
+    /// is there, it is bob's, not "someone else was logged in".
+    #[test]
+    fn a_unit_started_before_the_guests_record_is_the_guests() {
+        let t = Tree::new();
+        let mut a = t.account();
+        t.look(&mut a, &[], &[]);
+        t.session("7", true);
+        t.unit("run-early.service", true);
+        assert!(t.look(&mut a, &[], &["7"]).is_empty());
+        assert!(t.look(&mut a, &[], &[]).is_empty());
+        let bob = [guest_session("bob", "7")];
+        let found = summary(&t.look(&mut a, &bob, &[]));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("unit run-early.service bob stopped when"),
+            "{found:?}"
+        );
+    }
+
     #[test]
     fn with_the_owner_or_an_unseen_session_present_it_is_reported_not_pinned() {
         let t = Tree::new();
@@ -1030,6 +1076,11 @@ mod tests {
         t.session("8", true);
         t.look(&mut a, &bob, &["7", "8"]);
         t.unit("run-u1.service", true);
+        // Session 8 has no guest record: judged once it has had time to
+        // get one, as someone else's.
+        for _ in 2..SETTLE_LOOKS {
+            assert!(t.look(&mut a, &bob, &[]).is_empty());
+        }
         let found = summary(&t.look(&mut a, &bob, &[]));
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(
