@@ -86,7 +86,12 @@ impl Header {
 /// Writes the snapshot of `loaded` to `path`, readable by everyone (it holds
 /// public keys only, and the key lookup runs unprivileged).
 pub fn write(path: &Path, loaded: &Loaded, written_ns: i64) -> io::Result<()> {
-    fsutil::atomic_write(path, &encode(loaded, written_ns)?, 0o644, None)
+    publish(path, &encode(loaded, written_ns)?)
+}
+
+/// Puts an [`encode`]d snapshot in place, whole or not at all.
+pub fn publish(path: &Path, data: &[u8]) -> io::Result<()> {
+    fsutil::atomic_write(path, data, 0o644, None)
 }
 
 /// The snapshot of `loaded`, as [`write`] writes it.
