@@ -546,11 +546,13 @@ pub fn grant_now(
 /// The guest session holding the ssh client of this connection, when that
 /// client runs on this host.
 fn nested_origin(config: &Config, monitor: i32) -> Option<SessionRecord> {
-    let clients = crate::sys::sockets::local_clients(monitor);
-    if clients.is_empty() {
+    // With no guest session recorded there is none to be inside, and the
+    // search for the client (every process's descriptors) is not made.
+    let (records, _) = records::list(&config.sessions_dir());
+    if records.is_empty() {
         return None;
     }
-    let (records, _) = records::list(&config.sessions_dir());
+    let clients = crate::sys::sockets::local_clients(monitor);
     clients
         .iter()
         .find_map(|&pid| crate::session::membership::session_of(&records, pid).cloned())
