@@ -699,7 +699,7 @@ fn owner(host: &Host, name: &str) -> Key {
 /// sshd, alternating.
 fn bench_login() -> Vec<Row> {
     const GUESTS: u32 = 10_000;
-    const LOGINS: usize = 45;
+    const LOGINS: usize = 81;
     let host = Host::start();
     owner(&host, "alice");
     owner(&host, "plain");
