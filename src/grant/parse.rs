@@ -60,6 +60,19 @@ pub fn parse_general(source: &str) -> Result<Grants, Vec<Diagnostic>> {
     parse_with(source, false)
 }
 
+/// [`parse`] with the plain layout read in two halves split at `at`, as a
+/// large file is, whatever its size: for the property tests and the grants
+/// fuzz target, which hold it to [`parse_general`]. `None` where the
+/// halves are not read that way (the file then goes to `toml`).
+#[doc(hidden)]
+pub fn parse_split_at(source: &str, at: usize) -> Option<Result<Grants, Vec<Diagnostic>>> {
+    if source.len() > MAX_GRANT_FILE_BYTES || !source.is_char_boundary(at) {
+        return None;
+    }
+    let raw = crate::grant::plain::read_split(source, at)?;
+    Some(parse_raw(source, Some(raw)))
+}
+
 fn parse_with(source: &str, plain: bool) -> Result<Grants, Vec<Diagnostic>> {
     if source.len() > MAX_GRANT_FILE_BYTES {
         return Err(vec![Diagnostic::whole_file(format!(
@@ -70,9 +83,17 @@ fn parse_with(source: &str, plain: bool) -> Result<Grants, Vec<Diagnostic>> {
     }
     // The usual layout is read directly; anything else, and every error,
     // through `toml`.
+    parse_raw(
+        source,
+        plain.then(|| crate::grant::plain::read(source)).flatten(),
+    )
+}
+
+/// Validates the file `source` read as `plain` (`None`: read it through
+/// `toml`).
+fn parse_raw(source: &str, plain: Option<RawFile>) -> Result<Grants, Vec<Diagnostic>> {
     let general = || toml::from_str::<RawFile>(source);
-    let read_plain = plain.then(|| crate::grant::plain::read(source)).flatten();
-    let raw: RawFile = match read_plain.map_or_else(general, Ok) {
+    let raw: RawFile = match plain.map_or_else(general, Ok) {
         Ok(raw) => raw,
         Err(e) => {
             let offset = e.span().map_or(0, |s| s.start);

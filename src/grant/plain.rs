@@ -66,7 +66,7 @@ fn split_point(source: &str) -> Option<usize> {
 /// halves). A split that is not between two tables (`at` inside a
 /// multi-line string or array) leaves the first half unterminated, which
 /// the grammar refuses, so `toml` then reads the file.
-fn read_split(source: &str, at: usize) -> Option<RawFile> {
+pub(super) fn read_split(source: &str, at: usize) -> Option<RawFile> {
     let (head, tail) = source.split_at(at);
     let (first, second) = std::thread::scope(|scope| {
         let second = std::thread::Builder::new().spawn_scoped(scope, || read_part(tail, at));
