@@ -7,7 +7,7 @@
 use tracing::{error, warn};
 
 use crate::store::config::Config;
-use crate::store::ledger::{self, Entry, Ledger, OnBad, Origin, Updated};
+use crate::store::ledger::{self, Entry, Holdings, Ledger, OnBad, Origin, Updated};
 use crate::store::records;
 use crate::store::source::Loaded;
 
@@ -23,7 +23,12 @@ pub fn note_grants(config: &Config, loaded: &Loaded, now: i64) {
             .map(move |k| (owner.as_str(), k.fingerprint.as_str(), k.guest.as_str()))
     });
     // The usual pass: every key already noted, nothing to write.
-    if ledger::holds_granted(&config.state_dir, granted) {
+    let text = ledger::read_for_check(&config.state_dir);
+    if text
+        .as_deref()
+        .and_then(Holdings::scan)
+        .is_some_and(|held| held.hold(granted))
+    {
         return;
     }
     let change = |l: &mut Ledger, rebuilding: bool| {

@@ -86,11 +86,36 @@ pub struct Entry {
 /// Whether `s` has the shape of a `SHA256:` fingerprint: 43 characters of
 /// unpadded base64.
 pub fn is_fingerprint(s: &str) -> bool {
-    s.strip_prefix("SHA256:").is_some_and(|b| {
-        b.len() == 43
-            && b.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
-    })
+    s.strip_prefix("SHA256:")
+        .is_some_and(|b| b.len() == 43 && b.bytes().all(|c| BASE64[usize::from(c)]))
+}
+
+/// The bytes of base64's alphabet (a table: ledger lines are checked by
+/// the ten thousand).
+static BASE64: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
+        c += 1;
+    }
+    table
+};
+
+/// The `N` words of `line` between single spaces, or `None` if it has
+/// another number of them. (A ledger line is read on every pass and every
+/// login: one scan for the spaces, not one search per word.)
+fn words<const N: usize>(line: &str) -> Option<[&str; N]> {
+    let mut found = [""; N];
+    let mut start = 0;
+    let mut n = 0;
+    for at in memchr::memchr_iter(b' ', line.as_bytes()).chain([line.len()]) {
+        *found.get_mut(n)? = line.get(start..at)?;
+        n += 1;
+        start = at + 1;
+    }
+    (n == N).then_some(found)
 }
 
 /// One entry line, borrowed.
@@ -104,17 +129,15 @@ pub struct EntryRef<'a> {
 }
 
 fn parse_entry_ref(line: &str) -> Result<EntryRef<'_>, String> {
-    let mut words = line.split(' ');
-    let mut next = || words.next().unwrap_or_default();
-    let (tag, owner, fingerprint, guest, origin, since) =
-        (next(), next(), next(), next(), next(), next());
-    if tag != "key" || since.is_empty() || words.next().is_some() {
-        return Err(if tag == "key" {
-            "expected `key OWNER FINGERPRINT GUEST ORIGIN SINCE`".into()
-        } else {
-            format!("unknown entry `{tag}`")
-        });
+    let tag = line.split_once(' ').map_or(line, |(tag, _)| tag);
+    if tag != "key" {
+        return Err(format!("unknown entry `{tag}`"));
     }
+    let Some([_, owner, fingerprint, guest, origin, since]) =
+        words::<6>(line).filter(|[.., since]| !since.is_empty())
+    else {
+        return Err("expected `key OWNER FINGERPRINT GUEST ORIGIN SINCE`".into());
+    };
     if !is_account_name(owner) {
         return Err(format!("invalid owner name {owner:?}"));
     }
@@ -487,43 +510,41 @@ pub fn update(
     })
 }
 
-/// Whether recording each `(owner, fingerprint, guest)` of `granted` as a
-/// granted key would leave the ledger in `state_dir` as it is, so that
-/// [`update`] would neither write nor repair it: the directory is sound,
-/// and the ledger is whole, valid and already holds every key for that
-/// guest. Read without the lock (the ledger is only ever replaced whole)
-/// and checked from its text, building nothing: the daemon asks this on
-/// every pass, and the answer is nearly always yes.
-pub fn holds_granted<'a>(
-    state_dir: &Path,
-    granted: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
-) -> bool {
-    if ensure_dir(state_dir).is_err() {
-        return false;
-    }
-    match read_text(&path_in(state_dir)) {
-        Ok(Some(text)) => text_holds_granted(&text, granted),
-        _ => false,
-    }
+/// The ledger's text in `state_dir`, for [`Holdings::scan`], if the
+/// directory is sound and the file can be read (it may still be damaged).
+/// Read without the lock: the ledger is only ever replaced whole.
+pub fn read_for_check(state_dir: &Path) -> Option<String> {
+    ensure_dir(state_dir).ok()?;
+    read_text(&path_in(state_dir)).ok().flatten()
 }
 
-/// [`holds_granted`] for a ledger's text: it reads as [`Ledger::parse`]
-/// reads it (no key listed twice), and holds each granted key for that
-/// guest (which is when [`Ledger::record`] changes nothing).
-pub fn text_holds_granted<'a>(
-    text: &str,
-    granted: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
-) -> bool {
-    let mut guests: HashMap<(&str, &str), &str> = HashMap::with_capacity(text.len() / 64);
-    let mut twice = false;
-    let whole = scan(text, |e| {
-        twice |= guests.insert((e.owner, e.fingerprint), e.guest).is_some();
-    });
-    whole.is_ok()
-        && !twice
-        && granted
-            .into_iter()
-            .all(|(owner, fingerprint, guest)| guests.get(&(owner, fingerprint)) == Some(&guest))
+/// Which guest each key of a ledger's text is noted for, built without
+/// copying: the daemon reads it beside each compile and asks at the end
+/// whether it holds every granted key (nearly always yes), in which case
+/// [`update`] would neither write nor repair the ledger.
+pub struct Holdings<'t> {
+    guests: HashMap<(&'t str, &'t str), &'t str, foldhash::fast::RandomState>,
+}
+
+impl<'t> Holdings<'t> {
+    /// `None` unless `text` reads as [`Ledger::parse`] reads it, with no
+    /// key listed twice.
+    pub fn scan(text: &'t str) -> Option<Self> {
+        let mut guests = HashMap::with_capacity_and_hasher(text.len() / 64, Default::default());
+        let mut twice = false;
+        let whole = scan(text, |e| {
+            twice |= guests.insert((e.owner, e.fingerprint), e.guest).is_some();
+        });
+        (whole.is_ok() && !twice).then_some(Holdings { guests })
+    }
+
+    /// Whether each `(owner, fingerprint, guest)` of `granted` is noted for
+    /// that guest (which is when [`Ledger::record`] changes nothing).
+    pub fn hold<'a>(&self, granted: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) -> bool {
+        granted.into_iter().all(|(owner, fingerprint, guest)| {
+            self.guests.get(&(owner, fingerprint)) == Some(&guest)
+        })
+    }
 }
 
 /// Makes `state_dir` (root, 0700) if it is missing; refuses one that
@@ -781,15 +802,24 @@ mod tests {
                     })
                 })
                 .fold(false, |a, b| a | b);
-            let holds = text_holds_granted(&text, granted.iter().copied());
+            let holds = Holdings::scan(&text).is_some_and(|h| h.hold(granted.iter().copied()));
             assert_eq!(holds, !changes, "{granted:?}");
         }
         // A ledger that does not read whole is never "held".
-        let none: [(&str, &str, &str); 0] = [];
-        assert!(!text_holds_granted(&text[..text.len() - 1], none));
-        assert!(!text_holds_granted(&text.replace("end 2", "end 3"), none));
-        assert!(!text_holds_granted(&text.replace(FP2, FP), none));
-        assert!(!text_holds_granted("", none));
+        assert!(Holdings::scan(&text[..text.len() - 1]).is_none());
+        assert!(Holdings::scan(&text.replace("end 2", "end 3")).is_none());
+        assert!(Holdings::scan(&text.replace(FP2, FP)).is_none());
+        assert!(Holdings::scan("").is_none());
+    }
+
+    /// What the daemon asks on a pass: does the ledger in `dir` hold
+    /// `granted` (and so needs no write)?
+    fn holds_granted<'a>(
+        dir: &Path,
+        granted: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    ) -> bool {
+        read_for_check(dir)
+            .is_some_and(|text| Holdings::scan(&text).is_some_and(|h| h.hold(granted)))
     }
 
     fn state_dir() -> (tempfile::TempDir, PathBuf) {
