@@ -273,10 +273,7 @@ impl<'a> Errors<'a> {
 /// many.
 fn parse_keys(keys: &[&Spanned<String>]) -> Vec<Result<GuestKey, String>> {
     const PER_THREAD_MIN: usize = 2_000;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(keys.len() / PER_THREAD_MIN)
-        .max(1);
+    let threads = crate::sys::cpus().min(keys.len() / PER_THREAD_MIN).max(1);
     if threads == 1 {
         return keys.iter().map(|k| parse_key(k.get_ref())).collect();
     }

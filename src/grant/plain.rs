@@ -44,7 +44,7 @@ const SPLIT_AT_LEAST: usize = 256 * 1024;
 
 /// Reads `source` if it is in the plain layout; `None` sends it to `toml`.
 pub(super) fn read(source: &str) -> Option<RawFile> {
-    let parallel = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    let parallel = crate::sys::cpus() > 1;
     match split_point(source).filter(|_| parallel && source.len() >= SPLIT_AT_LEAST) {
         Some(at) => read_split(source, at),
         None => Some(read_part(source, 0)?.file),
