@@ -6,7 +6,8 @@
 //! vmshare-sync; see benches/fleet) runs only when named, or a part of it
 //! as `fleet-one`, `fleet-all`, `fleet-fanout`, `fleet-storm`,
 //! `fleet-cutoff`. Needs root
-//! (namespaces, sshd, cgroups).
+//! (namespaces, sshd, cgroups). `VMSHARE_BENCH_KEEP=1` keeps each part's
+//! scratch files (grant file, snapshot, daemon log) for a look afterwards.
 // A benchmark is test code: a failed setup step stops it with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -168,7 +169,13 @@ fn setup(name: &str, grants: &str) -> (PathBuf, PathBuf) {
     (dir, config)
 }
 
+/// Removes a scratch dir and its run dir, unless `VMSHARE_BENCH_KEEP` is
+/// set (to look at a run's files and the daemon's log afterwards).
 fn cleanup(dir: &Path) {
+    if std::env::var_os("VMSHARE_BENCH_KEEP").is_some() {
+        eprintln!("kept {}", dir.display());
+        return;
+    }
     if let Ok(run_dir) = fs::read_link(dir.join("run")) {
         let _ = fs::remove_dir_all(run_dir);
     }
@@ -664,7 +671,7 @@ fn bench_pass() -> Vec<Row> {
         },
         Row {
             figure: format!(
-                "CPU time of that pass, daemon and compiling child (load average {:.1})",
+                "CPU time of that pass, daemon and compiling child up to its answer (load average {:.1})",
                 load_average()
             ),
             measured: format!(

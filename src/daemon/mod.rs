@@ -76,7 +76,14 @@ pub fn main() -> ExitCode {
         // The process ends next: its memory goes back whole, not in the
         // tens of thousands of frees a drop would make.
         std::mem::forget(loaded);
-        return match serde_json::to_writer(std::io::stdout().lock(), &compiled) {
+        // One line: the daemon goes on when it has read it.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let answered = serde_json::to_writer(&mut out, &compiled)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush());
+        return match answered {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 error!("cannot report the compile: {e}");

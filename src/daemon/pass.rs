@@ -7,6 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use nix::sys::resource::{getrusage, UsageWho};
 use tracing::{error, info, warn};
 
 use crate::grant::limits::Breach;
@@ -83,6 +84,10 @@ pub struct Compiled {
     /// The first `expires` deadline after the compile, if any.
     #[serde(default)]
     pub next_deadline: Option<i64>,
+    /// CPU time the compiling process had used when it answered (its exit
+    /// is waited for beside the pass), in microseconds.
+    #[serde(default)]
+    pub cpu_us: u64,
 }
 
 /// Reads the grant file and writes the snapshot. The daemon runs this in a
@@ -111,7 +116,7 @@ pub fn compile_grant_file(config: &Config) -> (Compiled, Loaded) {
     // ledger does not know as a guest's.
     let encoded = std::thread::scope(|s| {
         s.spawn(|| {
-            super::ledger::note_grants(config, &loaded, written_ns.div_euclid(1_000_000_000))
+            super::ledger::note_grants(config, &loaded, written_ns.div_euclid(1_000_000_000));
         });
         snapshot::encode(&loaded, written_ns)
     });
@@ -128,12 +133,17 @@ pub fn compile_grant_file(config: &Config) -> (Compiled, Loaded) {
         next_deadline: loaded
             .policy()
             .and_then(|p| p.next_deadline(written_ns.div_euclid(1_000_000_000))),
+        cpu_us: cpu_time(UsageWho::RUSAGE_SELF).as_micros() as u64,
     };
     if let Err(e) = written {
         error!(path = %config.snapshot_path().display(), "cannot write snapshot: {e}");
     }
     (compiled, loaded)
 }
+
+/// The keys (blobs) of the sessions a pass judges, by the thousand: a fast
+/// hasher, seeded per process.
+type Blobs<'a> = HashSet<&'a str, foldhash::fast::RandomState>;
 
 /// Who may stay, by the compiled grants. Each owner's keys are read and
 /// indexed once per pass, however many sessions the owner has.
@@ -163,7 +173,7 @@ impl Judge {
     /// are for these records only: another key of a prepared owner would
     /// find no grant.
     fn prepare(&mut self, config: &Config, records: &[SessionRecord]) {
-        let mut wanted: HashMap<&str, HashSet<&str>> = HashMap::new();
+        let mut wanted: HashMap<&str, Blobs<'_>> = HashMap::new();
         for r in records {
             wanted
                 .entry(r.owner.as_str())
@@ -240,7 +250,7 @@ impl JudgeSource {
         &self,
         config: &Config,
         owner: &str,
-        wanted: Option<&HashSet<&str>>,
+        wanted: Option<&Blobs<'_>>,
     ) -> Option<KeyIndex> {
         match self {
             JudgeSource::InProcess(loaded) => {
@@ -300,7 +310,11 @@ fn child_tunables(own: Option<std::ffi::OsString>) -> std::ffi::OsString {
 }
 
 /// Runs [`compile_grant_file`] in a child process; `None` if that fails.
+/// The pass goes on once the child has answered: its exit (giving back
+/// the tens of MiB a large file needs, a tenth of a pass at 10,000 guests)
+/// is waited for beside the pass.
 fn compile_in_child(config_path: Option<&Path>) -> Option<Compiled> {
+    use std::io::{BufRead, Read};
     let exe = std::env::current_exe().ok()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("--compile")
@@ -308,23 +322,47 @@ fn compile_in_child(config_path: Option<&Path>) -> Option<Compiled> {
     if let Some(path) = config_path {
         cmd.arg("--config").arg(path);
     }
-    let out = cmd
+    let mut child = cmd
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
-        .output()
+        .spawn()
         .map_err(|e| warn!("cannot run the compiling child: {e}; compiling in process"))
         .ok()?;
-    if !out.status.success() {
-        warn!(
-            "compiling child failed ({}); compiling in process",
-            out.status
-        );
+    let mut answer = Vec::new();
+    let read = child
+        .stdout
+        .take()
+        .map(|out| std::io::BufReader::new(out.take(MAX_ANSWER)).read_until(b'\n', &mut answer));
+    let compiled = match read {
+        Some(Ok(_)) if answer.ends_with(b"\n") => serde_json::from_slice(&answer)
+            .map_err(|e| warn!("compiling child's answer unreadable: {e}; compiling in process"))
+            .ok(),
+        _ => None,
+    };
+    if compiled.is_none() {
+        // No answer: it failed, and why is in its exit status.
+        match child.wait() {
+            Ok(status) if !status.success() => {
+                warn!("compiling child failed ({status}); compiling in process")
+            }
+            Ok(_) => warn!("compiling child gave no answer; compiling in process"),
+            Err(e) => warn!("cannot wait for the compiling child: {e}; compiling in process"),
+        }
         return None;
     }
-    serde_json::from_slice(&out.stdout)
-        .map_err(|e| warn!("compiling child's answer unreadable: {e}; compiling in process"))
-        .ok()
+    let reaped = std::thread::Builder::new()
+        .name("compile-reaper".into())
+        .spawn(move || child.wait());
+    if let Err(e) = reaped {
+        warn!("cannot wait for the compiling child beside the pass: {e}");
+    }
+    compiled
 }
+
+/// The most a compiling child's answer is read (a bound, far above any
+/// real one).
+const MAX_ANSWER: u64 = 64 << 20;
 
 /// What a pass does besides judging every recorded session and ending the
 /// revoked ones and those past their deadline.
@@ -364,7 +402,7 @@ pub fn apply_at(
     clock: &dyn Clock,
 ) -> Pass {
     let started = Instant::now();
-    let cpu_before = cpu_time();
+    let cpu_before = cpu_time(UsageWho::RUSAGE_SELF);
     let previous = snapshot::read_header(&config.snapshot_path()).ok();
     let from_child = compile_in_child(config_path).and_then(|compiled| {
         let header = snapshot::read_header(&config.snapshot_path()).ok()?;
@@ -373,13 +411,18 @@ pub fn apply_at(
             Judge::new(JudgeSource::Snapshot(Box::new(header))),
         ))
     });
-    let (compiled, mut judge) = match from_child {
-        Some(found) => found,
+    // The child's own CPU time; compiled here, it is this process's.
+    let (compiled, mut judge, child_cpu_us) = match from_child {
+        Some((compiled, judge)) => {
+            let cpu = compiled.cpu_us;
+            (compiled, judge, cpu)
+        }
         None => {
             let (compiled, loaded) = compile_grant_file(config);
             (
                 compiled,
                 Judge::new(JudgeSource::InProcess(Box::new(loaded))),
+                0,
             )
         }
     };
@@ -436,25 +479,24 @@ pub fn apply_at(
         killed = pass.killed.len(),
         elapsed_us = started.elapsed().as_micros() as u64,
         enforce_us,
-        cpu_us = cpu_time().saturating_sub(cpu_before).as_micros() as u64,
+        cpu_us = cpu_time(UsageWho::RUSAGE_SELF).saturating_sub(cpu_before).as_micros() as u64
+            + child_cpu_us,
         "grant file applied"
     );
     pass
 }
 
-/// CPU time used so far by the daemon and its waited-for children (the
-/// compiling child): what a pass costs, whatever else the machine runs.
-fn cpu_time() -> std::time::Duration {
-    use nix::sys::resource::{getrusage, UsageWho};
-    [UsageWho::RUSAGE_SELF, UsageWho::RUSAGE_CHILDREN]
-        .into_iter()
-        .filter_map(|who| getrusage(who).ok())
-        .flat_map(|u| [u.user_time(), u.system_time()])
-        .map(|t| {
-            std::time::Duration::from_secs(t.tv_sec().max(0) as u64)
-                + std::time::Duration::from_micros(t.tv_usec().max(0) as u64)
-        })
-        .sum()
+/// CPU time used so far by this process (all its threads).
+fn cpu_time(who: UsageWho) -> std::time::Duration {
+    getrusage(who).map_or(std::time::Duration::ZERO, |u| {
+        [u.user_time(), u.system_time()]
+            .into_iter()
+            .map(|t| {
+                std::time::Duration::from_secs(t.tv_sec().max(0) as u64)
+                    + std::time::Duration::from_micros(t.tv_usec().max(0) as u64)
+            })
+            .sum()
+    })
 }
 
 fn enforce_sessions(

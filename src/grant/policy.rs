@@ -215,7 +215,10 @@ impl KeyIndex {
     /// [`KeyIndex::from_lines`] keeping only the keys whose blob is in
     /// `wanted`: a pass reads an owner's lines once and indexes only the
     /// keys of the sessions it judges, not every key of the owner.
-    pub fn from_lines_wanted(lines: &str, wanted: &HashSet<&str>) -> Self {
+    pub fn from_lines_wanted<S: std::hash::BuildHasher>(
+        lines: &str,
+        wanted: &HashSet<&str, S>,
+    ) -> Self {
         Self::from_lines_where(lines, |blob| wanted.contains(blob))
     }
 
