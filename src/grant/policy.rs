@@ -205,7 +205,7 @@ type Indexed = (String, String, Option<Limits>);
 /// the same answer as [`line_in_lines`]. Keyed by the blob (which encodes
 /// the key type too), so a lookup allocates nothing.
 #[derive(Debug, Default)]
-pub struct KeyIndex(HashMap<String, Indexed>);
+pub struct KeyIndex(HashMap<String, Indexed, foldhash::fast::RandomState>);
 
 impl KeyIndex {
     pub fn from_lines(lines: &str) -> Self {

@@ -152,7 +152,7 @@ pub fn list(dir: &Path) -> (Vec<SessionRecord>, Vec<(PathBuf, io::Error)>) {
 /// sessions, reading them was most of a pass's enforcement.
 #[derive(Debug, Default)]
 pub struct Cache {
-    read: HashMap<OsString, (u64, SessionRecord)>,
+    read: HashMap<OsString, (u64, SessionRecord), foldhash::fast::RandomState>,
 }
 
 impl Cache {
@@ -172,23 +172,22 @@ impl Cache {
                 return (records, bad);
             }
         };
-        let mut seen = HashMap::with_capacity(self.read.len());
+        let mut seen = HashMap::with_capacity_and_hasher(self.read.len(), Default::default());
         for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            let (name, inode) = (entry.file_name(), entry.ino());
+            if Path::new(&name).extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            let (name, inode) = (entry.file_name(), entry.ino());
             let known = self
                 .read
                 .remove(&name)
                 .filter(|(known_inode, _)| *known_inode == inode);
             let record = match known {
                 Some((_, record)) => record,
-                None => match read(&path) {
+                None => match read(&entry.path()) {
                     Ok(record) => record,
                     Err(e) => {
-                        bad.push((path, e));
+                        bad.push((entry.path(), e));
                         continue;
                     }
                 },
