@@ -10,6 +10,16 @@ use crate::grant::limits::Limits;
 /// Grant files larger than this are refused outright.
 pub const MAX_GRANT_FILE_BYTES: usize = 32 << 20;
 
+/// Grant files at least this long (about 1,000 guests) are worked on by
+/// two threads where the machine has a second CPU: read in two halves,
+/// hashed while the policy is built, their parsed form freed aside.
+pub const LARGE_FILE_BYTES: usize = 256 * 1024;
+
+/// Whether work on a file of `len` bytes is shared with a second thread.
+pub fn shares_work(len: usize) -> bool {
+    len >= LARGE_FILE_BYTES && crate::sys::cpus() > 1
+}
+
 /// A guest's place in the "Share VM" lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -31,21 +31,17 @@ use toml_parser::decoder::{Encoding, ScalarKind};
 use toml_parser::parser::{EventReceiver, RecursionGuard, ValidateWhitespace};
 use toml_parser::{ErrorSink, ParseError, Source, Span};
 
-use super::model::Status;
+use super::model::{shares_work, Status};
 use super::parse::{RawFile, RawGuest, RawOwner};
 
 /// `toml`'s own nesting limit; the plain layout never comes near it.
 const NESTING_LIMIT: u32 = 80;
 
-/// Files at least this long are read in two halves at once, where the
-/// machine has a second CPU (at 10,000 guests the reading is a third of a
-/// reload).
-const SPLIT_AT_LEAST: usize = 256 * 1024;
-
 /// Reads `source` if it is in the plain layout; `None` sends it to `toml`.
+/// A large file is read in two halves at once (at 10,000 guests the
+/// reading is a third of a reload).
 pub(super) fn read(source: &str) -> Option<RawFile> {
-    let parallel = crate::sys::cpus() > 1;
-    match split_point(source).filter(|_| parallel && source.len() >= SPLIT_AT_LEAST) {
+    match split_point(source).filter(|_| shares_work(source.len())) {
         Some(at) => read_split(source, at),
         None => Some(read_part(source, 0)?.file),
     }
@@ -617,7 +613,7 @@ mod tests {
     #[test]
     fn a_large_file_is_read_in_halves_as_a_whole() {
         let text = written(20_000);
-        assert!(text.len() >= SPLIT_AT_LEAST);
+        assert!(text.len() >= crate::grant::model::LARGE_FILE_BYTES);
         let at = split_point(&text).expect("a split point");
         assert!(at > text.len() / 2 && text[at..].starts_with("[owners.alice.guests."));
         assert!(

@@ -188,11 +188,6 @@ pub fn load_text(path: &Path, source: String, accounts: &dyn Accounts) -> Loaded
     compile_source(path, None, source, accounts, invalid)
 }
 
-/// Files at least this long are hashed while the policy is built, where
-/// the machine has a second CPU (at 10,000 guests the hash is 2 ms of a
-/// reload, and building the policy runs on one thread).
-const HASH_BESIDE_AT_LEAST: usize = 256 * 1024;
-
 fn compile_source(
     path: &Path,
     version: Option<FileVersion>,
@@ -205,9 +200,10 @@ fn compile_source(
         Ok(g) => g,
         Err(errors) => return invalid(version, hash(), source, errors),
     };
-    // The policy is built on one thread: a large file is hashed beside it.
+    // The policy is built on one thread: a large file is hashed beside it
+    // (at 10,000 guests the hash is 2 ms of a reload).
     let compile = || crate::grant::policy::compile(&grants, &source, accounts);
-    let (sha256, policy) = if source.len() >= HASH_BESIDE_AT_LEAST && crate::sys::cpus() > 1 {
+    let (sha256, policy) = if crate::grant::model::shares_work(source.len()) {
         std::thread::scope(|s| {
             let hashing = s.spawn(hash);
             let policy = compile();
