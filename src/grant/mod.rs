@@ -9,4 +9,5 @@ pub mod limits;
 pub mod model;
 pub mod parse;
 mod plain;
+pub(crate) use plain::lines_inclusive;
 pub mod policy;

@@ -129,8 +129,8 @@ pub struct EntryRef<'a> {
 }
 
 fn parse_entry_ref(line: &str) -> Result<EntryRef<'_>, String> {
-    let tag = line.split_once(' ').map_or(line, |(tag, _)| tag);
-    if tag != "key" {
+    if !line.starts_with("key ") && line != "key" {
+        let tag = line.split(' ').next().unwrap_or_default();
         return Err(format!("unknown entry `{tag}`"));
     }
     let Some([_, owner, fingerprint, guest, origin, since]) =
@@ -175,7 +175,7 @@ fn parse_entry(line: &str) -> Result<Entry, String> {
 /// listed twice), calling `each` for every entry, without building it in
 /// memory: the login's path.
 pub fn scan<'a>(text: &'a str, mut each: impl FnMut(EntryRef<'a>)) -> Result<usize, String> {
-    let mut lines = text.split_inclusive('\n').enumerate();
+    let mut lines = crate::grant::lines_inclusive(text).enumerate();
     let mut read = match lines.next() {
         Some((_, first)) if first.strip_suffix('\n') == Some(HEADER) => first.len(),
         _ => return Err(format!("line 1: expected `{HEADER}`")),
