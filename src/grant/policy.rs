@@ -133,9 +133,15 @@ impl<'a> KeyLine<'a> {
     /// `None` for anything else.
     pub fn parse(line: &'a str) -> Option<Self> {
         // Five words at most are looked at: a line of more is no line of
-        // ours (and judging thousands of lines allocates nothing).
-        let mut words = line.split(' ');
-        let words: [Option<&str>; 5] = std::array::from_fn(|_| words.next());
+        // ours (and judging thousands of lines allocates nothing, and
+        // finds the spaces in one search).
+        let mut words: [Option<&str>; 5] = [None; 5];
+        let mut start = 0;
+        let ends = memchr::memchr_iter(b' ', line.as_bytes()).chain([line.len()]);
+        for (word, end) in words.iter_mut().zip(ends) {
+            *word = line.get(start..end);
+            start = end + 1;
+        }
         let (options, algorithm, blob, tag) = match words {
             [Some(o), Some(a), Some(b), Some(t), None] if !o.is_empty() => (o, a, b, t),
             [Some(a), Some(b), Some(t), None, None] => ("", a, b, t),
@@ -224,7 +230,11 @@ impl KeyIndex {
 
     fn from_lines_where(lines: &str, keep: impl Fn(&str) -> bool) -> Self {
         let mut index = KeyIndex::default();
-        for line in lines.lines().filter_map(KeyLine::parse) {
+        let lines = crate::grant::lines_inclusive(lines).map(|l| {
+            let l = l.strip_suffix('\n').unwrap_or(l);
+            l.strip_suffix('\r').unwrap_or(l)
+        });
+        for line in lines.filter_map(KeyLine::parse) {
             if keep(line.blob) {
                 index.add(line.algorithm, line.blob, line.guest, line.limits());
             }
@@ -485,6 +495,48 @@ pub(crate) mod tests {
             }
         }
         (src, accounts, expected)
+    }
+
+    /// A line taken apart by `str::split`, as the key line's reader did:
+    /// what the one-search reader must give.
+    fn key_line_by_split(line: &str) -> Option<(&str, &str, &str, &str)> {
+        let mut words = line.split(' ');
+        let words: [Option<&str>; 5] = std::array::from_fn(|_| words.next());
+        let (o, a, b, t) = match words {
+            [Some(o), Some(a), Some(b), Some(t), None] if !o.is_empty() => (o, a, b, t),
+            [Some(a), Some(b), Some(t), None, None] => ("", a, b, t),
+            _ => return None,
+        };
+        let guest = t.strip_prefix(GUEST_TAG)?;
+        (!a.is_empty() && !b.is_empty()).then_some((o, a, b, guest))
+    }
+
+    proptest! {
+        #[test]
+        fn a_key_line_is_read_as_split_reads_it(
+            words in proptest::collection::vec("[ab=,\"]{0,3}|vmshare:[a-c]{0,2}", 0..7),
+            gaps in proptest::collection::vec(" |  ", 6),
+        ) {
+            let mut line = String::new();
+            for (i, w) in words.iter().enumerate() {
+                if i > 0 {
+                    line.push_str(&gaps[i - 1]);
+                }
+                line.push_str(w);
+            }
+            let read = KeyLine::parse(&line).map(|l| (l.options, l.algorithm, l.blob, l.guest));
+            prop_assert_eq!(read, key_line_by_split(&line), "{:?}", line);
+        }
+    }
+
+    #[test]
+    fn a_key_line_has_three_or_four_words() {
+        let read = |l| KeyLine::parse(l).map(|l| (l.options, l.algorithm, l.blob, l.guest));
+        assert_eq!(read("a b vmshare:c"), Some(("", "a", "b", "c")));
+        assert_eq!(read("o a b vmshare:c"), Some(("o", "a", "b", "c")));
+        assert_eq!(read("o a b vmshare:c d"), None);
+        assert_eq!(read("a  b vmshare:c"), None);
+        assert_eq!(read("a b c"), None);
     }
 
     proptest! {
