@@ -171,7 +171,7 @@ fn read_lines(source: &str, base: usize) -> Option<Part> {
                 if !is_bare(name) {
                     return None;
                 }
-                names.push(Spanned::new(from..from + name.len(), name.to_string()));
+                names.push(Spanned::new(from..from + name.len(), Cow::Borrowed(name)));
                 from += name.len() + 1;
             }
             reader.close_table()?;
@@ -201,7 +201,7 @@ fn read_lines(source: &str, base: usize) -> Option<Part> {
                 Value::Strings(Spanned::new(at..at + value.len(), strings))
             }
         };
-        reader.set_field(key.to_string(), value)?;
+        reader.set_field(Cow::Borrowed(key), value)?;
     }
     reader.finish()
 }
@@ -242,6 +242,12 @@ fn split_on<'t>(
     })
 }
 
+/// A name of a table's header, as the raw structures keep it.
+fn owned(name: Spanned<Cow<'_, str>>) -> Spanned<String> {
+    let span = name.span();
+    Spanned::new(span, name.into_inner().into_owned())
+}
+
 /// A TOML bare key.
 fn is_bare(name: &str) -> bool {
     !name.is_empty()
@@ -268,7 +274,7 @@ enum State<'i> {
     /// Before the first header: only blank lines and comments.
     Top,
     /// Inside `[…]`, its keys so far.
-    Header(Vec<Spanned<String>>),
+    Header(Vec<Spanned<Cow<'i, str>>>),
     /// In a table, between its `key = value` lines.
     Fields,
     /// After a field's key.
@@ -296,7 +302,7 @@ struct Reader<'i> {
     state: State<'i>,
     table: Option<Table>,
     /// The fields set in the current table, to refuse one set twice.
-    set: Vec<String>,
+    set: Vec<Cow<'i, str>>,
     file: RawFile,
     /// Whether each owner's table was opened by its own header (it may then
     /// not be opened again) or only on the way to a guest's.
@@ -354,7 +360,9 @@ impl<'i> Reader<'i> {
                 self.open_table(path)?;
                 State::Fields
             }
-            (State::Fields, Key(encoding)) => State::Key(self.key(span, encoding)?.into_inner()),
+            (State::Fields, Key(encoding)) => {
+                State::Key(self.key(span, encoding)?.into_inner().into_owned())
+            }
             (State::Key(key), Blank) => State::Key(key),
             (State::Key(key), KeyValSep) => State::Value(key),
             (State::Value(key), Blank) => State::Value(key),
@@ -369,7 +377,7 @@ impl<'i> Reader<'i> {
                     }
                     _ => return None,
                 };
-                self.set_field(key, value)?;
+                self.set_field(Cow::Owned(key), value)?;
                 State::Fields
             }
             (State::Value(key), ArrayOpen) => {
@@ -388,7 +396,7 @@ impl<'i> Reader<'i> {
             }
             (State::Array(key, at, items), ArrayClose) => {
                 let value = Value::Strings(Spanned::new(at..self.base + span.end(), items));
-                self.set_field(key, value)?;
+                self.set_field(Cow::Owned(key), value)?;
                 State::Fields
             }
             _ => return None,
@@ -396,14 +404,14 @@ impl<'i> Reader<'i> {
     }
 
     /// A key, decoded, with the span `toml` gives it.
-    fn key(&self, span: Span, encoding: Option<Encoding>) -> Option<Spanned<String>> {
+    fn key(&self, span: Span, encoding: Option<Encoding>) -> Option<Spanned<Cow<'i, str>>> {
         let raw = self.raw(span, encoding)?;
         let mut decoded = Cow::Borrowed("");
         let mut errors: Option<ParseError> = None;
         raw.decode_key(&mut decoded, &mut errors);
         errors
             .is_none()
-            .then(|| Spanned::new(self.at(span), decoded.into_owned()))
+            .then(|| Spanned::new(self.at(span), decoded))
     }
 
     fn decode_scalar(
@@ -431,9 +439,9 @@ impl<'i> Reader<'i> {
     }
 
     /// Starts the table a header names, if it is one of the layout's.
-    fn open_table(&mut self, path: Vec<Spanned<String>>) -> Option<()> {
+    fn open_table(&mut self, path: Vec<Spanned<Cow<'i, str>>>) -> Option<()> {
         let mut path = path.into_iter();
-        let (owners, owner) = (path.next()?, path.next()?);
+        let (owners, owner) = (path.next()?, owned(path.next()?));
         if owners.get_ref() != "owners" {
             return None;
         }
@@ -452,9 +460,12 @@ impl<'i> Reader<'i> {
                 self.table = Some(Table::Owner(owner, RawOwner::default()));
             }
             (Some(guests), Some(guest), None) if guests.get_ref() == "guests" => {
-                self.explicit
-                    .entry(owner.get_ref().clone())
-                    .or_insert(false);
+                let guest = owned(guest);
+                // (Looked up before it is inserted: no copy of the name
+                // for each of an owner's thousands of guests.)
+                if !self.explicit.contains_key(owner.get_ref()) {
+                    self.explicit.insert(owner.get_ref().clone(), false);
+                }
                 let known = self
                     .file
                     .owners
@@ -488,11 +499,11 @@ impl<'i> Reader<'i> {
         Some(())
     }
 
-    fn set_field(&mut self, key: String, value: Value<'i>) -> Option<()> {
+    fn set_field(&mut self, key: Cow<'i, str>, value: Value<'i>) -> Option<()> {
         if self.set.contains(&key) {
             return None;
         }
-        match (self.table.as_mut()?, key.as_str(), value) {
+        match (self.table.as_mut()?, key.as_ref(), value) {
             (Table::Owner(_, owner), "sharing", Value::Boolean(sharing)) => owner.sharing = sharing,
             (Table::Guest(_, _, guest), field, value) => set_guest_field(guest, field, value)?,
             _ => return None,
