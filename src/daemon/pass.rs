@@ -133,7 +133,7 @@ pub fn compile_grant_file(config: &Config) -> (Compiled, Loaded) {
         next_deadline: loaded
             .policy()
             .and_then(|p| p.next_deadline(written_ns.div_euclid(1_000_000_000))),
-        cpu_us: cpu_time(UsageWho::RUSAGE_SELF).as_micros() as u64,
+        cpu_us: cpu_time().as_micros() as u64,
     };
     if let Err(e) = written {
         error!(path = %config.snapshot_path().display(), "cannot write snapshot: {e}");
@@ -402,7 +402,7 @@ pub fn apply_at(
     clock: &dyn Clock,
 ) -> Pass {
     let started = Instant::now();
-    let cpu_before = cpu_time(UsageWho::RUSAGE_SELF);
+    let cpu_before = cpu_time();
     let previous = snapshot::read_header(&config.snapshot_path()).ok();
     let from_child = compile_in_child(config_path).and_then(|compiled| {
         let header = snapshot::read_header(&config.snapshot_path()).ok()?;
@@ -479,16 +479,15 @@ pub fn apply_at(
         killed = pass.killed.len(),
         elapsed_us = started.elapsed().as_micros() as u64,
         enforce_us,
-        cpu_us = cpu_time(UsageWho::RUSAGE_SELF).saturating_sub(cpu_before).as_micros() as u64
-            + child_cpu_us,
+        cpu_us = cpu_time().saturating_sub(cpu_before).as_micros() as u64 + child_cpu_us,
         "grant file applied"
     );
     pass
 }
 
 /// CPU time used so far by this process (all its threads).
-fn cpu_time(who: UsageWho) -> std::time::Duration {
-    getrusage(who).map_or(std::time::Duration::ZERO, |u| {
+fn cpu_time() -> std::time::Duration {
+    getrusage(UsageWho::RUSAGE_SELF).map_or(std::time::Duration::ZERO, |u| {
         [u.user_time(), u.system_time()]
             .into_iter()
             .map(|t| {
