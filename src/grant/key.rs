@@ -54,12 +54,12 @@ fn is_canonical_base64(text: &str) -> bool {
 
 /// Parses one plain OpenSSH public key line: `type base64 [comment]`.
 pub fn parse_key(line: &str) -> Result<GuestKey, String> {
-    // Bytes, not chars: this runs on every key of every reload.
-    if line.bytes().any(|b| b == b'\n' || b == b'\r') {
-        return Err("key contains a line break; each key must be one line".into());
-    }
-    if line.bytes().any(|b| b == 0) {
-        return Err("key contains a NUL byte".into());
+    // One vectorized search for all three bytes: this runs on every key
+    // of every reload.
+    match memchr::memchr3(b'\n', b'\r', 0, line.as_bytes()).map(|i| line.as_bytes()[i]) {
+        Some(0) => return Err("key contains a NUL byte".into()),
+        Some(_) => return Err("key contains a line break; each key must be one line".into()),
+        None => {}
     }
     match parse_plain_ed25519(line) {
         Some(key) => Ok(key),
@@ -148,13 +148,10 @@ fn parse_plain_ed25519(line: &str) -> Option<GuestKey> {
     if !wire.starts_with(ED25519_WIRE_PREFIX) {
         return None;
     }
-    let mut fingerprint = String::with_capacity(50);
-    fingerprint.push_str("SHA256:");
-    encode_base64_unpadded(&Sha256::digest(wire), &mut fingerprint);
     Some(GuestKey {
         algorithm: "ssh-ed25519".to_string(),
         blob: blob.to_string(),
-        fingerprint,
+        fingerprint: sha256_fingerprint(&wire),
         comment: comment.to_string(),
     })
 }
@@ -268,24 +265,31 @@ pub fn certificate_authority_fingerprint(algorithm: &str, blob: &str) -> Option<
     for _ in 0..3 {
         wire.string()?; // critical options, extensions, reserved
     }
-    let authority = wire.string()?;
-    let mut fingerprint = String::with_capacity(50);
-    fingerprint.push_str("SHA256:");
-    encode_base64_unpadded(&Sha256::digest(authority), &mut fingerprint);
-    Some(fingerprint)
+    Some(sha256_fingerprint(wire.string()?))
 }
 
-/// Appends `bytes` in base64 without padding, as `ssh-keygen -l` prints a
-/// SHA-256 fingerprint.
-fn encode_base64_unpadded(bytes: &[u8], out: &mut String) {
-    for group in bytes.chunks(3) {
+/// `SHA256:` and the SHA-256 of `data` in base64 without padding, as
+/// `ssh-keygen -l` prints a fingerprint. Built in a buffer of its exact
+/// length (a push per character was most of this on every key of a
+/// reload).
+fn sha256_fingerprint(data: &[u8]) -> String {
+    const PREFIX: &[u8; 7] = b"SHA256:";
+    // 32 bytes: ten whole groups of three, then two bytes (three characters).
+    let mut text = [0u8; PREFIX.len() + 43];
+    text[..PREFIX.len()].copy_from_slice(PREFIX);
+    let digest = Sha256::digest(data);
+    let mut at = PREFIX.len();
+    for group in digest.chunks(3) {
         let mut bits = [0u8; 3];
         bits[..group.len()].copy_from_slice(group);
         let bits = (u32::from(bits[0]) << 16) | (u32::from(bits[1]) << 8) | u32::from(bits[2]);
         for i in 0..=group.len() {
-            out.push(char::from(BASE64[((bits >> (18 - 6 * i)) & 63) as usize]));
+            text[at] = BASE64[((bits >> (18 - 6 * i)) & 63) as usize];
+            at += 1;
         }
     }
+    // Every byte is ASCII.
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 #[cfg(test)]

@@ -251,18 +251,20 @@ fn owned(name: Spanned<Cow<'_, str>>) -> Spanned<String> {
 /// A TOML bare key.
 fn is_bare(name: &str) -> bool {
     !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && name.bytes().fold(true, |all, b| {
+            all & (b.is_ascii_alphanumeric() | (b == b'_') | (b == b'-'))
+        })
 }
 
 /// The text of `"…"` when it is all of `quoted` and holds no quote,
 /// backslash or control character (so it means what it reads as).
 fn plain_string(quoted: &str) -> Option<&str> {
     let text = quoted.strip_prefix('"')?.strip_suffix('"')?;
-    // Printable ASCII by bytes (every key and name); anything else by chars.
-    let ascii = |b: u8| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\';
-    (text.bytes().all(ascii)
+    // Printable ASCII by bytes (every key and name), all bytes looked at
+    // without stopping early (so the check is vectorized); anything else
+    // by chars.
+    let ascii = |b: u8| (b' ' <= b) & (b <= b'~') & (b != b'"') & (b != b'\\');
+    (text.bytes().fold(true, |all, b| all & ascii(b))
         || text
             .chars()
             .all(|c| c != '"' && c != '\\' && !c.is_control()))
