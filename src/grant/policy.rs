@@ -99,6 +99,16 @@ pub fn key_line(key: &GrantedKey) -> String {
     line
 }
 
+/// The length of [`key_line`] for `key`, without writing it.
+pub fn key_line_len(key: &GrantedKey) -> usize {
+    let options = if key.options.is_empty() {
+        0
+    } else {
+        key.options.len() + 1
+    };
+    options + key.algorithm.len() + key.blob.len() + GUEST_TAG.len() + key.guest.len() + 3
+}
+
 /// Appends [`key_line`] to `out` (no allocation of its own).
 pub fn push_key_line(out: &mut String, key: &GrantedKey) {
     if !key.options.is_empty() {
@@ -526,6 +536,22 @@ pub(crate) mod tests {
             }
             let read = KeyLine::parse(&line).map(|l| (l.options, l.algorithm, l.blob, l.guest));
             prop_assert_eq!(read, key_line_by_split(&line), "{:?}", line);
+        }
+    }
+
+    #[test]
+    fn a_key_lines_length_is_known_before_it_is_written() {
+        let key = |options: &str| GrantedKey {
+            guest: "bob".into(),
+            algorithm: "ssh-ed25519".into(),
+            blob: "AAAA".into(),
+            fingerprint: "SHA256:x".into(),
+            options: options.into(),
+            expires: None,
+        };
+        for options in ["", "from=\"192.0.2.1\"", "no-agent-forwarding,no-user-rc"] {
+            let k = key(options);
+            assert_eq!(key_line_len(&k), key_line(&k).len(), "{options:?}");
         }
     }
 

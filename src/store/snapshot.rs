@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::grant::policy::{is_line_of, push_key_line, OwnerAccess};
+use crate::grant::policy::{is_line_of, key_line_len, push_key_line, OwnerAccess};
 use crate::store::source::{FileVersion, Loaded, Outcome};
 use crate::sys::fsutil;
 
@@ -101,7 +101,20 @@ pub fn publish(path: &Path, data: &[u8]) -> io::Result<()> {
 
 /// The snapshot of `loaded`, as [`write`] writes it.
 pub fn encode(loaded: &Loaded, written_ns: i64) -> io::Result<Vec<u8>> {
-    let mut text = String::new();
+    // The body's size is known before it is written: no copying as it grows
+    // (three megabytes at 10,000 guests).
+    let body_len = match &loaded.outcome {
+        Outcome::Valid { policy, .. } => policy
+            .owners
+            .values()
+            .map(|a| {
+                let lines: usize = a.keys.iter().map(key_line_len).sum();
+                lines + slot_count(a.keys.len()) as usize * SLOT
+            })
+            .sum(),
+        _ => 0,
+    };
+    let mut text = String::with_capacity(body_len);
     let mut owners = BTreeMap::new();
     let mut digests = BTreeMap::new();
     let mut lines = Vec::new();
