@@ -10,9 +10,7 @@ use toml::Spanned;
 use crate::grant::diag::Diagnostic;
 use crate::grant::key::parse_key;
 use crate::grant::limits::{self, Limits, Network, MAX_FROM};
-use crate::grant::model::{
-    shares_work, Grants, Guest, GuestKey, Owner, Status, MAX_GRANT_FILE_BYTES,
-};
+use crate::grant::model::{Grants, Guest, GuestKey, Owner, Status, MAX_GRANT_FILE_BYTES};
 
 /// `Default` is what serde's `default` gives a missing field.
 #[derive(Debug, Deserialize, Default)]
@@ -39,7 +37,7 @@ pub(super) struct RawGuest {
     #[serde(default)]
     pub(super) status: Option<Status>,
     #[serde(default)]
-    pub(super) keys: Vec<Spanned<String>>,
+    pub(super) keys: Vec<Spanned<RawKey>>,
     #[serde(default)]
     pub(super) admin: bool,
     #[serde(default)]
@@ -48,6 +46,21 @@ pub(super) struct RawGuest {
     pub(super) from: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub(super) forwarding: Option<bool>,
+}
+
+/// A guest's key as read: its text, as `toml` gives it, or already
+/// parsed, as the plain reader gives it (each half of a large file's keys
+/// parsed by the thread that reads that half, without a copy of the text).
+#[derive(Debug)]
+pub(super) enum RawKey {
+    Text(String),
+    Parsed(Result<GuestKey, String>),
+}
+
+impl<'de> Deserialize<'de> for RawKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(RawKey::Text)
+    }
 }
 
 /// Parses and validates grant file text. Any finding makes the whole file
@@ -109,95 +122,98 @@ fn parse_raw(source: &str, plain: Option<RawFile>) -> Result<Grants, Vec<Diagnos
     };
 
     let mut errors = Errors::new(source);
-    // Parse every key first, in parallel on large files: it is most of the
-    // work of a reload.
-    let all_keys: Vec<&Spanned<String>> = raw
+    // Keys read through `toml` are parsed here, in parallel on large files:
+    // it is most of the work of a reload.
+    let texts: Vec<&str> = raw
         .owners
         .values()
         .flat_map(|o| o.guests.values())
         .flat_map(|g| g.keys.iter())
+        .filter_map(|k| match k.get_ref() {
+            RawKey::Text(text) => Some(text.as_str()),
+            RawKey::Parsed(_) => None,
+        })
         .collect();
-    let mut parsed_keys = parse_keys(&all_keys).into_iter();
+    let mut parsed_texts = parse_keys(&texts).into_iter();
 
+    // The raw structures are taken apart as they are checked: names and
+    // parsed keys move into the result, nothing is copied.
     let mut owners = Vec::new();
-    for (owner_name, raw_owner) in &raw.owners {
+    for (owner_name, raw_owner) in raw.owners {
         let offset = owner_name.span().start;
-        if let Err(why) = check_owner_name(owner_name.get_ref()) {
+        let owner_name = owner_name.into_inner();
+        if let Err(why) = check_owner_name(&owner_name) {
             errors.push(offset, why);
         }
-        let keys = raw_owner.guests.values().map(|g| g.keys.len()).sum();
-        let mut seen: HashMap<&str, &str, foldhash::fast::RandomState> =
-            HashMap::with_capacity_and_hasher(keys, Default::default());
-        let mut guests = Vec::new();
-        for (guest_name, raw_guest) in &raw_owner.guests {
-            if let Err(why) = check_guest_name(guest_name.get_ref()) {
-                errors.push(guest_name.span().start, why);
+        let mut guests = Vec::with_capacity(raw_owner.guests.len());
+        // Where each key is, in order, and whether every one parsed.
+        let mut key_offsets = Vec::new();
+        let mut all_parsed = true;
+        for (guest_name, mut raw_guest) in raw_owner.guests {
+            let guest_at = guest_name.span().start;
+            let guest_name = guest_name.into_inner();
+            if let Err(why) = check_guest_name(&guest_name) {
+                errors.push(guest_at, why);
             }
-            let mut keys = Vec::new();
-            for key in &raw_guest.keys {
-                match parsed_keys.next() {
-                    Some(Ok(parsed)) => keys.push(parsed),
-                    Some(Err(why)) => errors.push(key.span().start, why),
-                    None => errors.push(key.span().start, "key was not parsed".into()),
+            let mut keys = Vec::with_capacity(raw_guest.keys.len());
+            for key in std::mem::take(&mut raw_guest.keys) {
+                let at = key.span().start;
+                let parsed = match key.into_inner() {
+                    RawKey::Parsed(parsed) => parsed,
+                    RawKey::Text(_) => parsed_texts
+                        .next()
+                        .unwrap_or_else(|| Err("key was not parsed".into())),
+                };
+                match parsed {
+                    Ok(parsed) => {
+                        keys.push(parsed);
+                        key_offsets.push(at);
+                    }
+                    Err(why) => {
+                        all_parsed = false;
+                        errors.push(at, why);
+                    }
                 }
             }
+            let limits = guest_limits(&raw_guest, &mut errors);
             guests.push(Guest {
-                name: guest_name.get_ref().clone(),
+                name: guest_name,
                 status: raw_guest.status.unwrap_or(Status::Invited),
                 keys,
                 admin: raw_guest.admin,
-                limits: guest_limits(raw_guest, &mut errors),
+                limits,
             });
         }
         // One key may belong to one guest of an owner. (Checked only when
         // every key parsed, so keys and their positions line up.)
-        let all_parsed = raw_owner
-            .guests
-            .values()
-            .map(|g| g.keys.len())
-            .eq(guests.iter().map(|g| g.keys.len()));
-        let mut key_offsets = raw_owner
-            .guests
-            .values()
-            .flat_map(|g| g.keys.iter().map(|k| k.span().start));
-        for guest in guests.iter().filter(|_| all_parsed) {
-            for key in &guest.keys {
-                let at = key_offsets.next().unwrap_or(offset);
-                if let Some(first) = seen.insert(key.blob.as_str(), guest.name.as_str()) {
-                    errors.push(
-                        at,
-                        format!(
-                            "key {} of guest `{}` already belongs to guest `{first}` of owner `{}`; one key may belong to one guest only",
-                            key.fingerprint,
-                            guest.name,
-                            owner_name.get_ref()
-                        ),
-                    );
+        if all_parsed {
+            let mut seen: HashMap<&str, &str, foldhash::fast::RandomState> =
+                HashMap::with_capacity_and_hasher(key_offsets.len(), Default::default());
+            let mut key_offsets = key_offsets.into_iter();
+            for guest in &guests {
+                for key in &guest.keys {
+                    let at = key_offsets.next().unwrap_or(offset);
+                    if let Some(first) = seen.insert(key.blob.as_str(), guest.name.as_str()) {
+                        errors.push(
+                            at,
+                            format!(
+                                "key {} of guest `{}` already belongs to guest `{first}` of owner `{owner_name}`; one key may belong to one guest only",
+                                key.fingerprint,
+                                guest.name,
+                            ),
+                        );
+                    }
                 }
             }
         }
         owners.push(Owner {
-            name: owner_name.get_ref().clone(),
+            name: owner_name,
             offset,
             sharing: raw_owner.sharing,
             guests,
         });
     }
-    let grants = errors.finish(Grants { owners });
-    drop_aside(raw, source.len());
-    grants
-}
-
-/// Frees a large file's parsed form on a thread of its own: its tens of
-/// thousands of strings take over a millisecond to free at 10,000 guests,
-/// which the caller need not wait for.
-fn drop_aside(raw: RawFile, len: usize) {
-    if shares_work(len) {
-        // Not started: the closure, and `raw` in it, is dropped here.
-        let _ = std::thread::Builder::new()
-            .name("grants-free".into())
-            .spawn(move || drop(raw));
-    }
+    errors.finish(Grants { owners })
 }
 
 /// A guest's `expires`, `from` and `forwarding`; findings go to `errors`.
@@ -288,23 +304,17 @@ impl<'a> Errors<'a> {
 
 /// Parses keys in order, spread over the available cores when there are
 /// many.
-fn parse_keys(keys: &[&Spanned<String>]) -> Vec<Result<GuestKey, String>> {
+fn parse_keys(keys: &[&str]) -> Vec<Result<GuestKey, String>> {
     const PER_THREAD_MIN: usize = 2_000;
     let threads = crate::sys::cpus().min(keys.len() / PER_THREAD_MIN).max(1);
     if threads == 1 {
-        return keys.iter().map(|k| parse_key(k.get_ref())).collect();
+        return keys.iter().map(|k| parse_key(k)).collect();
     }
     let chunk = keys.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let handles: Vec<_> = keys
             .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|k| parse_key(k.get_ref()))
-                        .collect::<Vec<_>>()
-                })
-            })
+            .map(|part| scope.spawn(move || part.iter().map(|k| parse_key(k)).collect::<Vec<_>>()))
             .collect();
         handles
             .into_iter()

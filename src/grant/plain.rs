@@ -31,8 +31,9 @@ use toml_parser::decoder::{Encoding, ScalarKind};
 use toml_parser::parser::{EventReceiver, RecursionGuard, ValidateWhitespace};
 use toml_parser::{ErrorSink, ParseError, Source, Span};
 
+use super::key::parse_key;
 use super::model::{shares_work, Status};
-use super::parse::{RawFile, RawGuest, RawOwner};
+use super::parse::{RawFile, RawGuest, RawKey, RawOwner};
 
 /// `toml`'s own nesting limit; the plain layout never comes near it.
 const NESTING_LIMIT: u32 = 80;
@@ -138,7 +139,7 @@ enum Value<'i> {
     Boolean(bool),
     Datetime(Spanned<toml::value::Datetime>),
     /// An array of strings, with the span of the whole array.
-    Strings(Spanned<Vec<Spanned<String>>>),
+    Strings(Spanned<Vec<Spanned<Cow<'i, str>>>>),
 }
 
 /// Reads `source` if it is written exactly as the CLI writes a new file,
@@ -195,7 +196,7 @@ fn read_lines(source: &str, base: usize) -> Option<Part> {
                 let mut from = at + 1;
                 for item in split_on(items, &comma).filter(|_| !items.is_empty()) {
                     let text = plain_string(item)?;
-                    strings.push(Spanned::new(from..from + item.len(), text.to_string()));
+                    strings.push(Spanned::new(from..from + item.len(), Cow::Borrowed(text)));
                     from += item.len() + 2;
                 }
                 Value::Strings(Spanned::new(at..at + value.len(), strings))
@@ -284,17 +285,18 @@ enum State<'i> {
     /// After `key =`.
     Value(String),
     /// Inside a field's array of strings: where it opened, its items.
-    Array(String, usize, Vec<Spanned<String>>),
+    Array(String, usize, Vec<Spanned<Cow<'i, str>>>),
     /// Something outside the layout: the rest is ignored.
     Other,
     /// Transient, while a state is being replaced.
     Moving(PhantomData<&'i ()>),
 }
 
-/// The table whose fields are being read.
-enum Table {
+/// The table whose fields are being read. A guest's owner is named as
+/// read (no copy of the name for each of an owner's thousands of guests).
+enum Table<'i> {
     Owner(Spanned<String>, RawOwner),
-    Guest(Spanned<String>, Spanned<String>, RawGuest),
+    Guest(Spanned<Cow<'i, str>>, Spanned<String>, RawGuest),
 }
 
 struct Reader<'i> {
@@ -302,7 +304,7 @@ struct Reader<'i> {
     /// Where `source` starts in the file.
     base: usize,
     state: State<'i>,
-    table: Option<Table>,
+    table: Option<Table<'i>>,
     /// The fields set in the current table, to refuse one set twice.
     set: Vec<Cow<'i, str>>,
     file: RawFile,
@@ -390,7 +392,7 @@ impl<'i> Reader<'i> {
                 match self.decode_scalar(span, encoding)? {
                     (ScalarKind::String, text) => {
                         let text_span = text.span();
-                        items.push(Spanned::new(text_span, text.into_inner().into_owned()));
+                        items.push(Spanned::new(text_span, text.into_inner()));
                         State::Array(key, at, items)
                     }
                     _ => return None,
@@ -443,7 +445,7 @@ impl<'i> Reader<'i> {
     /// Starts the table a header names, if it is one of the layout's.
     fn open_table(&mut self, path: Vec<Spanned<Cow<'i, str>>>) -> Option<()> {
         let mut path = path.into_iter();
-        let (owners, owner) = (path.next()?, owned(path.next()?));
+        let (owners, owner) = (path.next()?, path.next()?);
         if owners.get_ref() != "owners" {
             return None;
         }
@@ -454,24 +456,25 @@ impl<'i> Reader<'i> {
                 // leave to `toml`.
                 if self
                     .explicit
-                    .insert(owner.get_ref().clone(), true)
+                    .insert(owner.get_ref().to_string(), true)
                     .is_some()
                 {
                     return None;
                 }
-                self.table = Some(Table::Owner(owner, RawOwner::default()));
+                self.table = Some(Table::Owner(owned(owner), RawOwner::default()));
             }
             (Some(guests), Some(guest), None) if guests.get_ref() == "guests" => {
                 let guest = owned(guest);
                 // (Looked up before it is inserted: no copy of the name
                 // for each of an owner's thousands of guests.)
-                if !self.explicit.contains_key(owner.get_ref()) {
-                    self.explicit.insert(owner.get_ref().clone(), false);
+                let name: &str = owner.get_ref();
+                if !self.explicit.contains_key(name) {
+                    self.explicit.insert(name.to_string(), false);
                 }
                 let known = self
                     .file
                     .owners
-                    .get(&owner)
+                    .get(name)
                     .is_some_and(|o| o.guests.contains_key(&guest));
                 if known {
                     return None;
@@ -492,7 +495,13 @@ impl<'i> Reader<'i> {
                 self.file.owners.insert(name, raw);
             }
             Some(Table::Guest(owner, guest, raw)) => {
-                let owner = self.file.owners.entry(owner).or_default();
+                let name: &str = owner.get_ref();
+                if !self.file.owners.contains_key(name) {
+                    self.file
+                        .owners
+                        .insert(owned(owner.clone()), RawOwner::default());
+                }
+                let owner = self.file.owners.get_mut(name)?;
                 if owner.guests.insert(guest, raw).is_some() {
                     return None;
                 }
@@ -523,10 +532,23 @@ fn set_guest_field(guest: &mut RawGuest, field: &str, value: Value<'_>) -> Optio
                 Status::deserialize(word.into_deserializer());
             guest.status = Some(status.ok()?);
         }
-        ("keys", Value::Strings(keys)) => guest.keys = keys.into_inner(),
+        // Each key parsed as it is read, by the thread reading this part.
+        ("keys", Value::Strings(keys)) => {
+            guest.keys = keys
+                .into_inner()
+                .into_iter()
+                .map(|k| Spanned::new(k.span(), RawKey::Parsed(parse_key(k.get_ref()))))
+                .collect()
+        }
         ("admin", Value::Boolean(admin)) => guest.admin = admin,
         ("expires", Value::Datetime(at)) => guest.expires = Some(at),
-        ("from", Value::Strings(from)) => guest.from = Some(from),
+        ("from", Value::Strings(from)) => {
+            let span = from.span();
+            guest.from = Some(Spanned::new(
+                span,
+                from.into_inner().into_iter().map(owned).collect(),
+            ))
+        }
         ("forwarding", Value::Boolean(on)) => guest.forwarding = Some(on),
         _ => return None,
     }
@@ -606,8 +628,19 @@ mod tests {
     use super::*;
 
     /// What serde fills from the same text, spans included.
+    /// `toml`'s reading, each key parsed as the plain reader parses it
+    /// (`toml` leaves the text).
     fn through_toml(source: &str) -> Option<RawFile> {
-        toml::from_str(source).ok()
+        let mut file: RawFile = toml::from_str(source).ok()?;
+        for guest in file.owners.values_mut().flat_map(|o| o.guests.values_mut()) {
+            for key in &mut guest.keys {
+                if let RawKey::Text(text) = key.get_ref() {
+                    let parsed = parse_key(text);
+                    *key.get_mut() = RawKey::Parsed(parsed);
+                }
+            }
+        }
+        Some(file)
     }
 
     /// Raw structures with every span spelled out (`Spanned` compares
