@@ -66,15 +66,23 @@ fn split_point(source: &str) -> Option<usize> {
 pub(super) fn read_split(source: &str, at: usize) -> Option<RawFile> {
     let (head, tail) = source.split_at(at);
     let (first, second) = std::thread::scope(|scope| {
-        let second = std::thread::Builder::new().spawn_scoped(scope, || read_part(tail, at));
+        let second = std::thread::Builder::new().spawn_scoped(scope, || {
+            crate::tt::mark("second start");
+            let r = read_part(tail, at);
+            crate::tt::mark("second end");
+            r
+        });
         let first = read_part(head, 0);
+        crate::tt::mark("first end");
         let second = match second {
             Ok(thread) => thread.join().ok().flatten(),
             Err(_) => read_part(tail, at),
         };
         (first, second)
     });
-    join(first?, second?)
+    let r = join(first?, second?);
+    crate::tt::mark("joined");
+    r
 }
 
 /// The second half's tables added to the first's, as the reader of the
@@ -264,7 +272,7 @@ fn plain_string(quoted: &str) -> Option<&str> {
     // Printable ASCII by bytes (every key and name), all bytes looked at
     // without stopping early (so the check is vectorized); anything else
     // by chars.
-    let ascii = |b: u8| (b' ' <= b) & (b <= b'~') & (b != b'"') & (b != b'\\');
+    let ascii = |b: u8| (b' '..=b'~').contains(&b) & (b != b'"') & (b != b'\\');
     (text.bytes().fold(true, |all, b| all & ascii(b))
         || text
             .chars()

@@ -323,9 +323,15 @@ pub fn compile(
             ));
             continue;
         }
+        let granted = owner
+            .guests
+            .iter()
+            .filter(|g| g.has_access(owner.sharing))
+            .map(|g| g.keys.len())
+            .sum();
         let mut access = OwnerAccess {
             uid: account.uid,
-            keys: Vec::new(),
+            keys: Vec::with_capacity(granted),
         };
         for guest in &owner.guests {
             if !guest.has_access(owner.sharing) {
