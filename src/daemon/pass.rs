@@ -172,9 +172,9 @@ impl Judge {
     /// guests, indexing every key was most of judging). Verdicts after this
     /// are for these records only: another key of a prepared owner would
     /// find no grant.
-    fn prepare(&mut self, config: &Config, records: &[SessionRecord]) {
+    fn prepare<R: std::borrow::Borrow<SessionRecord>>(&mut self, config: &Config, records: &[R]) {
         let mut wanted: HashMap<&str, Blobs<'_>> = HashMap::new();
-        for r in records {
+        for r in records.iter().map(std::borrow::Borrow::borrow) {
             wanted
                 .entry(r.owner.as_str())
                 .or_default()

@@ -528,15 +528,19 @@ fn at_jobs(dir: &Path, uid: u32) -> BTreeSet<String> {
 
 /// One look at one account: who is present, what appeared since the last
 /// look, and the verdict on each.
-fn look_at(
+fn look_at<R: std::borrow::Borrow<SessionRecord>>(
     account: &mut Account,
     roots: &Roots,
-    records: &[SessionRecord],
+    records: &[R],
     created: &[String],
     now: i64,
     found: &mut Vec<Report>,
 ) {
-    let mine: Vec<&SessionRecord> = records.iter().filter(|r| r.owner == account.name).collect();
+    let mine: Vec<&SessionRecord> = records
+        .iter()
+        .map(std::borrow::Borrow::borrow)
+        .filter(|r: &&SessionRecord| r.owner == account.name)
+        .collect();
     let guest_sessions: BTreeMap<String, String> = mine
         .iter()
         .filter_map(|r| match &r.placement {

@@ -3,6 +3,7 @@
 //! sshd process. Nothing the process can set (environment, arguments) plays
 //! a part.
 
+use std::borrow::Borrow;
 use std::path::Path;
 
 use crate::session::backend::cgroup;
@@ -10,7 +11,7 @@ use crate::store::records::SessionRecord;
 use crate::sys::procfs;
 
 /// The recorded session process `pid` belongs to, if any.
-pub fn session_of(records: &[SessionRecord], pid: i32) -> Option<&SessionRecord> {
+pub fn session_of<R: Borrow<SessionRecord>>(records: &[R], pid: i32) -> Option<&SessionRecord> {
     session_in(
         records,
         cgroup::group_of(pid).as_deref(),
@@ -20,12 +21,12 @@ pub fn session_of(records: &[SessionRecord], pid: i32) -> Option<&SessionRecord>
 
 /// The recorded session a process in cgroup `group`, descending from
 /// `ancestors`, belongs to.
-pub fn session_in<'a>(
-    records: &'a [SessionRecord],
+pub fn session_in<'a, R: Borrow<SessionRecord>>(
+    records: &'a [R],
     group: Option<&Path>,
     ancestors: &[procfs::Stat],
 ) -> Option<&'a SessionRecord> {
-    records.iter().find(|r| {
+    records.iter().map(Borrow::borrow).find(|r| {
         let by_group = group.is_some_and(|g| r.placement.backend().holds(r, g));
         let by_descent = ancestors
             .iter()

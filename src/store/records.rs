@@ -9,6 +9,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -140,7 +141,13 @@ pub fn read(path: &Path) -> io::Result<SessionRecord> {
 /// All records, oldest first. Unreadable records are returned as errors
 /// beside the good ones, so callers can both act and report.
 pub fn list(dir: &Path) -> (Vec<SessionRecord>, Vec<(PathBuf, io::Error)>) {
-    Cache::default().list(dir)
+    // The cache is gone once listed: each record is this list's alone.
+    let (records, bad) = Cache::default().list(dir);
+    let records = records
+        .into_iter()
+        .map(|r| Arc::try_unwrap(r).unwrap_or_else(|shared| (*shared).clone()))
+        .collect();
+    (records, bad)
 }
 
 /// Records already read, by file name and inode. A record is written once,
@@ -152,13 +159,14 @@ pub fn list(dir: &Path) -> (Vec<SessionRecord>, Vec<(PathBuf, io::Error)>) {
 /// sessions, reading them was most of a pass's enforcement.
 #[derive(Debug, Default)]
 pub struct Cache {
-    read: HashMap<OsString, (u64, SessionRecord), foldhash::fast::RandomState>,
+    read: HashMap<OsString, (u64, Arc<SessionRecord>), foldhash::fast::RandomState>,
 }
 
 impl Cache {
     /// As [`list`], reading only the records not read before; forgets the
-    /// ones that are gone.
-    pub fn list(&mut self, dir: &Path) -> (Vec<SessionRecord>, Vec<(PathBuf, io::Error)>) {
+    /// ones that are gone. The records are shared with the cache, not
+    /// copied (at 2,000 sessions the copies were most of the listing).
+    pub fn list(&mut self, dir: &Path) -> (Vec<Arc<SessionRecord>>, Vec<(PathBuf, io::Error)>) {
         let mut records = Vec::new();
         let mut bad = Vec::new();
         let entries = match fs::read_dir(dir) {
@@ -185,14 +193,14 @@ impl Cache {
             let record = match known {
                 Some((_, record)) => record,
                 None => match read(&entry.path()) {
-                    Ok(record) => record,
+                    Ok(record) => Arc::new(record),
                     Err(e) => {
                         bad.push((entry.path(), e));
                         continue;
                     }
                 },
             };
-            records.push(record.clone());
+            records.push(Arc::clone(&record));
             seen.insert(name, (inode, record));
         }
         self.read = seen;
