@@ -67,13 +67,10 @@ pub(super) fn read_split(source: &str, at: usize) -> Option<RawFile> {
     let (head, tail) = source.split_at(at);
     let (first, second) = std::thread::scope(|scope| {
         let second = std::thread::Builder::new().spawn_scoped(scope, || {
-            crate::tt::mark("second start");
             let r = read_part(tail, at);
-            crate::tt::mark("second end");
             r
         });
         let first = read_part(head, 0);
-        crate::tt::mark("first end");
         let second = match second {
             Ok(thread) => thread.join().ok().flatten(),
             Err(_) => read_part(tail, at),
@@ -81,7 +78,6 @@ pub(super) fn read_split(source: &str, at: usize) -> Option<RawFile> {
         (first, second)
     });
     let r = join(first?, second?);
-    crate::tt::mark("joined");
     r
 }
 
@@ -97,12 +93,14 @@ fn join(first: Part, second: Part) -> Option<RawFile> {
             }
             // `[owners.NAME]` after the first half defined that owner.
             Some(_) if header => return None,
+            // Merged whole (one pass over both sorted maps, not an insert
+            // per guest); a guest in both halves leaves fewer than both.
             Some(known) => {
-                for (guest, fields) in raw.guests {
-                    if known.guests.contains_key(&guest) {
-                        return None;
-                    }
-                    known.guests.insert(guest, fields);
+                let mut guests = raw.guests;
+                let both = known.guests.len() + guests.len();
+                known.guests.append(&mut guests);
+                if known.guests.len() != both {
+                    return None;
                 }
             }
         }
