@@ -43,6 +43,7 @@ fn fingerprint(key: &Key) -> String {
     vmshare::grant::key::parse_key(&key.public)
         .unwrap()
         .fingerprint
+        .to_string()
 }
 
 /// bob, logged in as alice, appends `key` to alice's authorized_keys in a

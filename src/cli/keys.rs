@@ -78,7 +78,7 @@ pub fn release(config: &Config, owner: &str, fingerprint: &str) -> ExitCode {
     let granted_to = loaded
         .policy()
         .and_then(|p| p.owners.get(owner))
-        .and_then(|a| a.keys.iter().find(|k| k.fingerprint == fingerprint))
+        .and_then(|a| a.keys.iter().find(|k| *k.fingerprint == *fingerprint))
         .map(|k| k.guest.clone());
     if let Some(guest) = granted_to {
         eprintln!(

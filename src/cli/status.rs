@@ -189,7 +189,7 @@ fn gather(config: &Config) -> StatusJson {
                         .iter()
                         .map(|k| KeyJson {
                             algorithm: k.algorithm.clone(),
-                            fingerprint: k.fingerprint.clone(),
+                            fingerprint: k.fingerprint.to_string(),
                             comment: k.comment.clone(),
                         })
                         .collect(),

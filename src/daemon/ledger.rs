@@ -20,7 +20,7 @@ pub fn note_grants(config: &Config, loaded: &Loaded, now: i64) {
         access
             .keys
             .iter()
-            .map(move |k| (owner.as_str(), k.fingerprint.as_str(), k.guest.as_str()))
+            .map(move |k| (owner.as_str(), &*k.fingerprint, &*k.guest))
     });
     // The usual pass: every key already noted, nothing to write.
     let text = ledger::read_for_check(&config.state_dir);
@@ -37,8 +37,8 @@ pub fn note_grants(config: &Config, loaded: &Loaded, now: i64) {
             for key in &access.keys {
                 changed |= l.record(Entry {
                     owner: owner.clone(),
-                    fingerprint: key.fingerprint.clone(),
-                    guest: key.guest.clone(),
+                    fingerprint: key.fingerprint.to_string(),
+                    guest: key.guest.to_string(),
                     origin: Origin::Granted,
                     since: now,
                 });

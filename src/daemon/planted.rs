@@ -73,7 +73,7 @@ pub fn key_lines(text: &str) -> BTreeSet<KeyLine> {
                 .split(',')
                 .any(|o| o.eq_ignore_ascii_case("cert-authority"));
             Some(KeyLine {
-                fingerprint: key.fingerprint,
+                fingerprint: key.fingerprint.to_string(),
                 authority,
             })
         })
@@ -650,11 +650,11 @@ mod tests {
             lines,
             BTreeSet::from([
                 KeyLine {
-                    fingerprint: fp.clone(),
+                    fingerprint: fp.to_string(),
                     authority: false
                 },
                 KeyLine {
-                    fingerprint: fp,
+                    fingerprint: fp.to_string(),
                     authority: true
                 },
             ])

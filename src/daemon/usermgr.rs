@@ -774,7 +774,7 @@ fn not_owner(verdict: Verdict) -> Option<Vec<String>> {
 fn granted(policy: Option<&Policy>, owner: &str) -> BTreeSet<String> {
     policy
         .and_then(|p| p.owners.get(owner))
-        .map(|a| a.keys.iter().map(|k| k.guest.clone()).collect())
+        .map(|a| a.keys.iter().map(|k| k.guest.to_string()).collect())
         .unwrap_or_default()
 }
 
@@ -784,7 +784,7 @@ fn has_access(policy: Option<&Policy>, owner: &str, guest: &str, now: i64) -> bo
     policy.and_then(|p| p.owners.get(owner)).is_some_and(|a| {
         a.keys
             .iter()
-            .any(|k| k.guest == guest && k.expires.is_none_or(|e| e > now))
+            .any(|k| *k.guest == *guest && k.expires.is_none_or(|e| e > now))
     })
 }
 

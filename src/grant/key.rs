@@ -111,8 +111,8 @@ fn parse_general(line: &str) -> Result<GuestKey, String> {
     }
     Ok(GuestKey {
         algorithm,
-        blob,
-        fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
+        blob: blob.into(),
+        fingerprint: key.fingerprint(HashAlg::Sha256).to_string().into(),
         comment: key.comment().to_string(),
     })
 }
@@ -150,8 +150,8 @@ fn parse_plain_ed25519(line: &str) -> Option<GuestKey> {
     }
     Some(GuestKey {
         algorithm: "ssh-ed25519".to_string(),
-        blob: blob.to_string(),
-        fingerprint: sha256_fingerprint(&wire),
+        blob: blob.into(),
+        fingerprint: sha256_fingerprint(&wire).into(),
         comment: comment.to_string(),
     })
 }
@@ -310,7 +310,7 @@ mod tests {
         for key in keys {
             let parsed = parse_key(key).unwrap_or_else(|e| panic!("{key}: {e}"));
             assert_eq!(Some(parsed.algorithm.as_str()), key.split(' ').next());
-            assert_eq!(Some(parsed.blob.as_str()), key.split(' ').nth(1));
+            assert_eq!(Some(&*parsed.blob), key.split(' ').nth(1));
         }
     }
 

@@ -359,7 +359,7 @@ pub fn decide(grants: &Grants, change: &Change) -> Result<(Option<Step>, String)
                     for (parsed, _) in &keys {
                         if other.keys.iter().any(|k| k.blob == parsed.blob) {
                             return Err(EditError::KeyTaken {
-                                fingerprint: parsed.fingerprint.clone(),
+                                fingerprint: parsed.fingerprint.to_string(),
                                 owner: owner_name.to_string(),
                                 guest: other.name.clone(),
                             });
@@ -538,7 +538,7 @@ impl Model {
                         .guests
                         .iter()
                         .map(|g| {
-                            let keys = g.keys.iter().map(|k| k.blob.clone()).collect();
+                            let keys = g.keys.iter().map(|k| k.blob.to_string()).collect();
                             (g.name.clone(), (g.status, keys, g.limits.clone(), g.admin))
                         })
                         .collect();

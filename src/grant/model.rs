@@ -2,6 +2,7 @@
 //! status and keys. Plain data; `parse` builds it, `policy` compiles it.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -87,9 +88,10 @@ pub struct GuestKey {
     /// e.g. `ssh-ed25519`.
     pub algorithm: String,
     /// The base64 key blob, canonical (re-encoded from the parsed key).
-    pub blob: String,
-    /// `SHA256:…`, as `ssh-keygen -l` prints it.
-    pub fingerprint: String,
+    /// Shared with the compiled policy, not copied into it.
+    pub blob: Arc<str>,
+    /// `SHA256:…`, as `ssh-keygen -l` prints it. Shared as the blob is.
+    pub fingerprint: Arc<str>,
     /// The comment the guest's key carried, if any.
     pub comment: String,
 }

@@ -193,7 +193,7 @@ fn parse_raw(source: &str, plain: Option<RawFile>) -> Result<Grants, Vec<Diagnos
             for guest in &guests {
                 for key in &guest.keys {
                     let at = key_offsets.next().unwrap_or(offset);
-                    if let Some(first) = seen.insert(key.blob.as_str(), guest.name.as_str()) {
+                    if let Some(first) = seen.insert(&*key.blob, guest.name.as_str()) {
                         errors.push(
                             at,
                             format!(

@@ -2,6 +2,7 @@
 //! account database. Pure: the account database is a parameter.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::grant::diag::Diagnostic;
 use crate::grant::limits::Limits;
@@ -23,10 +24,10 @@ pub trait Accounts {
 /// One key that may log in as an owner, and whose it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantedKey {
-    pub guest: String,
+    pub guest: Arc<str>,
     pub algorithm: String,
-    pub blob: String,
-    pub fingerprint: String,
+    pub blob: Arc<str>,
+    pub fingerprint: Arc<str>,
     /// The guest's limits as sshd options ([`Limits::options`]); empty if
     /// none.
     pub options: String,
@@ -68,7 +69,7 @@ impl OwnerAccess {
     pub fn key_line(&self, algorithm: &str, blob: &str) -> Option<String> {
         self.keys
             .iter()
-            .find(|k| k.algorithm == algorithm && k.blob == blob)
+            .find(|k| k.algorithm == algorithm && *k.blob == *blob)
             .map(key_line)
     }
 
@@ -338,12 +339,15 @@ pub fn compile(
                 continue;
             }
             let options = guest.limits.options();
+            // The guest's name once for all its keys; blobs and
+            // fingerprints shared with the grants, not copied.
+            let name: Arc<str> = Arc::from(guest.name.as_str());
             for key in &guest.keys {
                 access.keys.push(GrantedKey {
-                    guest: guest.name.clone(),
+                    guest: Arc::clone(&name),
                     algorithm: key.algorithm.clone(),
-                    blob: key.blob.clone(),
-                    fingerprint: key.fingerprint.clone(),
+                    blob: Arc::clone(&key.blob),
+                    fingerprint: Arc::clone(&key.fingerprint),
                     options: options.clone(),
                     expires: guest.limits.expires,
                 });

@@ -23,7 +23,7 @@ pub fn fingerprint(key: &AuthKey) -> Option<String> {
     }
     crate::grant::key::parse_key(&format!("{} {}", key.algorithm, key.blob))
         .ok()
-        .map(|k| k.fingerprint)
+        .map(|k| k.fingerprint.to_string())
 }
 
 /// One owner's keys as the ledger knows them, for one login.

@@ -840,7 +840,7 @@ mod tests {
         for (owner, access) in &loaded.policy().unwrap().owners {
             for k in &access.keys {
                 let line = crate::grant::policy::key_line(k);
-                granted.push((owner.clone(), k.algorithm.clone(), k.blob.clone(), line));
+                granted.push((owner.clone(), k.algorithm.clone(), k.blob.to_string(), line));
             }
         }
         assert_eq!(granted.len(), 7);

@@ -136,7 +136,7 @@ pub fn check_grants(src: &str) {
                 .expect("printed key re-encodes");
             assert_eq!(
                 canonical.split(' ').nth(1),
-                Some(key.blob.as_str()),
+                Some(&*key.blob),
                 "{line:?} is not canonical"
             );
             let guest_name = key
@@ -542,12 +542,12 @@ pub fn check_index(path: &Path, input: &IndexInput) {
             .expect("generated owner");
         let (algorithm, blob) = index_key(key);
         // One key, one guest of an owner (the grant file's rule).
-        if access.keys.iter().all(|k| k.blob != blob) {
+        if access.keys.iter().all(|k| *k.blob != *blob) {
             access.keys.push(GrantedKey {
-                guest: format!("g{guest}"),
+                guest: format!("g{guest}").into(),
                 algorithm,
-                blob,
-                fingerprint: String::new(),
+                blob: blob.into(),
+                fingerprint: "".into(),
                 options: String::new(),
                 expires: None,
             });
