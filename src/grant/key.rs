@@ -137,8 +137,8 @@ const ED25519_BLOB_CHARS: usize = 68;
 fn parse_plain_ed25519(line: &str) -> Option<GuestKey> {
     // As ssh-key splits a line: trailing whitespace trimmed, single spaces.
     let rest = line.trim_end().strip_prefix("ssh-ed25519 ")?;
-    let (blob, comment) = match rest.split_once(' ') {
-        Some((blob, comment)) => (blob, comment),
+    let (blob, comment) = match memchr::memchr(b' ', rest.as_bytes()) {
+        Some(at) => (rest.get(..at)?, rest.get(at + 1..)?),
         None => (rest, ""),
     };
     if blob.len() != ED25519_BLOB_CHARS {
@@ -277,15 +277,16 @@ fn sha256_fingerprint(data: &[u8]) -> String {
     // 32 bytes: ten whole groups of three, then two bytes (three characters).
     let mut text = [0u8; PREFIX.len() + 43];
     text[..PREFIX.len()].copy_from_slice(PREFIX);
-    let digest = Sha256::digest(data);
-    let mut at = PREFIX.len();
-    for group in digest.chunks(3) {
-        let mut bits = [0u8; 3];
-        bits[..group.len()].copy_from_slice(group);
-        let bits = (u32::from(bits[0]) << 16) | (u32::from(bits[1]) << 8) | u32::from(bits[2]);
-        for i in 0..=group.len() {
-            text[at] = BASE64[((bits >> (18 - 6 * i)) & 63) as usize];
-            at += 1;
+    let digest: [u8; 32] = Sha256::digest(data).into();
+    // Three bytes, four characters; the last two bytes give three.
+    let (whole, rest) = digest.split_at(30);
+    let groups = whole.chunks_exact(3).map(|g| [g[0], g[1], g[2]]);
+    let last = [[rest[0], rest[1], 0]];
+    let out = text[PREFIX.len()..].chunks_mut(4);
+    for (group, out) in groups.chain(last).zip(out) {
+        let bits = u32::from_be_bytes([0, group[0], group[1], group[2]]);
+        for (i, c) in out.iter_mut().enumerate() {
+            *c = BASE64[((bits >> (18 - 6 * i)) & 63) as usize];
         }
     }
     // Every byte is ASCII (the lossy form, cheaper to write, was slower).

@@ -107,6 +107,8 @@ fn parse_with(source: &str, plain: bool) -> Result<Grants, Vec<Diagnostic>> {
 /// Validates the file `source` read as `plain` (`None`: read it through
 /// `toml`).
 fn parse_raw(source: &str, plain: Option<RawFile>) -> Result<Grants, Vec<Diagnostic>> {
+    // The plain reader parses every key as it reads it; `toml` parses none.
+    let keys_parsed = plain.is_some();
     let general = || toml::from_str::<RawFile>(source);
     let raw: RawFile = match plain.map_or_else(general, Ok) {
         Ok(raw) => raw,
@@ -127,6 +129,7 @@ fn parse_raw(source: &str, plain: Option<RawFile>) -> Result<Grants, Vec<Diagnos
     let texts: Vec<&str> = raw
         .owners
         .values()
+        .filter(|_| !keys_parsed)
         .flat_map(|o| o.guests.values())
         .flat_map(|g| g.keys.iter())
         .filter_map(|k| match k.get_ref() {
