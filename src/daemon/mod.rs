@@ -72,7 +72,8 @@ pub fn main() -> ExitCode {
         }
     };
     if args.compile {
-        let (compiled, loaded) = compile_grant_file(&config);
+        // The snapshot it replaced goes once the daemon has its answer.
+        let (compiled, loaded, _replaced) = compile_grant_file(&config);
         // The process ends next: its memory goes back whole, not in the
         // tens of thousands of frees a drop would make.
         std::mem::forget(loaded);

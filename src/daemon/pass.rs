@@ -93,7 +93,7 @@ pub struct Compiled {
 /// Reads the grant file and writes the snapshot. The daemon runs this in a
 /// short-lived child process (`vmshared --compile`), so the memory a large
 /// grant file needs is returned to the system when the child exits.
-pub fn compile_grant_file(config: &Config) -> (Compiled, Loaded) {
+pub fn compile_grant_file(config: &Config) -> (Compiled, Loaded, snapshot::Replaced) {
     let loaded = source::load(&config.grants, &SystemAccounts);
     let findings = match &loaded.outcome {
         Outcome::Missing => Vec::new(),
@@ -109,18 +109,25 @@ pub fn compile_grant_file(config: &Config) -> (Compiled, Loaded) {
             .collect(),
     };
     let _ = prepare_run_dir(config);
+    let replaced = snapshot::Replaced::keep(&config.snapshot_path());
     let written_ns = now_ns();
-    // The snapshot is encoded while the key ledger is brought up to date
-    // (each is a sixth of a compile at 10,000 guests), and published only
-    // once the ledger holds every granted key: no lookup grants a key the
-    // ledger does not know as a guest's.
-    let encoded = std::thread::scope(|s| {
-        s.spawn(|| {
+    // The snapshot is encoded and written beside its place while the key
+    // ledger is brought up to date (each is a sixth of a compile at 10,000
+    // guests), and put in place only once the ledger holds every granted
+    // key: no lookup grants a key the ledger does not know as a guest's.
+    let written = std::thread::scope(|s| {
+        let ledger = s.spawn(|| {
             super::ledger::note_grants(config, &loaded, written_ns.div_euclid(1_000_000_000));
         });
-        snapshot::encode(&loaded, written_ns)
+        let encoded = snapshot::encode(&loaded, written_ns);
+        encoded.and_then(|data| {
+            snapshot::publish_after(&config.snapshot_path(), &data, || {
+                ledger
+                    .join()
+                    .map_err(|_| std::io::Error::other("the key ledger's update failed"))
+            })
+        })
     });
-    let written = encoded.and_then(|data| snapshot::publish(&config.snapshot_path(), &data));
     let compiled = Compiled {
         state: loaded.outcome.state(),
         sha256: loaded.sha256.clone(),
@@ -138,7 +145,7 @@ pub fn compile_grant_file(config: &Config) -> (Compiled, Loaded) {
     if let Err(e) = written {
         error!(path = %config.snapshot_path().display(), "cannot write snapshot: {e}");
     }
-    (compiled, loaded)
+    (compiled, loaded, replaced)
 }
 
 /// The keys (blobs) of the sessions a pass judges, by the thousand: a fast
@@ -422,7 +429,7 @@ pub fn apply_at(
             (compiled, judge, cpu)
         }
         None => {
-            let (compiled, loaded) = compile_grant_file(config);
+            let (compiled, loaded, _) = compile_grant_file(config);
             (
                 compiled,
                 Judge::new(JudgeSource::InProcess(Box::new(loaded))),
