@@ -477,14 +477,8 @@ impl<'i> Reader<'i> {
                 if !self.explicit.contains_key(name) {
                     self.explicit.insert(name.to_string(), false);
                 }
-                let known = self
-                    .file
-                    .owners
-                    .get(name)
-                    .is_some_and(|o| o.guests.contains_key(&guest));
-                if known {
-                    return None;
-                }
+                // A guest's table read twice is refused when it is filed
+                // the second time (`close_table`), not looked up here.
                 self.table = Some(Table::Guest(owner, guest, RawGuest::default()));
             }
             _ => return None,
@@ -693,6 +687,24 @@ mod tests {
         assert!(agrees(""));
         assert!(agrees("# nothing\n\n"));
         assert!(agrees("[owners.alice]\n"));
+    }
+
+    /// A guest's table given twice, with other tables between or not, is
+    /// not read here (so `toml` reports it), by lines or by events.
+    #[test]
+    fn a_guest_table_given_twice_is_declined() {
+        let guest = "[owners.alice.guests.bob]\nstatus = \"accepted\"\n";
+        let other = "[owners.alice.guests.carol]\nstatus = \"left\"\n";
+        for text in [
+            format!("{guest}{guest}"),
+            format!("{guest}{other}{guest}"),
+            format!("[owners.alice]\nsharing = true\n{guest}{other}{guest}"),
+            format!("{guest}# a comment: read by events\n{other}{guest}"),
+        ] {
+            assert!(read_lines(&text, 0).is_none(), "{text}");
+            assert!(read(&text).is_none(), "{text}");
+            assert!(through_toml(&text).is_none(), "{text}");
+        }
     }
 
     /// A file of `guests` guests of alice, as the CLI writes it.
