@@ -66,10 +66,7 @@ fn split_point(source: &str) -> Option<usize> {
 pub(super) fn read_split(source: &str, at: usize) -> Option<RawFile> {
     let (head, tail) = source.split_at(at);
     let (first, second) = std::thread::scope(|scope| {
-        let second = std::thread::Builder::new().spawn_scoped(scope, || {
-            let r = read_part(tail, at);
-            r
-        });
+        let second = std::thread::Builder::new().spawn_scoped(scope, || read_part(tail, at));
         let first = read_part(head, 0);
         let second = match second {
             Ok(thread) => thread.join().ok().flatten(),
@@ -77,8 +74,7 @@ pub(super) fn read_split(source: &str, at: usize) -> Option<RawFile> {
         };
         (first, second)
     });
-    let r = join(first?, second?);
-    r
+    join(first?, second?)
 }
 
 /// The second half's tables added to the first's, as the reader of the
