@@ -1,7 +1,7 @@
 //! vmshare's benchmarks: each figure is a ratio or a percentile measured
 //! against a baseline in the same run (these machines are noisy).
 //!
-//! Run: `scripts/bench` (all), or `scripts/bench lookup login ledger revoke
+//! Run: `scripts/bench` (all), or `scripts/bench lookup login owner-login revoke
 //! stale reload pass footprint` (a subset). `scripts/bench fleet` (etcd and
 //! vmshare-sync; see benches/fleet) runs only when named, or a part of it
 //! as `fleet-one`, `fleet-all`, `fleet-fanout`, `fleet-storm`,
@@ -63,14 +63,11 @@ fn main() {
     if run("login") {
         rows.extend(bench_login());
     }
-    if run("ledger") {
-        // A host's usual ledger, and 10,000 guests × 2 keys.
-        rows.push(bench_ledger_login(100));
-        rows.push(bench_ledger_login(20_000));
+    if run("owner-login") {
+        rows.push(bench_owner_login());
     }
     if run("revoke") {
-        rows.push(bench_revoke(false));
-        rows.push(bench_revoke(true));
+        rows.push(bench_revoke());
     }
     if run("deadline") {
         rows.push(bench_deadline());
@@ -770,73 +767,47 @@ fn bench_login() -> Vec<Row> {
     ]
 }
 
-/// An owner's own login (`ssh alice@host true` with her own key) with no
-/// key ledger vs a ledger of `entries` keys, the owner's key in neither;
-/// same sshd, alternating login by login.
-fn bench_ledger_login(entries: u32) -> Row {
-    use vmshare::store::ledger::{Entry, Ledger, Origin};
+/// A sharing owner's own login (`ssh alice@host true`: her key held by
+/// vmshare and served by the key lookup, sshd reading no file in her home)
+/// vs an owner who does not share (`ssh carol@host true`: a one-line
+/// authorized_keys read by sshd); same sshd, alternating login by login.
+fn bench_owner_login() -> Row {
     const LOGINS: usize = 45;
     let host = Host::start();
     let alice = owner(&host, "alice");
+    let carol = owner(&host, "carol");
     let bob = host.keypair("bob");
     host.write_grants(&format!(
         "[owners.alice]\nsharing = true\n[owners.alice.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{}\"]\n",
         bob.public
     ));
-    let mut ledger = Ledger::default();
-    let b64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    for i in 0..entries {
-        let mut fp = String::from("SHA256:");
-        let mut n = u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        for _ in 0..43 {
-            fp.push(char::from(b64[(n % 64) as usize]));
-            n = n.rotate_left(7) ^ u64::from(i);
-        }
-        ledger.record(Entry {
-            owner: if i % 2 == 0 {
-                "alice".into()
-            } else {
-                format!("owner{}", i % 50)
-            },
-            fingerprint: fp,
-            guest: format!("guest{i}"),
-            origin: Origin::Granted,
-            since: 1_764_500_000,
-        });
-    }
-    let text = ledger.encode();
-    assert_eq!(Ledger::parse(&text).unwrap().len(), entries as usize);
-    let path = format!("{}/ledger", harness::STATE_DIR);
-    host.mkdir(harness::STATE_DIR, 0o700);
-    let login = || {
+    host.hold("alice");
+    let login = |user: &str, key: &Key| {
         let started = Instant::now();
-        let out = host.ssh("alice", &alice, "true");
-        assert!(out.status.success(), "alice's own login: {out:?}");
+        let out = host.ssh(user, key, "true");
+        assert!(out.status.success(), "{user}'s own login: {out:?}");
         started.elapsed()
     };
-    let (mut without, mut with) = (Vec::new(), Vec::new());
+    let (mut plain, mut held) = (Vec::new(), Vec::new());
     for round in 0..LOGINS + 5 {
-        let _ = fs::remove_file(host.path(&path));
-        let a = login();
-        host.write_file(&path, &text, 0, 0, 0o600);
-        let b = login();
+        let a = login("carol", &carol);
+        let b = login("alice", &alice);
         if round >= 5 {
-            without.push(a);
-            with.push(b);
+            plain.push(a);
+            held.push(b);
         }
     }
     assert!(
         host.session_records().is_empty(),
         "alice's login was a guest's"
     );
-    let (e, l) = (median(without), median(with));
-    let ratio = l.as_secs_f64() / e.as_secs_f64();
+    let (p, h) = (median(plain), median(held));
+    let ratio = h.as_secs_f64() / p.as_secs_f64();
     Row {
         figure: format!(
-            "owner's own login with a key ledger of {entries} keys ({} KiB) vs none (median of {LOGINS})",
-            text.len() / 1024
+            "sharing owner's own login, keys held by vmshare, vs a one-line authorized_keys login (median of {LOGINS})"
         ),
-        measured: format!("{ratio:.3}× ({l:.1?} vs {e:.1?})"),
+        measured: format!("{ratio:.3}× ({h:.1?} vs {p:.1?})"),
         goal: "≤ 1.05×".into(),
         met: ratio <= 1.05,
     }
@@ -860,39 +831,10 @@ fn shared_with_bob() -> (Host, Key, String, harness::Daemon) {
 }
 
 /// From just before rename() of the grant file to the session's cgroup
-/// being empty (its last process gone), over 100 trials. `laundered`: bob
-/// first copied his key into alice's own authorized_keys, and each trial
-/// has two sessions of his with it (the key ledger makes them his); the
-/// time is to both groups empty.
-fn bench_revoke(laundered: bool) -> Row {
+/// being empty (its last process gone), over 100 trials.
+fn bench_revoke() -> Row {
     let (host, bob, granted, _daemon) = shared_with_bob();
-    let sessions = if laundered {
-        let out = host.ssh(
-            "alice",
-            &bob,
-            &format!(
-                "echo '{}' >> ~/.ssh/authorized_keys && echo done",
-                bob.public
-            ),
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "done",
-            "{out:?}"
-        );
-        // The laundering login's sshd may take a moment to go.
-        let since = Instant::now();
-        while !harness::fleet::populated_session_groups(&host.sessions_cgroup()).is_empty() {
-            assert!(
-                since.elapsed() < Duration::from_secs(10),
-                "the laundering login stayed"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        2
-    } else {
-        1
-    };
+    let sessions = 1;
     let revoked = granted.replace("accepted", "rejected");
     let mut times = Vec::new();
     for _ in 0..100 {
@@ -921,11 +863,7 @@ fn bench_revoke(laundered: bool) -> Row {
     let p50 = percentile(times.clone(), 0.5);
     let p99 = percentile(times.clone(), 0.99);
     let max = percentile(times, 1.0);
-    let figure = if laundered {
-        "revoke → both sessions with a laundered key gone (100 trials)"
-    } else {
-        "revoke → live session's last process gone (100 trials)"
-    };
+    let figure = "revoke → live session's last process gone (100 trials)";
     Row {
         figure: figure.into(),
         measured: format!("p50 {p50:.1?}, p99 {p99:.1?}, max {max:.1?}"),

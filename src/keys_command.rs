@@ -1,18 +1,23 @@
 //! The key lookup program sshd runs as
-//! `AuthorizedKeysCommand vmshare-keys %u %f %t %k`: prints the line of the
-//! offered key (`%t %k`) if it is an accepted guest's key for account `%u`;
-//! called with `%u` alone (an older drop-in), all of them. stdout carries
-//! key lines only; every failure prints nothing and exits non-zero.
+//! `AuthorizedKeysCommand vmshare-keys %u %f %t %k` for the members of the
+//! owners' group (the drop-in's `Match Group`): prints the owner's own
+//! held lines, and the line of the offered key (`%t %k`) if it is an
+//! accepted guest's key for account `%u`; called with `%u` alone (an older
+//! drop-in), all current guest lines. stdout carries key lines only.
 
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::grant::owner_lines;
+use crate::grant::policy::KeyLine;
 use crate::store::config::Config;
-use crate::store::lookup::{write_lines, Via, Want};
+use crate::store::lookup::{self, Via};
+use crate::store::owner_keys;
 use crate::sys::accounts::SystemAccounts;
 use crate::sys::log::syslog::{log, Level};
+use crate::sys::owners_group;
 
 const IDENT: &str = "vmshare-keys";
 
@@ -58,7 +63,12 @@ fn parse_args(args: Vec<OsString>) -> Result<Args, String> {
     })
 }
 
-/// Runs the key lookup, writing key lines to `out`.
+/// Runs the key lookup, writing key lines to `out`: for a sharing owner
+/// (a member of the owners' group) her own held lines, then the offered
+/// key's guest line when it is an accepted guest's. The owner's lines do
+/// not depend on the grant file: an invalid one costs guests their access,
+/// never the owner hers. For anyone else, nothing (sshd reads their home
+/// files as it always did).
 pub fn run<W: Write>(args: Vec<OsString>, out: &mut W) -> ExitCode {
     let args = match parse_args(args) {
         Ok(a) => a,
@@ -67,56 +77,111 @@ pub fn run<W: Write>(args: Vec<OsString>, out: &mut W) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Some(user) = args.user else {
+    let Some(user) = args.user.as_deref() else {
         return ExitCode::SUCCESS;
     };
-    let config = match Config::load(args.config.as_deref()) {
-        Ok(c) => c,
+    let (config, config_error) = match Config::load(args.config.as_deref()) {
+        Ok(c) => (c, None),
+        Err(e) => (Config::default(), Some(e.to_string())),
+    };
+    match owners_group::is_member(user) {
+        Ok(true) => {}
+        Ok(false) => return ExitCode::SUCCESS,
         Err(e) => {
+            log(IDENT, Level::Error, &format!("no keys for {user}: {e}"));
+            return ExitCode::FAILURE;
+        }
+    }
+    let held = match owner_keys::read(&config.state_dir, user) {
+        Ok(Some(held)) => held,
+        Ok(None) => {
             log(
                 IDENT,
                 Level::Error,
-                &format!("no guest keys: bad configuration: {e}"),
+                &format!(
+                    "{user} is in group {} but vmshare holds no keys for {user}: \
+                     no key logs in (run `vmshare owner-keys import {user}`)",
+                    owners_group::GROUP
+                ),
             );
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            log(IDENT, Level::Error, &format!("no keys for {user}: {e}"));
             return ExitCode::FAILURE;
         }
     };
-    let want = match &args.key {
-        None => Want::All,
-        Some(Some((algorithm, blob))) => Want::Key { algorithm, blob },
-        Some(None) => return ExitCode::SUCCESS,
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(i64::MAX, |d| d.as_secs() as i64);
-    match write_lines(&config, &user, want, now, &SystemAccounts, out) {
-        Ok(via) => {
-            if via == Via::NoGrantFile {
-                log(
+    let mut text = owner_lines::render(&held.lines);
+    if let Some(e) = config_error {
+        log(
+            IDENT,
+            Level::Error,
+            &format!("no guest keys: bad configuration (the owner's own keys served from the default state dir): {e}"),
+        );
+    } else {
+        match guest_lines(&config, user, &args, &held.lines) {
+            Ok(lines) => text.push_str(&lines),
+            Err(e) => {
+                let fp = args.fingerprint.clone().unwrap_or_default();
+                crate::sys::log::audit::emit(
                     IDENT,
-                    Level::Notice,
-                    &format!(
-                        "no grant file at {}; nothing is shared",
-                        config.grants.display()
-                    ),
+                    Level::Error,
+                    &crate::sys::log::audit::Event {
+                        kind: Some(crate::sys::log::audit::Kind::Refusal),
+                        owner: user,
+                        fingerprint: &fp,
+                        message: &format!("no guest keys: {e}"),
+                        ..crate::sys::log::audit::Event::default()
+                    },
                 );
             }
-            ExitCode::SUCCESS
         }
+    }
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let fp = args.fingerprint.unwrap_or_default();
-            crate::sys::log::audit::emit(
-                IDENT,
-                Level::Error,
-                &crate::sys::log::audit::Event {
-                    kind: Some(crate::sys::log::audit::Kind::Refusal),
-                    owner: &user,
-                    fingerprint: &fp,
-                    message: &format!("no guest keys: {e}"),
-                    ..crate::sys::log::audit::Event::default()
-                },
-            );
+            log(IDENT, Level::Error, &format!("writing keys: {e}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The guests' lines sshd may use for this call: the offered key's, or
+/// (given no key) all current ones. A key the owner holds as her own is
+/// hers alone, whatever the grant file says.
+fn guest_lines(
+    config: &Config,
+    user: &str,
+    args: &Args,
+    held: &[owner_lines::OwnerLine],
+) -> Result<String, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(i64::MAX, |d| d.as_secs() as i64);
+    let answer = match &args.key {
+        None => lookup::current_owner_lines(config, user, now, &SystemAccounts)?,
+        Some(Some((algorithm, blob))) => {
+            if owner_lines::holds_key(held, blob) {
+                return Ok(String::new());
+            }
+            lookup::owner_key_line(config, user, algorithm, blob, Some(now), &SystemAccounts)?
+        }
+        Some(None) => return Ok(String::new()),
+    };
+    if answer.via == Via::NoGrantFile {
+        log(
+            IDENT,
+            Level::Notice,
+            &format!(
+                "no grant file at {}; nothing is shared",
+                config.grants.display()
+            ),
+        );
+    }
+    Ok(answer
+        .lines
+        .lines()
+        .filter(|l| KeyLine::parse(l).is_some_and(|k| !owner_lines::holds_key(held, k.blob)))
+        .map(|l| format!("{l}\n"))
+        .collect())
 }

@@ -11,9 +11,10 @@ mod check;
 mod docs;
 mod doctor;
 mod doctor_admin;
+mod doctor_sshd;
 mod guest;
-mod keys;
 mod output;
+mod owner_keys;
 mod session_list;
 mod sessions;
 mod share;
@@ -40,7 +41,7 @@ use crate::store::config::Config;
         /etc/vmshare/vmshare.toml  agent configuration (--config)\n  \
         /etc/vmshare/grants.toml   the grant file: who may log in as whom\n  \
         /run/vmshare/              snapshot, session records, control socket\n  \
-        /var/lib/vmshare/ledger    the key ledger: every key a guest was granted or used\n\n\
+        /var/lib/vmshare/owner-keys/  sharing owners' own keys, held by root\n\n\
         Exit status: 0 done (or already so), 1 refused or a problem found, \
         2 bad usage or configuration."
 )]
@@ -159,12 +160,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The key ledger: every key ever granted to a guest or used by a guest
-    /// session. Such a key logs in as that guest wherever sshd finds it
-    /// (also in the owner's own authorized_keys), and is refused once the
-    /// guest's access is gone.
-    #[command(subcommand)]
-    Keys(KeysCommand),
+    /// A sharing owner's own keys, held by root: while an owner shares,
+    /// sshd reads no key file in her home (a guest runs as the owner and
+    /// could write them) and the key lookup serves these instead.
+    #[command(subcommand, name = "owner-keys")]
+    OwnerKeys(OwnerKeysCommand),
     /// Check that sshd, PAM, the grant file, the daemon and cgroups are set
     /// up for vmshare (exit 1 if something would break enforcement).
     Doctor(doctor::DoctorArgs),
@@ -186,23 +186,43 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum KeysCommand {
-    /// List the keys in the ledger: owner, fingerprint, guest, and how the
-    /// key became the guest's (granted, authenticated, planted).
+pub enum OwnerKeysCommand {
+    /// Show the owner's held key lines with their fingerprints.
     List {
-        /// Only this owner's keys.
-        owner: Option<String>,
+        owner: String,
         /// Print JSON (format 1) instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Give a key back to its owner (root only, audited): it is no guest's
-    /// from then on, so the owner's own key files let it in as the owner.
-    Release {
-        /// The owner whose key it is.
+    /// Add authorized_keys lines (options kept as written) to the owner's
+    /// held keys. Refused for a key granted to a guest of hers.
+    Add {
         owner: String,
-        /// The key's fingerprint, `SHA256:…` (as `vmshare keys list` shows).
-        fingerprint: String,
+        /// One authorized_keys line; repeatable.
+        #[arg(long = "line", value_name = "LINE", required = true)]
+        lines: Vec<String>,
+    },
+    /// Remove the held lines of a key, by fingerprint (`SHA256:…`).
+    Remove { owner: String, fingerprint: String },
+    /// Take the owner's keys over from her home files (the first time), or
+    /// list the lines that appeared there since and, with --yes, add them.
+    Import {
+        /// The owner; or --all for every owner in the grant file.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        owner: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// Add the lines that appeared since the takeover.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// For an owner no longer in the grant file: let sshd read her home
+    /// key files again. Lines that appeared there since the takeover are
+    /// listed; without --yes she stays held and they do not log in.
+    Release {
+        owner: String,
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -242,6 +262,15 @@ pub enum OnOff {
 
 /// Runs the CLI; the single place where errors become an exit code.
 pub fn main() -> ExitCode {
+    // The helper that reads an owner's home key files as the owner, for a
+    // takeover or an import.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == crate::sys::as_user::READ_FLAG)
+    {
+        return crate::sys::as_user::serve(&args);
+    }
     let cli = Cli::parse();
     // Printing docs needs no configuration.
     match &cli.command {
@@ -281,12 +310,17 @@ pub fn main() -> ExitCode {
         } => share::leave(&config, OwnerGuest { owner, guest }),
         Command::Leave { .. } => guest::leave(&config),
         Command::Whoami { json } => guest::whoami(&config, json),
-        Command::Keys(KeysCommand::List { owner, json }) => {
-            keys::list(&config, owner.as_deref(), json)
-        }
-        Command::Keys(KeysCommand::Release { owner, fingerprint }) => {
-            keys::release(&config, &owner, &fingerprint)
-        }
+        Command::OwnerKeys(c) => match c {
+            OwnerKeysCommand::List { owner, json } => owner_keys::list(&config, &owner, json),
+            OwnerKeysCommand::Add { owner, lines } => owner_keys::add(&config, &owner, &lines),
+            OwnerKeysCommand::Remove { owner, fingerprint } => {
+                owner_keys::remove(&config, &owner, &fingerprint)
+            }
+            OwnerKeysCommand::Import { owner, all, yes } => {
+                owner_keys::import(&config, owner.as_deref(), all, yes)
+            }
+            OwnerKeysCommand::Release { owner, yes } => owner_keys::release(&config, &owner, yes),
+        },
         Command::Doctor(args) => doctor::run(&config, &args),
         Command::Completions { .. } | Command::Man { .. } => ExitCode::SUCCESS,
     }

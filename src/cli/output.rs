@@ -12,7 +12,7 @@ pub const SESSIONS_FORMAT: u32 = 1;
 /// Version of the JSON printed by `status --json`. 2: each guest's
 /// `expires`, `expires_in`, `expired`, `from` and `forwarding`; `access`
 /// is false once the guest's deadline has passed.
-pub const STATUS_FORMAT: u32 = 2;
+pub const STATUS_FORMAT: u32 = 3;
 
 /// Prints `value` as pretty JSON and a newline.
 pub fn print_json<T: Serialize>(value: &T) -> ExitCode {

@@ -16,7 +16,18 @@ use crate::sys::accounts::SystemAccounts;
 const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
 
 pub fn sharing(config: &Config, owner: String, on: bool) -> ExitCode {
-    run(config, Change::Sharing { owner, on })
+    let code = run(
+        config,
+        Change::Sharing {
+            owner: owner.clone(),
+            on,
+        },
+    );
+    if on {
+        then_hold(config, code, &owner)
+    } else {
+        code
+    }
 }
 
 pub fn invite(
@@ -41,6 +52,11 @@ pub fn invite(
         }
     }
     let owner = who.owner.clone();
+    if let Err(e) = super::owner_keys::refuse_owners_keys(config, &owner, &keys) {
+        eprintln!("vmshare: {e}");
+        eprintln!("vmshare: nothing was changed");
+        return ExitCode::FAILURE;
+    }
     let code = run(
         config,
         Change::Invite {
@@ -51,6 +67,7 @@ pub fn invite(
         },
     );
     let code = then_admin(config, code, admin, who);
+    let code = then_hold(config, code, &owner);
     if code == ExitCode::SUCCESS {
         hint_if_sharing_off(config, &owner);
     }
@@ -72,6 +89,7 @@ pub fn accept(config: &Config, who: OwnerGuest, limits: &LimitArgs, admin: bool)
         },
     );
     let code = then_admin(config, code, admin, who);
+    let code = then_hold(config, code, &owner);
     if code == ExitCode::SUCCESS {
         hint_if_sharing_off(config, &owner);
     }
@@ -180,6 +198,30 @@ fn then_admin(config: &Config, code: ExitCode, admin: bool, who: OwnerGuest) -> 
             on: true,
         },
     )
+}
+
+/// After an edit that lets an owner's guests in: vmshare holds her keys,
+/// so sshd reads no key file in her home (taken over the first time).
+fn then_hold(config: &Config, code: ExitCode, owner: &str) -> ExitCode {
+    if code != ExitCode::SUCCESS {
+        return code;
+    }
+    match super::owner_keys::hold(config, owner) {
+        Ok(hold) => {
+            if let Some(summary) = hold.summary(owner) {
+                println!("{summary}");
+            }
+            for note in &hold.notes {
+                eprintln!("note: {note}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vmshare: the grant file was changed, but {owner}'s keys could not be taken over: {e}");
+            eprintln!("vmshare: no guest of {owner} gets in until `vmshare owner-keys import {owner}` succeeds");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(config: &Config, change: Change) -> ExitCode {

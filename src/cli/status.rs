@@ -13,9 +13,11 @@ use crate::grant::model::Grants;
 use crate::grant::policy::Accounts;
 use crate::store::config::Config;
 use crate::store::escapes::{self, Report};
+use crate::store::owner_keys;
 use crate::store::snapshot;
 use crate::store::source::{self, FileVersion, GrantFileState, Outcome};
 use crate::sys::accounts::SystemAccounts;
+use crate::sys::owners_group;
 
 /// How many errors of an invalid grant file the text output shows.
 const SHOWN_ERRORS: usize = 5;
@@ -29,9 +31,9 @@ struct StatusJson {
     /// Live sessions whose guest has no access now (the daemon ends them).
     sessions_without_access: Vec<SessionJson>,
     unreadable_sessions: Vec<UnreadableJson>,
-    /// Key lines added to owners' key files while guests were present,
-    /// by a writer that could not be told (added within format 2).
-    unattributed_keys: Vec<crate::daemon::planted::Report>,
+    /// Owners whose keys vmshare still holds though they are not in the
+    /// grant file (`vmshare owner-keys release OWNER` gives them back).
+    held_not_sharing: Vec<String>,
     /// What guests may have left behind in owners' accounts (units in the
     /// user manager, lingering, crontab and at jobs), oldest first.
     persistence: Vec<Report>,
@@ -70,6 +72,16 @@ struct OwnerJson {
     /// A local, non-root account (otherwise the owner is inert).
     local: bool,
     sharing: bool,
+    /// vmshare holds the owner's own keys and sshd reads none from her home
+    /// (she is in group vmshare-owners). Without it no guest gets in.
+    keys_held: bool,
+    /// Why the keys do not count as held, when they do not.
+    keys_not_held: Option<String>,
+    /// How many of the owner's own key lines are held.
+    held_lines: usize,
+    /// Fingerprints granted to a guest in the grant file that are also the
+    /// owner's own: they log in as the owner only.
+    owner_keys_granted: Vec<String>,
     guests: Vec<GuestJson>,
 }
 
@@ -157,12 +169,24 @@ fn gather(config: &Config) -> StatusJson {
     let mut owners = Vec::new();
     for owner in parsed.iter().flat_map(|g| &g.owners) {
         let local = matches!(SystemAccounts.lookup(&owner.name), Ok(Some(a)) if a.uid != 0);
+        let held = held_keys(config, &owner.name);
+        let held_blobs: Vec<&str> = held.as_ref().map_or(Vec::new(), |h| {
+            h.lines.iter().map(|l| l.blob.as_str()).collect()
+        });
+        let owner_keys_granted = owner
+            .guests
+            .iter()
+            .flat_map(|g| &g.keys)
+            .filter(|k| held_blobs.contains(&&*k.blob))
+            .map(|k| k.fingerprint.to_string())
+            .collect();
         let guests = owner
             .guests
             .iter()
             .map(|g| {
                 let expired = g.limits.expired(now);
-                let access = valid && local && g.has_access(owner.sharing) && !expired;
+                let access =
+                    valid && local && held.is_ok() && g.has_access(owner.sharing) && !expired;
                 let mut own = Vec::new();
                 for (i, s) in sessions.iter().enumerate() {
                     if s.owner == owner.name && s.guest == g.name && access {
@@ -201,6 +225,10 @@ fn gather(config: &Config) -> StatusJson {
             name: owner.name.clone(),
             local,
             sharing: owner.sharing,
+            keys_held: held.is_ok(),
+            held_lines: held.as_ref().map_or(0, |h| h.lines.len()),
+            keys_not_held: held.err(),
+            owner_keys_granted,
             guests,
         });
     }
@@ -222,9 +250,26 @@ fn gather(config: &Config) -> StatusJson {
         owners,
         sessions_without_access,
         unreadable_sessions,
-        unattributed_keys: crate::daemon::planted::read_reports(config),
+        held_not_sharing: owner_keys::held_owners(&config.state_dir)
+            .into_iter()
+            .filter(|o| parsed.as_ref().is_none_or(|g| g.owner(o).is_none()))
+            .collect(),
         persistence: escapes::read(&config.run_dir),
     }
+}
+
+/// The owner's held keys, if they count as held: she is in the owners'
+/// group (so sshd reads nothing in her home) and her held file is there.
+fn held_keys(config: &Config, owner: &str) -> Result<owner_keys::Held, String> {
+    if !owners_group::is_member(owner)? {
+        return Err(format!(
+            "not in group {}: sshd reads {owner}'s home key files, so no guest gets in (`vmshare owner-keys import {owner}`)",
+            owners_group::GROUP
+        ));
+    }
+    owner_keys::read(&config.state_dir, owner)?.ok_or_else(|| {
+        format!("vmshare holds no keys for {owner}: no guest gets in (`vmshare owner-keys import {owner}`)")
+    })
 }
 
 /// Exit 0 when the grant file is valid or missing, 1 when it is invalid.
@@ -322,6 +367,20 @@ fn render(s: &StatusJson) -> String {
             " (not a local account: inert)"
         };
         out.push_str(&format!("\nowner {}{inert}: sharing {switch}\n", o.name));
+        match &o.keys_not_held {
+            None => out.push_str(&format!(
+                "  own keys: held by vmshare ({} line{}); sshd reads no key file in the home\n",
+                o.held_lines,
+                if o.held_lines == 1 { "" } else { "s" }
+            )),
+            Some(why) => out.push_str(&format!("  own keys: NOT HELD: {why}\n")),
+        }
+        for fp in &o.owner_keys_granted {
+            out.push_str(&format!(
+                "  warning: key {fp} is granted to a guest but is {}'s own: it logs in as {} only\n",
+                o.name, o.name
+            ));
+        }
         if o.guests.is_empty() {
             out.push_str("  no guests\n");
         }
@@ -387,19 +446,10 @@ fn render(s: &StatusJson) -> String {
             u.path, u.error
         ));
     }
-    if !s.unattributed_keys.is_empty() {
-        out.push_str("\nkey lines added while guests were present, writer unknown (they work; check them):\n");
-        for r in &s.unattributed_keys {
-            let what = if r.authority { "cert-authority " } else { "" };
-            out.push_str(&format!(
-                "  {} {}: {what}{} in {} (guests present: {})\n",
-                output::utc(r.time),
-                r.owner,
-                r.fingerprint,
-                r.file,
-                r.guests.join(", ")
-            ));
-        }
+    for o in &s.held_not_sharing {
+        out.push_str(&format!(
+            "\nowner {o}: not in the grant file, keys still held by vmshare (sshd reads no key file in the home): `vmshare owner-keys release {o}`\n"
+        ));
     }
     render_persistence(&s.persistence, &mut out);
     out

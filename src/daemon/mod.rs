@@ -5,10 +5,7 @@ mod backstop;
 mod deadline;
 mod fdlimit;
 mod leave;
-mod ledger;
-mod openers;
 mod pass;
-pub mod planted;
 mod server;
 mod slots;
 mod usermgr;
@@ -245,7 +242,6 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     let mut deadlines =
         deadline::Deadlines::new().map_err(|e| format!("cannot create the deadline timer: {e}"))?;
     arm(&deadlines, first.next_deadline);
-    planted::spawn(config.clone());
     let mut watcher = watch::Watcher::new(&config.grants)
         .map_err(|e| format!("cannot watch {}: {e}", config.grants.display()))?;
     let config = Arc::new(config);

@@ -7,6 +7,7 @@ pub mod key;
 pub mod lifecycle;
 pub mod limits;
 pub mod model;
+pub mod owner_lines;
 pub mod parse;
 mod plain;
 pub(crate) use plain::lines_inclusive;

@@ -3,8 +3,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod classify;
 pub mod hook;
 pub mod membership;
-pub mod owner_keys;
 pub mod persistence;
-pub mod provenance;

@@ -17,7 +17,8 @@ pub struct Config {
     pub grants: PathBuf,
     /// Snapshot, session records and control socket.
     pub run_dir: PathBuf,
-    /// What must outlive a reboot: the key ledger.
+    /// What must outlive a reboot: the owners' held keys, what the user
+    /// manager watcher knows of each account.
     pub state_dir: PathBuf,
     /// The owners' own key files, as sshd's `AuthorizedKeysFile` names them
     /// (`%h`, `%u`, `%%`; relative paths are under the home directory). A
@@ -125,10 +126,6 @@ impl Config {
 
     pub fn sessions_dir(&self) -> PathBuf {
         self.run_dir.join("sessions")
-    }
-
-    pub fn ledger_path(&self) -> PathBuf {
-        crate::store::ledger::path_in(&self.state_dir)
     }
 
     pub fn socket_path(&self) -> PathBuf {

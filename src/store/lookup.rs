@@ -2,7 +2,7 @@
 //! the grant file itself otherwise. Shared by the key lookup and the PAM
 //! hook; never answers from a stale snapshot.
 
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 use crate::grant::model::MAX_GRANT_FILE_BYTES;
@@ -40,7 +40,19 @@ pub fn owner_lines(
     owner: &str,
     accounts: &dyn Accounts,
 ) -> Result<Answer, String> {
-    answer::<io::Sink>(config, owner, Want::All, None, accounts, None)
+    answer(config, owner, Want::All, None, accounts)
+}
+
+/// The lines for `owner` whose deadline has not passed at `now`: what the
+/// key lookup prints when sshd gives no key (an old drop-in with `%u`
+/// alone). `Err` as for [`owner_lines`].
+pub fn current_owner_lines(
+    config: &Config,
+    owner: &str,
+    now: i64,
+    accounts: &dyn Accounts,
+) -> Result<Answer, String> {
+    answer(config, owner, Want::All, Some(now), accounts)
 }
 
 /// The current line of key (`algorithm`, `blob`) for `owner`, if it is
@@ -57,57 +69,27 @@ pub fn owner_key_line(
     now: Option<i64>,
     accounts: &dyn Accounts,
 ) -> Result<Answer, String> {
-    let want = Want::Key { algorithm, blob };
-    answer::<io::Sink>(config, owner, want, now, accounts, None)
+    answer(config, owner, Want::Key { algorithm, blob }, now, accounts)
 }
 
-/// Which of an owner's lines the key lookup prints.
+/// Which of an owner's lines are wanted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Want<'a> {
-    /// All of them (sshd gave no key: an old drop-in with only `%u`).
+enum Want<'a> {
     All,
-    /// Only the line of the key sshd offers (`%t`, `%k`), if it is granted.
-    Key { algorithm: &'a str, blob: &'a str },
+    /// Only the line of this key, if it is granted.
+    Key {
+        algorithm: &'a str,
+        blob: &'a str,
+    },
 }
 
-/// Writes the current lines for `owner` whose deadline has not passed at
-/// `now` to `out` — the key lookup's path: a current snapshot is checked
-/// whole, then copied without being held in memory. Nothing is written
-/// unless the answer is known good; `Err` after writing began is an output
-/// error only.
-pub fn write_owner_lines<W: Write>(
-    config: &Config,
-    owner: &str,
-    now: i64,
-    accounts: &dyn Accounts,
-    out: &mut W,
-) -> Result<Via, String> {
-    write_lines(config, owner, Want::All, now, accounts, out)
-}
-
-/// Writes the `want`ed lines for `owner` whose deadline has not passed at
-/// `now` to `out`. For one key, a current snapshot answers through its
-/// index, reading a few slots and one line.
-pub fn write_lines<W: Write>(
-    config: &Config,
-    owner: &str,
-    want: Want,
-    now: i64,
-    accounts: &dyn Accounts,
-    out: &mut W,
-) -> Result<Via, String> {
-    answer(config, owner, want, Some(now), accounts, Some(out)).map(|a| a.via)
-}
-
-/// With `out`, the lines go there and `Answer::lines` stays empty. With
-/// `now`, lines whose deadline has passed are left out.
-fn answer<W: Write>(
+/// With `now`, lines whose deadline has passed are left out.
+fn answer(
     config: &Config,
     owner: &str,
     want: Want,
     now: Option<i64>,
     accounts: &dyn Accounts,
-    mut out: Option<&mut W>,
 ) -> Result<Answer, String> {
     if !is_account_name(owner) {
         return Ok(Answer {
@@ -121,15 +103,7 @@ fn answer<W: Write>(
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("cannot stat {}: {e}", grants_path.display())),
     };
-    if let Some(answer) = from_snapshot(
-        config,
-        grants_path,
-        current.as_ref(),
-        owner,
-        want,
-        now,
-        out.as_deref_mut(),
-    )? {
+    if let Some(answer) = from_snapshot(config, grants_path, current.as_ref(), owner, want, now)? {
         return Ok(answer);
     }
     if current.is_none() {
@@ -139,7 +113,7 @@ fn answer<W: Write>(
         });
     }
     let loaded = source::load(grants_path, accounts);
-    let answer = match loaded.outcome {
+    Ok(match loaded.outcome {
         Outcome::Missing => Answer {
             lines: String::new(),
             via: Via::NoGrantFile,
@@ -170,35 +144,18 @@ fn answer<W: Write>(
                 via: Via::GrantFile,
             }
         }
-    };
-    match out {
-        Some(out) => {
-            write_all(out, answer.lines.as_bytes())?;
-            Ok(Answer {
-                lines: String::new(),
-                via: answer.via,
-            })
-        }
-        None => Ok(answer),
-    }
-}
-
-fn write_all<W: Write>(out: &mut W, bytes: &[u8]) -> Result<(), String> {
-    out.write_all(bytes)
-        .and_then(|()| out.flush())
-        .map_err(|e| format!("writing keys: {e}"))
+    })
 }
 
 /// The snapshot's answer if it is current; `Ok(None)` if it is missing,
 /// unreadable, stale or damaged (the caller then reads the grant file).
-fn from_snapshot<W: Write>(
+fn from_snapshot(
     config: &Config,
     grants_path: &Path,
     current: Option<&FileVersion>,
     owner: &str,
     want: Want,
     now: Option<i64>,
-    out: Option<&mut W>,
 ) -> Result<Option<Answer>, String> {
     let Ok(Some(snapshot)) = snapshot::open(&config.snapshot_path(), grants_path, current) else {
         return Ok(None);
@@ -230,69 +187,21 @@ fn from_snapshot<W: Write>(
         let Ok(line) = snapshot.key_line(owner, algorithm, blob) else {
             return Ok(None);
         };
-        let line = line
-            .filter(|l| {
-                now.is_none_or(|now| std::str::from_utf8(l).is_ok_and(|l| line_is_current(l, now)))
-            })
-            .unwrap_or_default();
-        return match out {
-            Some(out) => {
-                write_all(out, &line)?;
-                Ok(Some(Answer {
-                    lines: String::new(),
-                    via,
-                }))
-            }
-            None => Ok(String::from_utf8(line)
-                .ok()
-                .map(|lines| Answer { lines, via })),
-        };
-    }
-    // Past the owner's earliest deadline, some lines may be out of date:
-    // read them all and print those still current.
-    let filter_at = now.filter(|&now| {
-        snapshot
-            .header
-            .deadlines
-            .get(owner)
-            .is_some_and(|&at| now >= at)
-    });
-    let Ok(mut opened) = snapshot.owner(owner) else {
-        return Ok(None);
-    };
-    if let Some(now) = filter_at {
-        let Ok(lines) = opened.read() else {
+        let Ok(line) = String::from_utf8(line.unwrap_or_default()) else {
             return Ok(None);
         };
-        let lines = current_lines(&lines, now);
-        return match out {
-            Some(out) => {
-                write_all(out, lines.as_bytes())?;
-                Ok(Some(Answer {
-                    lines: String::new(),
-                    via,
-                }))
-            }
-            None => Ok(Some(Answer { lines, via })),
-        };
+        let current = now.is_none_or(|now| line_is_current(&line, now));
+        return Ok(Some(Answer {
+            lines: if current { line } else { String::new() },
+            via,
+        }));
     }
-    let lines = match out {
-        Some(out) => {
-            // A damaged body means: read the grant file instead. Nothing is
-            // written before the whole body is checked.
-            let Ok(checked) = opened.check() else {
-                return Ok(None);
-            };
-            opened
-                .copy_checked(checked, out)
-                .and_then(|()| out.flush())
-                .map_err(|e| format!("writing keys: {e}"))?;
-            String::new()
-        }
-        None => match opened.read() {
-            Ok(lines) => lines,
-            Err(_) => return Ok(None),
-        },
+    let Ok(lines) = snapshot.owner(owner).and_then(|opened| opened.read()) else {
+        return Ok(None);
+    };
+    let lines = match now {
+        Some(now) => current_lines(&lines, now),
+        None => lines,
     };
     Ok(Some(Answer { lines, via }))
 }

@@ -6,8 +6,8 @@
 pub mod config;
 pub mod edit;
 pub mod escapes;
-pub mod ledger;
 pub mod lookup;
+pub mod owner_keys;
 pub mod records;
 pub mod snapshot;
 pub mod source;

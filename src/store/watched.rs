@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::ledger;
+use super::owner_keys;
 use crate::sys::fsutil;
 
 pub const FILE_NAME: &str = "accounts.json";
@@ -59,7 +59,7 @@ pub fn read(state_dir: &Path) -> Result<BTreeMap<String, Account>, String> {
 /// Writes the accounts (atomically, root, 0600), making the state dir if
 /// it is missing.
 pub fn write(state_dir: &Path, accounts: &BTreeMap<String, Account>) -> Result<(), String> {
-    ledger::ensure_dir(state_dir)?;
+    owner_keys::ensure_dirs(state_dir)?;
     let path = path_in(state_dir);
     let data = serde_json::to_vec(accounts).map_err(|e| e.to_string())?;
     fsutil::atomic_write(&path, &data, 0o600, Some((0, 0)))

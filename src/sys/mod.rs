@@ -6,6 +6,7 @@ pub mod as_user;
 pub mod fsutil;
 pub mod kill;
 pub mod log;
+pub mod owners_group;
 pub mod procfs;
 pub mod sockets;
 pub mod stderr_of;

@@ -244,6 +244,14 @@ impl Host {
         self.write_file(&file, &text, uid, gid, 0o600);
     }
 
+    /// Root's `vmshare owner-keys import OWNER`: vmshare takes over the
+    /// owner's keys and sshd reads no key file in her home from then on.
+    /// What ops run once for an owner they add to the grant file by hand
+    /// (the CLI's `invite` and `sharing on` do it themselves).
+    pub fn hold(&self, owner: &str) -> String {
+        self.run_ok(&["vmshare", "owner-keys", "import", owner])
+    }
+
     /// Replaces the grant file atomically: write a temp file, then rename.
     pub fn write_grants(&self, text: &str) {
         let tmp = self.path("/etc/vmshare/.grants.toml.tmp");

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use vmshare::control::{self, Request};
 use vmshare::grant::model::Status;
 use vmshare::grant::policy::{Account, Accounts, GUEST_TAG};
-use vmshare::session::hook::{self, AuthKey, Decision};
+use vmshare::session::hook::{self, AuthKey, Decision, OwnerKeys};
 use vmshare::store::snapshot::{self, Lookup};
 use vmshare::store::source::{self, FileVersion};
 
@@ -672,10 +672,11 @@ pub fn auth_inputs(data: &[u8]) -> (u8, String, String) {
 
 /// `SSH_AUTH_INFO_0` yields only sane keys that sshd listed as `publickey`;
 /// the decision is a guest's login exactly when the current lines grant one
-/// or more of the plain keys to one guest (whatever the owner's files say),
-/// refused when they grant keys of two guests, and otherwise lets the login
-/// through only if every plain key is the owner's own, whatever state the
-/// grant file is in.
+/// or more of the plain keys the owner does not hold to one guest and the
+/// owner's keys are held, refused when they grant keys of two guests, and
+/// otherwise lets the login through only if every plain key is one the
+/// owner holds (or her keys are not held at all, and no guest's key is
+/// there), whatever state the grant file is in.
 pub fn check_auth_info(flags: u8, info: &str, lines: &str) {
     let keys = hook::parse_auth_info(info);
     let listed: Vec<Vec<&str>> = info
@@ -707,38 +708,38 @@ pub fn check_auth_info(flags: u8, info: &str, lines: &str) {
     } else {
         Err("grant file is invalid".to_string())
     };
-    // The ledger names some keys a guest's (none, for a remainder of 7).
-    let ledger_rem = usize::from(flags >> 4) % 8;
-    let ledger =
-        move |k: &AuthKey| (k.blob.len() % 7 == ledger_rem).then(|| "ledgered".to_string());
-    let decision = hook::classify(&keys, &lines, &ledger, &own);
+    let held = flags & 0x10 == 0;
+    let owner = if held {
+        OwnerKeys::Held(
+            keys.iter()
+                .filter(|k| own(k))
+                .map(|k| k.blob.clone())
+                .collect(),
+        )
+    } else {
+        OwnerKeys::NotHeld
+    };
+    let decision = hook::classify(&keys, &lines, &owner);
     let plain: Vec<&AuthKey> = keys.iter().filter(|k| !k.is_certificate()).collect();
-    let ledgered = keys.iter().any(|k| ledger(k).is_some());
+    let is_held = |k: &AuthKey| held && own(k);
     let granted: std::collections::BTreeSet<&str> = match &lines {
         Ok(text) => plain
             .iter()
+            .filter(|k| !is_held(k))
             .filter_map(|k| vmshare::grant::policy::guest_in_lines(text, &k.algorithm, &k.blob))
             .collect(),
         Err(_) => Default::default(),
     };
-    let all_own = plain.iter().all(|k| own(k));
+    let all_held = plain.iter().all(|k| is_held(k));
     match &decision {
         Decision::Owner(why) => assert!(
-            granted.is_empty() && all_own && !ledgered,
-            "passed as the owner's ({why}) with guests {granted:?}, a foreign key or a ledger key"
+            granted.is_empty() && (all_held || !held),
+            "passed as the owner's ({why:?}) with guests {granted:?} or a key she does not hold"
         ),
-        Decision::Ledger { guest, key } => {
-            assert!(granted.is_empty(), "{decision:?} with guests {granted:?}");
-            assert_eq!(guest, "ledgered");
-            assert!(keys.contains(key) && ledger(key).is_some(), "{key:?}");
-        }
         Decision::Guest { guest, key } => {
+            assert!(held, "{decision:?} for an owner whose keys are not held");
             assert_eq!(granted.len(), 1, "{decision:?} with guests {granted:?}");
             assert!(granted.contains(guest.as_str()));
-            assert!(
-                !ledgered || guest == "ledgered",
-                "{decision:?} with another guest's ledger key"
-            );
             assert!(plain.contains(&key), "{key:?} did not authenticate");
             let text = lines.as_ref().expect("a guest only from trusted lines");
             assert!(
@@ -752,9 +753,9 @@ pub fn check_auth_info(flags: u8, info: &str, lines: &str) {
         }
         Decision::Deny(why) => assert!(
             granted.len() > 1
-                || (granted.len() == 1 && ledgered && !granted.contains("ledgered"))
-                || (granted.is_empty() && !all_own && !ledgered),
-            "refused ({why}) although guests {granted:?}, all own {all_own}, ledger {ledgered}"
+                || (granted.len() == 1 && !held)
+                || (granted.is_empty() && held && !all_held),
+            "refused ({why}) although guests {granted:?}, all held {all_held}, held {held}"
         ),
     }
 }

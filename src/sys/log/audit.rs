@@ -23,14 +23,12 @@ pub enum Kind {
     GrantChange,
     /// The daemon ended a guest's access at its `expires` deadline.
     Expiry,
-    /// Root gave a key of the key ledger back to its owner.
-    KeyRelease,
-    /// A guest session added a key line to the owner's key files: recorded
-    /// as the guest's.
-    KeyPlanted,
-    /// A way back in that could not be attributed or undone, reported:
-    /// a key line whose writer cannot be told, a user unit, lingering, a
-    /// crontab or at job a guest may have left to outlive its access.
+    /// Root changed the keys vmshare holds for an owner (took them over,
+    /// added, removed, imported, released).
+    OwnerKeys,
+    /// A way back in that could not be undone, reported: a user unit,
+    /// lingering, a crontab or at job a guest may have left to outlive its
+    /// access.
     Persistence,
 }
 
@@ -44,8 +42,7 @@ impl Kind {
             Kind::Leave => "leave",
             Kind::GrantChange => "grant-change",
             Kind::Expiry => "expiry",
-            Kind::KeyRelease => "key-release",
-            Kind::KeyPlanted => "key-planted",
+            Kind::OwnerKeys => "owner-keys",
             Kind::Persistence => "persistence",
         }
     }
