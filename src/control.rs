@@ -27,6 +27,54 @@ pub enum Request {
     ConfirmLeave { code: String },
     /// Root only: re-read the grant file now.
     Reload,
+    /// From the guest portal: the shares of the key that authenticated
+    /// the caller's portal session (named again here, and checked against
+    /// the session's own record).
+    PortalList { fingerprint: String },
+    /// From the guest portal: the guest's answer to one owner.
+    PortalAnswer {
+        fingerprint: String,
+        owner: String,
+        answer: Answer,
+    },
+}
+
+/// What a guest answers through the portal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    Accept,
+    Reject,
+    Leave,
+}
+
+impl Answer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Answer::Accept => "accept",
+            Answer::Reject => "reject",
+            Answer::Leave => "leave",
+        }
+    }
+}
+
+/// One share of a guest, as the portal shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    pub owner: String,
+    /// The guest's name in that owner's grant.
+    pub guest: String,
+    pub status: crate::grant::model::Status,
+    /// The owner's "Share VM" switch.
+    pub sharing: bool,
+    /// The guest may log in as the owner now.
+    pub access: bool,
+    /// When access ends (RFC 3339, UTC).
+    pub expires: Option<String>,
+    pub expired: bool,
+    /// The client addresses allowed; `None`: any.
+    pub from: Option<Vec<String>>,
+    pub admin: bool,
 }
 
 /// A guest session as the daemon knows it.
@@ -65,6 +113,21 @@ pub enum Response {
     },
     Reloaded {
         valid: bool,
+    },
+    /// The portal caller's shares. `managed_by_fleet`: the grant file is
+    /// written by vmshare-sync, so answers are given to the fleet's
+    /// control plane, not here.
+    Shares {
+        shares: Vec<Share>,
+        managed_by_fleet: bool,
+    },
+    /// A portal answer applied (or already in effect: `changed` false).
+    Answered {
+        owner: String,
+        guest: String,
+        status: crate::grant::model::Status,
+        changed: bool,
+        notes: Vec<String>,
     },
     Error {
         message: String,
@@ -165,6 +228,29 @@ mod tests {
             decode_request(b"{\"op\":\"whoami\"}").unwrap(),
             Request::Whoami
         );
+    }
+
+    #[test]
+    fn portal_requests_carry_their_fields_and_nothing_else() {
+        let answer = Request::PortalAnswer {
+            fingerprint: "SHA256:x".into(),
+            owner: "alice".into(),
+            answer: Answer::Accept,
+        };
+        let frame = encode(&answer).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&frame[4..]).unwrap(),
+            r#"{"op":"portal_answer","fingerprint":"SHA256:x","owner":"alice","answer":"accept"}"#
+        );
+        assert_eq!(decode_request(&frame[4..]).unwrap(), answer);
+        for bad in [
+            &br#"{"op":"portal_answer","fingerprint":"SHA256:x","owner":"alice","answer":"become_root"}"#[..],
+            br#"{"op":"portal_answer","fingerprint":"SHA256:x","owner":"alice"}"#,
+            br#"{"op":"portal_list","fingerprint":"SHA256:x","guest":"bob"}"#,
+            br#"{"op":"portal_list"}"#,
+        ] {
+            assert!(decode_request(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -84,6 +84,17 @@ pub fn run<W: Write>(args: Vec<OsString>, out: &mut W) -> ExitCode {
         Ok(c) => (c, None),
         Err(e) => (Config::default(), Some(e.to_string())),
     };
+    if user == crate::portal::ACCOUNT {
+        if let Some(e) = config_error {
+            log(
+                IDENT,
+                Level::Error,
+                &format!("no portal keys: bad configuration: {e}"),
+            );
+            return ExitCode::FAILURE;
+        }
+        return write_out(out, &portal_lines(&config, &args));
+    }
     match owners_group::is_member(user) {
         Ok(true) => {}
         Ok(false) => return ExitCode::SUCCESS,
@@ -137,6 +148,10 @@ pub fn run<W: Write>(args: Vec<OsString>, out: &mut W) -> ExitCode {
             }
         }
     }
+    write_out(out, &text)
+}
+
+fn write_out<W: Write>(out: &mut W, text: &str) -> ExitCode {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -144,6 +159,46 @@ pub fn run<W: Write>(args: Vec<OsString>, out: &mut W) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The guest portal account's lines: every key of every guest of every
+/// owner (any status), once each, each forced to run the portal with its
+/// fingerprint and allowed nothing else (`restrict`: no forwarding of any
+/// kind, no `~/.ssh/rc`; a terminal for the prompts). With an offered key,
+/// only its line. An invalid grant file: none.
+fn portal_lines(config: &Config, args: &Args) -> String {
+    let loaded = crate::store::source::load(&config.grants, &SystemAccounts);
+    let Some(grants) = loaded.grants() else {
+        log(
+            IDENT,
+            Level::Notice,
+            "no portal keys: the grant file is missing or invalid",
+        );
+        return String::new();
+    };
+    let offered = match &args.key {
+        Some(Some((_, blob))) => Some(blob.as_str()),
+        Some(None) => return String::new(),
+        None => None,
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut text = String::new();
+    let keys = grants
+        .owners
+        .iter()
+        .flat_map(|o| &o.guests)
+        .flat_map(|g| &g.keys)
+        .filter(|k| offered.is_none_or(|b| *k.blob == *b));
+    for key in keys {
+        if seen.insert(key.fingerprint.clone()) {
+            text.push_str(&crate::portal::key_line(
+                &key.algorithm,
+                &key.blob,
+                &key.fingerprint,
+            ));
+        }
+    }
+    text
 }
 
 /// The guests' lines sshd may use for this call: the offered key's, or

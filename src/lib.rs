@@ -9,7 +9,8 @@
 //! - [`session`]: the PAM session hook and the enforcement backends that
 //!   place a session so it can be ended, and end it.
 //! - [`sys`]: thin wrappers over the system — files, /proc, accounts, logs.
-//! - [`daemon`], [`cli`], [`control`], [`keys_command`]: the programs.
+//! - [`daemon`], [`cli`], [`control`], [`keys_command`], [`portal`]: the
+//!   programs.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod control;
 pub mod daemon;
 pub mod grant;
 pub mod keys_command;
+pub mod portal;
 pub mod session;
 pub mod store;
 pub mod sys;

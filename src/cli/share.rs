@@ -66,12 +66,27 @@ pub fn invite(
             limits,
         },
     );
+    let guest = who.guest.clone();
     let code = then_admin(config, code, admin, who);
     let code = then_hold(config, code, &owner);
     if code == ExitCode::SUCCESS {
         hint_if_sharing_off(config, &owner);
+        println!(
+            "tell {guest}: to accept, run `ssh {}@{}` with the key you were invited with",
+            crate::portal::ACCOUNT,
+            host_name()
+        );
     }
     code
+}
+
+/// This VM's name, for what to tell a guest.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "THIS-VM".into())
 }
 
 pub fn accept(config: &Config, who: OwnerGuest, limits: &LimitArgs, admin: bool) -> ExitCode {

@@ -6,6 +6,7 @@ mod deadline;
 mod fdlimit;
 mod leave;
 mod pass;
+mod portal;
 mod server;
 mod slots;
 mod usermgr;

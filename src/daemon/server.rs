@@ -25,8 +25,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::leave;
 use super::slots::{self, Slot};
+use super::{leave, portal};
 use crate::control::{self, Request, Response, SessionInfo, TIMEOUT};
 use crate::store::config::Config;
 use crate::store::records::{self, SessionRecord};
@@ -248,6 +248,9 @@ fn answer(config: &Config, request: Request, caller: Caller) -> (Response, Optio
         Process::Pinned { pid, .. } => Some(pid),
         Process::Gone | Process::Unknown => None,
     };
+    if let Request::PortalList { .. } | Request::PortalAnswer { .. } = request {
+        return portal_answer(config, request, caller);
+    }
     let session = match caller_session(config, caller) {
         Ok(session) => session,
         Err(CallerGone) => {
@@ -280,6 +283,48 @@ fn answer(config: &Config, request: Request, caller: Caller) -> (Response, Optio
             Some(r) => leave::finish(config, r, &code),
             None => not_in_a_guest_session(),
         },
+        Request::PortalList { .. } | Request::PortalAnswer { .. } => {
+            portal_answer(config, request, caller)
+        }
+    }
+}
+
+/// A portal request: only from inside a recorded portal session, whose
+/// process is still the caller's.
+fn portal_answer(
+    config: &Config,
+    request: Request,
+    caller: Caller,
+) -> (Response, Option<&'static str>) {
+    let refused = |message: &str| {
+        let message = message.into();
+        (Response::Error { message }, None)
+    };
+    let Process::Pinned { pid, start } = caller.process else {
+        return refused("the portal's process could not be identified");
+    };
+    let session = portal::session_of(&config.portal_dir(), pid, caller.uid);
+    if !procfs::is_alive(pid, start) {
+        return refused("caller went away before its request was answered");
+    }
+    let Some(record) = session else {
+        return refused(
+            "not a guest portal session: answers are taken only from `ssh vmshare@HOST`",
+        );
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(i64::MAX, |d| d.as_secs() as i64);
+    match request {
+        Request::PortalList { fingerprint } => {
+            (portal::list(config, &record, &fingerprint, now), None)
+        }
+        Request::PortalAnswer {
+            fingerprint,
+            owner,
+            answer,
+        } => portal::answer(config, &record, &fingerprint, &owner, answer, now),
+        _ => refused("not a portal request"),
     }
 }
 

@@ -210,6 +210,12 @@ fn open_session(config_path: Option<PathBuf>, env: &Env) -> ExitCode {
         // own key still gets in (held in the default state dir).
         Err(e) => (Config::default(), Err(format!("bad configuration: {e}"))),
     };
+    if env.user == crate::portal::ACCOUNT {
+        return match open_portal(&config, env, &keys) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(why) => refuse(env, "", why),
+        };
+    }
     let owner = owner_keys_of(&config, &env.user);
     // A guest's login: the guest and the key that holds the grant (and
     // ends the session when it goes).
@@ -256,6 +262,55 @@ fn open_session(config_path: Option<PathBuf>, env: &Env) -> ExitCode {
         }
         (None, None) => ExitCode::SUCCESS,
     }
+}
+
+/// A login to the guest portal account: one plain key, some guest's (any
+/// status), recorded apart from guest sessions so that the daemon can tell
+/// which key a portal session logged in with. The portal account runs
+/// nothing but the portal program, which ends itself; nothing is placed.
+fn open_portal(config: &Config, env: &Env, keys: &[AuthKey]) -> Result<(), String> {
+    let [key] = keys else {
+        return Err("the portal takes exactly one public key".into());
+    };
+    let fingerprint = fingerprint(key)
+        .filter(|_| !key.is_certificate())
+        .ok_or("the portal takes a plain public key, not a certificate")?;
+    let loaded = crate::store::source::load(&config.grants, &SystemAccounts);
+    let known = loaded.grants().is_some_and(|g| {
+        g.owners
+            .iter()
+            .flat_map(|o| &o.guests)
+            .flat_map(|g| &g.keys)
+            .any(|k| *k.fingerprint == *fingerprint)
+    });
+    if !known {
+        return Err(format!(
+            "portal login with {fingerprint}, which is no guest's key"
+        ));
+    }
+    let monitor = monitor()?;
+    let id = session_id(&monitor);
+    let uid = nix::unistd::User::from_name(&env.user)
+        .ok()
+        .flatten()
+        .map_or(u32::MAX, |u| u.uid.as_raw());
+    let record = SessionRecord {
+        id,
+        owner: env.user.clone(),
+        guest: String::new(),
+        fingerprint,
+        key_algorithm: key.algorithm.clone(),
+        key_blob: key.blob.clone(),
+        remote: env.rhost.clone(),
+        since: unix_now(),
+        monitor_pid: monitor.pid,
+        monitor_start: monitor.start,
+        uid,
+        placement: crate::session::backend::Placement::Signal,
+    };
+    let dir = config.portal_dir();
+    records::write(&dir, &record)
+        .map_err(|e| format!("cannot record the portal session in {}: {e}", dir.display()))
 }
 
 /// What vmshare holds of the owner's own keys: held only while she is in
@@ -528,6 +583,7 @@ fn close_session(config_path: Option<PathBuf>) {
         return;
     };
     let id = session_id(&monitor);
+    let _ = records::remove(&config.portal_dir(), &id);
     let dir = config.sessions_dir();
     let Ok(record) = records::read(&dir.join(SessionRecord::file_name(&id))) else {
         return;

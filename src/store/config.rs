@@ -128,6 +128,12 @@ impl Config {
         self.run_dir.join("sessions")
     }
 
+    /// Records of guest portal sessions (apart from the guest sessions the
+    /// daemon enforces).
+    pub fn portal_dir(&self) -> PathBuf {
+        self.run_dir.join("portal")
+    }
+
     pub fn socket_path(&self) -> PathBuf {
         self.run_dir.join("control.sock")
     }

@@ -437,6 +437,10 @@ exec sleep infinity"#;
                 env!("CARGO_BIN_EXE_vmshare-pam"),
                 "/usr/libexec/vmshare/vmshare-pam",
             ),
+            (
+                env!("CARGO_BIN_EXE_vmshare-portal"),
+                "/usr/libexec/vmshare/vmshare-portal",
+            ),
             (env!("CARGO_BIN_EXE_vmshare"), "/usr/bin/vmshare"),
             (env!("CARGO_BIN_EXE_vmshared"), "/usr/sbin/vmshared"),
         ];
@@ -483,6 +487,21 @@ exec sleep infinity"#;
             "/usr/sbin/nologin",
             "_vmshare",
         ]);
+        // The guest portal's account, as the package makes it: the portal
+        // its shell, a root-owned empty home, no password.
+        self.mkdir("/etc/vmshare", 0o755);
+        self.mkdir("/etc/vmshare/portal-home", 0o755);
+        self.run_ok(&[
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/etc/vmshare/portal-home",
+            "--shell",
+            "/usr/libexec/vmshare/vmshare-portal",
+            "vmshare",
+        ]);
+        self.run_ok(&["usermod", "--password", "*", "vmshare"]);
         self.run_ok(&["ssh-keygen", "-A"]);
 
         self.mkdir("/etc/vmshare", 0o755);

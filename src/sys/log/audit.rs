@@ -20,6 +20,10 @@ pub enum Kind {
     Logout,
     Kill,
     Leave,
+    /// A guest accepted an invitation through the portal.
+    Accept,
+    /// A guest rejected an invitation through the portal.
+    Reject,
     GrantChange,
     /// The daemon ended a guest's access at its `expires` deadline.
     Expiry,
@@ -40,6 +44,8 @@ impl Kind {
             Kind::Logout => "logout",
             Kind::Kill => "kill",
             Kind::Leave => "leave",
+            Kind::Accept => "accept",
+            Kind::Reject => "reject",
             Kind::GrantChange => "grant-change",
             Kind::Expiry => "expiry",
             Kind::OwnerKeys => "owner-keys",
