@@ -399,3 +399,27 @@ fn invite_says_what_to_tell_the_guest() {
         "{said}"
     );
 }
+
+/// On a fleet VM (the grant file written by vmshare-sync) the portal shows
+/// the shares and says where answers are given; it never edits the file.
+#[test]
+fn a_fleet_vm_shows_and_sends_answers_to_the_fleet() {
+    let (host, _alice, _daemon) = host_with_alice();
+    let bob = host.keypair("bob");
+    host.write_grants(&format!(
+        "# vmshare-sync: /vmshare/v1/vms/vm-1 at revision 7\n[owners.alice]\nsharing = true\n\n[owners.alice.guests.bob]\nstatus = \"invited\"\nkeys = [\"{}\"]\n",
+        bob.public
+    ));
+    host.hold("alice");
+    let grants = host.read_file(GRANTS).unwrap();
+    let (code, out, _) = portal(&host, &bob, "list");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("managed by the fleet"), "{out}");
+    let (code, _, err) = portal(&host, &bob, "accept alice");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("managed by its fleet's control plane"),
+        "{err}"
+    );
+    assert_eq!(host.read_file(GRANTS).unwrap(), grants);
+}

@@ -280,9 +280,9 @@ impl Limits {
 }
 
 /// What a guest is told when they log in, one line.
-pub fn guest_notice(guest: &str, owner: &str, limits: &Limits, now: i64) -> String {
+pub fn guest_notice(guest: &str, owner: &str, limits: &Limits, now: i64, host: &str) -> String {
     format!(
-        "vmshare: you are {guest}, a guest in {owner}'s account; {}; run 'vmshare leave' to leave",
+        "vmshare: you are {guest}, a guest in {owner}'s account; {}; to leave: 'ssh vmshare@{host} leave {owner}'",
         limits.describe(now)
     )
 }

@@ -365,7 +365,13 @@ fn lines_of_keys(config: &Config, owner: &str, keys: &[AuthKey]) -> Result<Strin
 /// message of the day; commands, scp and sftp get nothing extra.
 fn tell_guest(env: &Env, guest: &str, limits: &Limits) {
     use std::io::Write;
-    let text = guest_notice(guest, &env.user, limits, unix_now());
+    // The address this connection reached: where the portal is too.
+    let host = env
+        .connection
+        .split_ascii_whitespace()
+        .nth(2)
+        .unwrap_or("HOST");
+    let text = guest_notice(guest, &env.user, limits, unix_now(), host);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }
