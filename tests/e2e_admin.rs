@@ -196,6 +196,42 @@ fn a_guest_without_admin_does_not_become_root() {
     assert_refused_root(&host, &c.bob, "sudo -n id -u", BOB_REFUSED);
 }
 
+/// `cmd` (sudo or su, with the command given after it) run by `key` ran
+/// nothing as root: no uid 0 printed, no file left in the root-only
+/// directory, and the caller saw `message`.
+#[track_caller]
+fn assert_no_root_process(host: &Host, key: &Key, cmd: &str, message: &str) {
+    let marker = format!("ran-{}", harness::unique_marker());
+    let full = format!("{cmd} {}", host.root_marker_command(&marker));
+    assert_refused_root(host, key, &full, message);
+    assert!(
+        !host.ran_as_root(&marker),
+        "{} ran a command as root with `{full}`",
+        key.name
+    );
+}
+
+/// sudo set to skip one of its two PAM phases still runs the other, and
+/// that one refuses: with `!pam_acct_mgmt` the session lines (whose refusal
+/// sudo must not take for a session it may run without), with
+/// `!pam_session` the account lines. The owner and an admin guest keep root.
+#[test]
+fn sudo_skipping_a_pam_phase_still_refuses_a_guest() {
+    for setting in ["!pam_acct_mgmt", "!pam_session"] {
+        let (host, c) = setup();
+        host.sudo_defaults("alice", &[setting]);
+        assert_root(&host, &c.own, "sudo -n id -u");
+        assert_root(&host, &c.own, "sudo -n -i id -u");
+        for sudo in ["sudo -n", "sudo -n -i", "setsid sudo -n"] {
+            assert_no_root_process(&host, &c.bob, sudo, BOB_REFUSED);
+        }
+        assert_root(&host, &c.carol, "sudo -n id -u");
+        let _bob = LiveSession::open(&host, "alice", &c.bob);
+        assert_root(&host, &c.own, "sudo -n id -u");
+        eprintln!("{setting}: refused");
+    }
+}
+
 /// bob plants a key of his own in the owner's authorized_keys and logs in
 /// again from inside his session: that login is bob's too.
 #[test]
