@@ -8,3 +8,4 @@ pub mod membership;
 pub mod owner_keys;
 pub mod persistence;
 pub mod provenance;
+pub mod root_paths;
