@@ -11,6 +11,7 @@ use super::session_list::{load_sessions, SessionJson, UnreadableJson};
 use crate::grant::diag::Diagnostic;
 use crate::grant::model::Grants;
 use crate::grant::policy::Accounts;
+use crate::session::root_paths;
 use crate::store::config::Config;
 use crate::store::escapes::{self, Report};
 use crate::store::snapshot;
@@ -70,7 +71,21 @@ struct OwnerJson {
     /// A local, non-root account (otherwise the owner is inert).
     local: bool,
     sharing: bool,
+    /// Ways the owner becomes root that vmshare's admin check cannot gate:
+    /// every guest has them, `admin` or not (added within format 2).
+    root_paths: Vec<RootPathJson>,
+    /// The same as one sentence, for the text output.
+    #[serde(skip)]
+    root_summary: Option<String>,
     guests: Vec<GuestJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct RootPathJson {
+    /// `sudo`, `doas`, `group`, `polkit`, `account`.
+    kind: &'static str,
+    /// How, to follow "OWNER can become root".
+    how: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -155,8 +170,14 @@ fn gather(config: &Config) -> StatusJson {
     let (sessions, unreadable_sessions) = load_sessions(config);
     let mut placed = vec![false; sessions.len()];
     let mut owners = Vec::new();
+    let host = std::cell::OnceCell::new();
     for owner in parsed.iter().flat_map(|g| &g.owners) {
         let local = matches!(SystemAccounts.lookup(&owner.name), Ok(Some(a)) if a.uid != 0);
+        let root_paths = if local {
+            root_paths::of_owner(host.get_or_init(root_paths::HostFacts::gather), &owner.name)
+        } else {
+            Vec::new()
+        };
         let guests = owner
             .guests
             .iter()
@@ -201,6 +222,15 @@ fn gather(config: &Config) -> StatusJson {
             name: owner.name.clone(),
             local,
             sharing: owner.sharing,
+            root_paths: root_paths
+                .iter()
+                .map(|p| RootPathJson {
+                    kind: p.kind(),
+                    how: p.to_string(),
+                })
+                .collect(),
+            root_summary: (!root_paths.is_empty())
+                .then(|| root_paths::summary(&owner.name, &root_paths)),
             guests,
         });
     }
@@ -322,6 +352,11 @@ fn render(s: &StatusJson) -> String {
             " (not a local account: inert)"
         };
         out.push_str(&format!("\nowner {}{inert}: sharing {switch}\n", o.name));
+        if let Some(summary) = &o.root_summary {
+            out.push_str(&format!(
+                "  warning: {summary}, even without admin = true (`vmshare doctor`)\n"
+            ));
+        }
         if o.guests.is_empty() {
             out.push_str("  no guests\n");
         }
