@@ -105,3 +105,33 @@ impl Host {
         self.path(&format!("{ROOT_ONLY_DIR}/{marker}")).exists()
     }
 }
+
+impl Host {
+    /// The `PROBLEM admin …` lines of `vmshare doctor` (asserting doctor
+    /// fails when there are any).
+    pub fn doctor_admin_problems(&self) -> Vec<String> {
+        let out = self.run(&["vmshare", "doctor"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let problems: Vec<String> = text
+            .lines()
+            .filter(|l| l.split_whitespace().take(2).eq(["PROBLEM", "admin"]))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            problems.is_empty() || !out.status.success(),
+            "doctor passed with problems:\n{text}"
+        );
+        problems
+    }
+
+    /// Puts `user` in `group` (made if the host has none).
+    pub fn add_to_group(&self, user: &str, group: &str) {
+        self.run_ok(&["groupadd", "-f", group]);
+        self.run_ok(&["usermod", "-aG", group, user]);
+    }
+
+    /// Takes `user` out of `group`.
+    pub fn remove_from_group(&self, user: &str, group: &str) {
+        self.run_ok(&["gpasswd", "-d", user, group]);
+    }
+}
