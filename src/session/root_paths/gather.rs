@@ -28,6 +28,10 @@ impl HostFacts {
     pub fn gather() -> HostFacts {
         let sudo = match SUDO.iter().find(|p| Path::new(p).exists()) {
             None => SudoBuild::Absent,
+            // sudo tells its settings and others' rules to root alone.
+            Some(_) if !nix::unistd::geteuid().is_root() => {
+                SudoBuild::Unknown("only root can ask sudo, and vmshare runs without root".into())
+            }
             Some(sudo) => match run_sudo(sudo, &["-V"]) {
                 Ok(text) => sudo_build(&text),
                 Err(why) => SudoBuild::Unknown(why),
@@ -78,6 +82,7 @@ impl OwnerFacts {
         }
         let sudo_list = match (&host.sudo, SUDO.iter().find(|p| Path::new(p).exists())) {
             (SudoBuild::Absent, _) | (_, None) => Ok(String::new()),
+            _ if !nix::unistd::geteuid().is_root() => Err("only root can ask sudo".into()),
             (_, Some(sudo)) => run_sudo(sudo, &["-n", "-l", "-U", name]),
         };
         Ok(Some(OwnerFacts {
