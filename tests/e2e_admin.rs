@@ -245,6 +245,27 @@ struct RootPath {
     guest_root: Option<&'static str>,
 }
 
+impl RootPath {
+    /// A way made by writing `text` to `file` (root's, `mode`), taken
+    /// away by removing it.
+    fn file(
+        how: &'static str,
+        kind: &'static str,
+        (file, text, mode): (&'static str, &'static str, u32),
+        guest_root: Option<&'static str>,
+    ) -> RootPath {
+        RootPath {
+            how,
+            kind,
+            set: Box::new(move |h| h.write_file(file, text, 0, 0, mode)),
+            unset: Box::new(move |h| {
+                h.run_ok(&["rm", file]);
+            }),
+            guest_root,
+        }
+    }
+}
+
 fn root_paths() -> Vec<RootPath> {
     let mut paths = vec![
         RootPath {
@@ -256,49 +277,31 @@ fn root_paths() -> Vec<RootPath> {
             }),
             guest_root: Some("sudo -n id -u"),
         },
-        RootPath {
-            how: "without a password through doas (/etc/doas.conf line 1)",
-            kind: "doas",
-            set: Box::new(|h| {
-                h.write_file(DOAS_CONF, "permit nopass alice as root\n", 0, 0, 0o400)
-            }),
-            unset: Box::new(|h| {
-                h.run_ok(&["rm", DOAS_CONF]);
-            }),
-            guest_root: Some("doas -n id -u"),
-        },
-        RootPath {
-            // alice is in wheel (see make_sudoer).
-            how: "with the account's password through doas (/etc/doas.conf line 2)",
-            kind: "doas",
-            set: Box::new(|h| {
-                h.write_file(DOAS_CONF, "# admins\npermit persist :wheel\n", 0, 0, 0o400)
-            }),
-            unset: Box::new(|h| {
-                h.run_ok(&["rm", DOAS_CONF]);
-            }),
-            guest_root: None,
-        },
-        RootPath {
-            how:
-                "without authentication through polkit (/etc/polkit-1/rules.d/20-e2e.rules line 2)",
-            kind: "polkit",
-            set: Box::new(|h| {
-                h.write_file(
-                    POLKIT_RULE,
-                    "// units for alice\npolkit.addRule(function(action, subject) {\n    \
-                     if (action.id == \"org.freedesktop.systemd1.manage-units\" && subject.user == \"alice\") {\n        \
-                     return polkit.Result.YES;\n    }\n});\n",
-                    0,
-                    0,
-                    0o644,
-                )
-            }),
-            unset: Box::new(|h| {
-                h.run_ok(&["rm", POLKIT_RULE]);
-            }),
-            guest_root: None,
-        },
+        RootPath::file(
+            "without a password through doas (/etc/doas.conf line 1)",
+            "doas",
+            (DOAS_CONF, "permit nopass alice as root\n", 0o400),
+            Some("doas -n id -u"),
+        ),
+        // alice is in wheel (see make_sudoer).
+        RootPath::file(
+            "with the account's password through doas (/etc/doas.conf line 2)",
+            "doas",
+            (DOAS_CONF, "# admins\npermit persist :wheel\n", 0o400),
+            None,
+        ),
+        RootPath::file(
+            "without authentication through polkit (/etc/polkit-1/rules.d/20-e2e.rules line 2)",
+            "polkit",
+            (
+                "/etc/polkit-1/rules.d/20-e2e.rules",
+                "// units for alice\npolkit.addRule(function(action, subject) {\n    \
+                 if (action.id == \"org.freedesktop.systemd1.manage-units\" && subject.user == \"alice\") {\n        \
+                 return polkit.Result.YES;\n    }\n});\n",
+                0o644,
+            ),
+            None,
+        ),
     ];
     for (group, how) in [
         ("docker", "as a member of group docker"),
@@ -320,7 +323,6 @@ fn root_paths() -> Vec<RootPath> {
 }
 
 const DOAS_CONF: &str = "/etc/doas.conf";
-const POLKIT_RULE: &str = "/etc/polkit-1/rules.d/20-e2e.rules";
 
 /// bob accepted without admin, carol with it, dave invited.
 fn grants_with_dave(c: &Cast, dave: &Key) -> String {
