@@ -196,6 +196,240 @@ fn a_guest_without_admin_does_not_become_root() {
     assert_refused_root(&host, &c.bob, "sudo -n id -u", BOB_REFUSED);
 }
 
+/// `cmd` (sudo or su, with the command given after it) run by `key` ran
+/// nothing as root: no uid 0 printed, no file left in the root-only
+/// directory, and the caller saw `message`.
+#[track_caller]
+fn assert_no_root_process(host: &Host, key: &Key, cmd: &str, message: &str) {
+    let marker = format!("ran-{}", harness::unique_marker());
+    let full = format!("{cmd} {}", host.root_marker_command(&marker));
+    assert_refused_root(host, key, &full, message);
+    assert!(
+        !host.ran_as_root(&marker),
+        "{} ran a command as root with `{full}`",
+        key.name
+    );
+}
+
+/// sudo set to skip one of its two PAM phases still runs the other, and
+/// that one refuses: with `!pam_acct_mgmt` the session lines (whose refusal
+/// sudo must not take for a session it may run without), with
+/// `!pam_session` the account lines. The owner and an admin guest keep root.
+#[test]
+fn sudo_skipping_a_pam_phase_still_refuses_a_guest() {
+    for setting in ["!pam_acct_mgmt", "!pam_session"] {
+        let (host, c) = setup();
+        host.sudo_defaults("alice", &[setting]);
+        assert_root(&host, &c.own, "sudo -n id -u");
+        assert_root(&host, &c.own, "sudo -n -i id -u");
+        for sudo in ["sudo -n", "sudo -n -i", "setsid sudo -n"] {
+            assert_no_root_process(&host, &c.bob, sudo, BOB_REFUSED);
+        }
+        assert_root(&host, &c.carol, "sudo -n id -u");
+        let _bob = LiveSession::open(&host, "alice", &c.bob);
+        assert_root(&host, &c.own, "sudo -n id -u");
+        eprintln!("{setting}: refused");
+    }
+}
+
+/// A way to root that PAM cannot gate, set up on a host and taken away.
+struct RootPath {
+    /// How doctor, status and the refusals say alice becomes root.
+    how: &'static str,
+    /// `kind` in `status --json`.
+    kind: &'static str,
+    set: Box<dyn Fn(&Host)>,
+    unset: Box<dyn Fn(&Host)>,
+    /// A command by which a guest becomes root through it, if the test
+    /// can run one here.
+    guest_root: Option<&'static str>,
+}
+
+impl RootPath {
+    /// A way made by writing `text` to `file` (root's, `mode`), taken
+    /// away by removing it.
+    fn file(
+        how: &'static str,
+        kind: &'static str,
+        (file, text, mode): (&'static str, &'static str, u32),
+        guest_root: Option<&'static str>,
+    ) -> RootPath {
+        RootPath {
+            how,
+            kind,
+            set: Box::new(move |h| h.write_file(file, text, 0, 0, mode)),
+            unset: Box::new(move |h| {
+                h.run_ok(&["rm", file]);
+            }),
+            guest_root,
+        }
+    }
+}
+
+fn root_paths() -> Vec<RootPath> {
+    let mut paths = vec![
+        RootPath {
+            how: "without a password through sudo with !pam_acct_mgmt and !pam_session",
+            kind: "sudo",
+            set: Box::new(|h| h.sudo_defaults("alice", &["!pam_acct_mgmt", "!pam_session"])),
+            unset: Box::new(|h| {
+                h.run_ok(&["rm", "/etc/sudoers.d/alice-defaults"]);
+            }),
+            guest_root: Some("sudo -n id -u"),
+        },
+        RootPath::file(
+            "without a password through doas (/etc/doas.conf line 1)",
+            "doas",
+            (DOAS_CONF, "permit nopass alice as root\n", 0o400),
+            Some("doas -n id -u"),
+        ),
+        // alice is in wheel (see make_sudoer).
+        RootPath::file(
+            "with the account's password through doas (/etc/doas.conf line 2)",
+            "doas",
+            (DOAS_CONF, "# admins\npermit persist :wheel\n", 0o400),
+            None,
+        ),
+        RootPath::file(
+            "without authentication through polkit (/etc/polkit-1/rules.d/20-e2e.rules line 2)",
+            "polkit",
+            (
+                "/etc/polkit-1/rules.d/20-e2e.rules",
+                "// units for alice\npolkit.addRule(function(action, subject) {\n    \
+                 if (action.id == \"org.freedesktop.systemd1.manage-units\" && subject.user == \"alice\") {\n        \
+                 return polkit.Result.YES;\n    }\n});\n",
+                0o644,
+            ),
+            None,
+        ),
+    ];
+    for (group, how) in [
+        ("docker", "as a member of group docker"),
+        ("lxd", "as a member of group lxd"),
+        ("incus-admin", "as a member of group incus-admin"),
+        ("libvirt", "as a member of group libvirt"),
+        ("disk", "as a member of group disk"),
+        ("shadow", "as a member of group shadow"),
+    ] {
+        paths.push(RootPath {
+            how,
+            kind: "group",
+            set: Box::new(move |h| h.add_to_group("alice", group)),
+            unset: Box::new(move |h| h.remove_from_group("alice", group)),
+            guest_root: None,
+        });
+    }
+    paths
+}
+
+const DOAS_CONF: &str = "/etc/doas.conf";
+
+/// bob accepted without admin, carol with it, dave invited.
+fn grants_with_dave(c: &Cast, dave: &Key) -> String {
+    format!(
+        "{}\n[owners.alice.guests.dave]\nstatus = \"invited\"\nkeys = [\"{}\"]\n",
+        grants(c, ""),
+        dave.public
+    )
+}
+
+/// Runs `vmshare ARGS` in the host.
+fn vmshare(host: &Host, args: &[&str]) -> Output {
+    let mut all = vec!["vmshare"];
+    all.extend(args);
+    host.run(&all)
+}
+
+/// Where the owner becomes root without PAM's say, a guest would be root
+/// whatever `admin` says: doctor fails naming the way, status shows it
+/// beside the owner, and invite and accept refuse a guest without admin
+/// (with `--admin` they go ahead). Without such a way (sudo that skips one
+/// PAM phase only is gated) nothing is refused.
+#[test]
+fn an_owner_who_becomes_root_where_pam_cannot_see_gets_no_guest_without_admin() {
+    let (host, c) = setup();
+    assert!(
+        host.path("/usr/bin/doas").exists(),
+        "/usr/bin/doas is missing: install opendoas"
+    );
+    let dave = host.keypair("dave");
+    let erin = host.keypair("erin");
+    let invite_erin = ["invite", "alice", "erin", "--key", erin.public.as_str()];
+    let reset = || host.write_grants(&grants_with_dave(&c, &dave));
+
+    // Nothing ungated: sudo skipping one PAM phase is still gated.
+    host.sudo_defaults("alice", &["!pam_acct_mgmt"]);
+    reset();
+    assert_eq!(host.doctor_admin_problems(), Vec::<String>::new());
+    let status = String::from_utf8_lossy(&vmshare(&host, &["status"]).stdout).into_owned();
+    assert!(!status.contains("can become root"), "{status}");
+    for args in [&invite_erin[..], &["accept", "alice", "dave"]] {
+        let out = vmshare(&host, args);
+        assert!(out.status.success(), "{args:?}:\n{}", text(&out));
+    }
+    host.run_ok(&["rm", "/etc/sudoers.d/alice-defaults"]);
+
+    for path in root_paths() {
+        reset();
+        (path.set)(&host);
+        let how = path.how;
+        if let Some(cmd) = path.guest_root {
+            // What doctor and the refusals warn of: bob is root.
+            assert_root(&host, &c.bob, cmd);
+        }
+
+        let problems = host.doctor_admin_problems();
+        assert!(
+            problems.len() == 1
+                && problems[0].contains(&format!(
+                    "owner `alice` can become root {how}, which vmshare's admin check cannot gate"
+                )),
+            "{how}: doctor said {problems:?}"
+        );
+
+        let status = String::from_utf8_lossy(&vmshare(&host, &["status"]).stdout).into_owned();
+        let warning = format!(
+            "owner alice: sharing on\n  warning: alice can become root {how}: a guest would be root in all but name, even without admin = true"
+        );
+        assert!(status.contains(&warning), "{how}: status said\n{status}");
+        let json: serde_json::Value =
+            serde_json::from_slice(&vmshare(&host, &["status", "--json"]).stdout).unwrap();
+        assert_eq!(
+            json["owners"][0]["root_paths"],
+            serde_json::json!([{"kind": path.kind, "how": how}]),
+            "{how}"
+        );
+
+        let refusal = format!(
+            "vmshare: alice can become root {how}: a guest would be root in all but name; fix the host or pass --admin\nvmshare: nothing was changed\n"
+        );
+        let before = host.read_file(harness::GRANTS).unwrap();
+        for args in [&invite_erin[..], &["accept", "alice", "dave"]] {
+            let out = vmshare(&host, args);
+            assert!(!out.status.success(), "{how}: {args:?} went ahead");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stderr),
+                refusal,
+                "{how}: {args:?}"
+            );
+        }
+        assert_eq!(host.read_file(harness::GRANTS).unwrap(), before, "{how}");
+        for args in [
+            &[&invite_erin[..], &["--admin"]].concat()[..],
+            &["accept", "alice", "dave", "--admin"],
+        ] {
+            let out = vmshare(&host, args);
+            assert!(out.status.success(), "{how}: {args:?}:\n{}", text(&out));
+        }
+        let now = host.read_file(harness::GRANTS).unwrap();
+        assert_eq!(now.matches("admin = true").count(), 3, "{how}:\n{now}");
+
+        (path.unset)(&host);
+        assert_eq!(host.doctor_admin_problems(), Vec::<String>::new(), "{how}");
+        eprintln!("{how}: refused");
+    }
+}
+
 /// bob plants a key of his own in the owner's authorized_keys and logs in
 /// again from inside his session: that login is bob's too.
 #[test]

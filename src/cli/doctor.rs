@@ -11,10 +11,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::doctor_admin::{check_admin, groups_of, read_stacks, AdminFacts};
+use super::doctor_admin::{check_admin, read_stacks, AdminFacts};
 use super::doctor_sshd::{check_owner, check_sshd, sshd_t, sshd_value};
 use crate::grant::policy::Accounts;
 use crate::session::backend::cgroup;
+use crate::session::root_paths;
 use crate::store::config::{Backend, Config};
 use crate::store::source::{self, Outcome};
 use crate::sys::accounts::SystemAccounts;
@@ -621,10 +622,11 @@ pub fn run(config: &Config, args: &DoctorArgs) -> ExitCode {
         Backend::Auto => !systemd && cgroup::session_root(config).is_none(),
         Backend::Cgroup | Backend::Logind => false,
     };
+    let host = root_paths::HostFacts::gather();
     findings.extend(check_admin(&AdminFacts {
         stacks: &read_stacks(&pam_dir, Path::new(VENDOR_PAM_DIR)),
         grants: loaded.grants(),
-        groups_of: &groups_of,
+        root_paths: &|owner| root_paths::of_owner(&host, owner),
         systemd,
         signal_backend,
     }));

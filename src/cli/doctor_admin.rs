@@ -1,21 +1,17 @@
 //! `vmshare doctor`, the `admin` area: can a guest without `admin = true`
 //! still become root? Checks the stacks that make root include
-//! vmshare-admin, and warns about what the check cannot see: the owner's
-//! groups that are root in all but name, the user manager, the signal
-//! backend.
+//! vmshare-admin, fails for owners who become root where that check cannot
+//! see (see [`crate::session::root_paths`]), and warns about the rest it
+//! cannot see: the user manager, the signal backend.
 
 use std::path::Path;
 
 use super::doctor::{bad, ok, Finding, Verdict};
-use crate::grant::model::Grants;
+use crate::grant::model::{Grants, Status};
+use crate::session::root_paths::RootPath;
 
 /// The PAM stacks that make root, as the package wires them.
 pub const STACKS: [&str; 4] = ["sudo", "sudo-i", "su", "polkit-1"];
-
-/// Groups whose members are root in all but name: they can run a
-/// container or VM over the host's files (docker, lxd, incus-admin,
-/// libvirt) or write the disks under the file system (disk).
-pub const ROOT_GROUPS: [&str; 5] = ["docker", "lxd", "incus-admin", "libvirt", "disk"];
 
 /// What the admin checks look at.
 pub struct AdminFacts<'a> {
@@ -24,8 +20,8 @@ pub struct AdminFacts<'a> {
     pub stacks: &'a [(String, String)],
     /// The valid grant file, if it is.
     pub grants: Option<&'a Grants>,
-    /// The groups an account is in.
-    pub groups_of: &'a dyn Fn(&str) -> Vec<String>,
+    /// The ways an owner becomes root that the check cannot gate.
+    pub root_paths: &'a dyn Fn(&str) -> Vec<RootPath>,
     /// Whether systemd runs the host (each owner has a user manager).
     pub systemd: bool,
     /// Whether new guest sessions get the signal backend (no placement).
@@ -59,26 +55,26 @@ pub fn check_admin(facts: &AdminFacts) -> Vec<Finding> {
     let Some(grants) = facts.grants else {
         return out;
     };
-    // Owners with a guest who may log in but is not to become root.
-    let owners = grants
-        .owners
-        .iter()
-        .filter(|o| o.guests.iter().any(|g| g.has_access(o.sharing) && !g.admin));
+    // Owners with a guest who has or may be given access but is not to
+    // become root.
+    let owners = grants.owners.iter().filter(|o| {
+        o.guests
+            .iter()
+            .any(|g| !g.admin && matches!(g.status, Status::Invited | Status::Accepted))
+    });
     for owner in owners {
-        let groups: Vec<String> = (facts.groups_of)(&owner.name)
-            .into_iter()
-            .filter(|g| ROOT_GROUPS.contains(&g.as_str()))
-            .collect();
-        if !groups.is_empty() {
+        for path in (facts.root_paths)(&owner.name) {
             out.push(bad(
                 "admin",
-                Verdict::Warning,
+                Verdict::Problem,
                 format!(
-                    "owner `{}` is in group(s) {}, which are root in all but name; guests have the owner's groups, so admin = false does not keep them from root",
-                    owner.name,
-                    groups.join(", ")
+                    "owner `{}` can become root {path}, which vmshare's admin check cannot gate: guests without admin = true would be root in all but name",
+                    owner.name
                 ),
-                format!("take `{}` out of those groups, or share only with guests you would make admin", owner.name),
+                format!(
+                    "{}; or share only with guests who have admin = true",
+                    path.fix(&owner.name)
+                ),
             ));
         }
         if facts.systemd {
@@ -119,29 +115,19 @@ pub fn read_stacks(pam_dir: &Path, vendor_dir: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The names of the groups `user` is in (NSS), empty if unknown.
-pub fn groups_of(user: &str) -> Vec<String> {
-    use nix::unistd::{getgrouplist, Group, User};
-    let Ok(Some(account)) = User::from_name(user) else {
-        return Vec::new();
-    };
-    let Ok(name) = std::ffi::CString::new(user) else {
-        return Vec::new();
-    };
-    getgrouplist(&name, account.gid)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|gid| Group::from_gid(gid).ok().flatten().map(|g| g.name))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// bob, accepted unless `bob` says otherwise.
     fn grants(bob: &str) -> Grants {
+        let status = if bob.contains("status") {
+            ""
+        } else {
+            "status = \"accepted\"\n"
+        };
         crate::grant::parse::parse(&format!(
-            "[owners.alice]\nsharing = true\n[owners.alice.guests.bob]\nstatus = \"accepted\"\n{bob}\n"
+            "[owners.alice]\nsharing = true\n[owners.alice.guests.bob]\n{status}{bob}\n"
         ))
         .unwrap()
     }
@@ -169,7 +155,7 @@ mod tests {
         let w = warnings(&AdminFacts {
             stacks: &stacks,
             grants: None,
-            groups_of: &|_| Vec::new(),
+            root_paths: &|_| Vec::new(),
             systemd: false,
             signal_backend: false,
         });
@@ -178,38 +164,65 @@ mod tests {
     }
 
     #[test]
-    fn root_groups_and_escapes_matter_for_owners_of_non_admin_guests() {
-        let g = grants("");
-        let groups = |_: &str| {
+    fn root_paths_fail_and_escapes_warn_for_owners_of_non_admin_guests() {
+        let paths = |owner: &str| {
+            assert_eq!(owner, "alice");
             vec![
-                "alice".to_string(),
-                "docker".to_string(),
-                "sudo".to_string(),
+                RootPath::Group("docker".into()),
+                RootPath::Sudo {
+                    password: false,
+                    why: crate::session::root_paths::SudoUngated::PamOff,
+                },
             ]
         };
-        let w = warnings(&AdminFacts {
-            stacks: &[],
-            grants: Some(&g),
-            groups_of: &groups,
-            systemd: true,
-            signal_backend: true,
-        });
-        assert_eq!(w.len(), 3, "{w:?}");
-        assert!(
-            w[0].contains("owner `alice` is in group(s) docker,"),
-            "{w:?}"
-        );
-        assert!(w[1].contains("systemd-run --user"), "{w:?}");
-        assert!(w[2].contains("signal backend"), "{w:?}");
-        // Only admin guests: nothing a guest could gain.
-        let admins = grants("admin = true");
-        let w = warnings(&AdminFacts {
-            stacks: &[],
-            grants: Some(&admins),
-            groups_of: &groups,
-            systemd: true,
-            signal_backend: false,
-        });
-        assert!(w.is_empty(), "{w:?}");
+        fn facts<'a>(g: &'a Grants, paths: &'a dyn Fn(&str) -> Vec<RootPath>) -> AdminFacts<'a> {
+            AdminFacts {
+                stacks: &[],
+                grants: Some(g),
+                root_paths: paths,
+                systemd: true,
+                signal_backend: true,
+            }
+        }
+        for bob in ["", "status = \"invited\"", "admin = false"] {
+            let g = grants(bob);
+            let found: Vec<Finding> = check_admin(&facts(&g, &paths))
+                .into_iter()
+                .filter(|f| f.verdict != Verdict::Ok)
+                .collect();
+            let shown: Vec<(Verdict, &str)> = found
+                .iter()
+                .map(|f| (f.verdict, f.message.as_str()))
+                .collect();
+            assert_eq!(found.len(), 4, "{bob}: {shown:?}");
+            assert_eq!(found[0].verdict, Verdict::Problem);
+            assert_eq!(
+                found[0].message,
+                "owner `alice` can become root as a member of group docker, which vmshare's admin check cannot gate: guests without admin = true would be root in all but name"
+            );
+            assert!(
+                found[0].fix.contains("gpasswd -d alice docker"),
+                "{shown:?}"
+            );
+            assert_eq!(found[1].verdict, Verdict::Problem);
+            assert!(
+                found[1].message.contains(
+                    "root without a password through sudo with !pam_acct_mgmt and !pam_session"
+                ),
+                "{shown:?}"
+            );
+            assert_eq!(found[2].verdict, Verdict::Warning);
+            assert!(found[2].message.contains("systemd-run --user"), "{shown:?}");
+            assert!(found[3].message.contains("signal backend"), "{shown:?}");
+        }
+        // Only admin guests, or none who may get access: nothing to gain.
+        for bob in ["admin = true", "status = \"left\"", "status = \"rejected\""] {
+            let g = grants(bob);
+            let w: Vec<String> = warnings(&AdminFacts {
+                signal_backend: false,
+                ..facts(&g, &paths)
+            });
+            assert!(w.is_empty(), "{bob}: {w:?}");
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use super::{LimitArgs, OwnerGuest};
 use crate::grant::lifecycle::{Change, SetLimits};
 use crate::grant::limits::{parse_when, Network, MAX_FROM};
+use crate::session::root_paths;
 use crate::store::config::Config;
 use crate::sys::accounts::SystemAccounts;
 
@@ -50,6 +51,9 @@ pub fn invite(
                 return ExitCode::FAILURE;
             }
         }
+    }
+    if let Some(refused) = refuse_without_admin(config, &who, admin) {
+        return refused;
     }
     let owner = who.owner.clone();
     if let Err(e) = super::owner_keys::refuse_owners_keys(config, &owner, &keys) {
@@ -94,6 +98,9 @@ pub fn accept(config: &Config, who: OwnerGuest, limits: &LimitArgs, admin: bool)
         Ok(l) => l,
         Err(code) => return code,
     };
+    if let Some(refused) = refuse_without_admin(config, &who, admin) {
+        return refused;
+    }
     let owner = who.owner.clone();
     let code = run(
         config,
@@ -197,6 +204,15 @@ pub fn leave(config: &Config, who: OwnerGuest) -> ExitCode {
             guest: who.guest,
         },
     )
+}
+
+/// A guest who would not be admin, of an owner who becomes root where the
+/// admin check cannot see, is refused before any edit.
+fn refuse_without_admin(config: &Config, who: &OwnerGuest, admin: bool) -> Option<ExitCode> {
+    let why = root_paths::refuse_without_admin(config, &who.owner, &who.guest, admin)?;
+    eprintln!("vmshare: {why}");
+    eprintln!("vmshare: nothing was changed");
+    Some(ExitCode::FAILURE)
 }
 
 /// `--admin`: after the invite or accept succeeded, a second edit sets

@@ -11,6 +11,7 @@ use super::session_list::{load_sessions, SessionJson, UnreadableJson};
 use crate::grant::diag::Diagnostic;
 use crate::grant::model::Grants;
 use crate::grant::policy::Accounts;
+use crate::session::root_paths;
 use crate::store::config::Config;
 use crate::store::escapes::{self, Report};
 use crate::store::owner_keys;
@@ -82,7 +83,21 @@ struct OwnerJson {
     /// Fingerprints granted to a guest in the grant file that are also the
     /// owner's own: they log in as the owner only.
     owner_keys_granted: Vec<String>,
+    /// Ways the owner becomes root that vmshare's admin check cannot gate:
+    /// every guest has them, `admin` or not.
+    root_paths: Vec<RootPathJson>,
+    /// The same as one sentence, for the text output.
+    #[serde(skip)]
+    root_summary: Option<String>,
     guests: Vec<GuestJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct RootPathJson {
+    /// `sudo`, `doas`, `group`, `polkit`, `account`.
+    kind: &'static str,
+    /// How, to follow "OWNER can become root".
+    how: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -167,6 +182,7 @@ fn gather(config: &Config) -> StatusJson {
     let (sessions, unreadable_sessions) = load_sessions(config);
     let mut placed = vec![false; sessions.len()];
     let mut owners = Vec::new();
+    let host = std::cell::OnceCell::new();
     for owner in parsed.iter().flat_map(|g| &g.owners) {
         let local = matches!(SystemAccounts.lookup(&owner.name), Ok(Some(a)) if a.uid != 0);
         let held = held_keys(config, &owner.name);
@@ -180,6 +196,11 @@ fn gather(config: &Config) -> StatusJson {
             .filter(|k| held_blobs.contains(&&*k.blob))
             .map(|k| k.fingerprint.to_string())
             .collect();
+        let root_paths = if local {
+            root_paths::of_owner(host.get_or_init(root_paths::HostFacts::gather), &owner.name)
+        } else {
+            Vec::new()
+        };
         let guests = owner
             .guests
             .iter()
@@ -229,6 +250,15 @@ fn gather(config: &Config) -> StatusJson {
             held_lines: held.as_ref().map_or(0, |h| h.lines.len()),
             keys_not_held: held.err(),
             owner_keys_granted,
+            root_paths: root_paths
+                .iter()
+                .map(|p| RootPathJson {
+                    kind: p.kind(),
+                    how: p.to_string(),
+                })
+                .collect(),
+            root_summary: (!root_paths.is_empty())
+                .then(|| root_paths::summary(&owner.name, &root_paths)),
             guests,
         });
     }
@@ -379,6 +409,11 @@ fn render(s: &StatusJson) -> String {
             out.push_str(&format!(
                 "  warning: key {fp} is granted to a guest but is {}'s own: it logs in as {} only\n",
                 o.name, o.name
+            ));
+        }
+        if let Some(summary) = &o.root_summary {
+            out.push_str(&format!(
+                "  warning: {summary}, even without admin = true (`vmshare doctor`)\n"
             ));
         }
         if o.guests.is_empty() {

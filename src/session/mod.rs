@@ -7,3 +7,4 @@ pub mod classify;
 pub mod hook;
 pub mod membership;
 pub mod persistence;
+pub mod root_paths;

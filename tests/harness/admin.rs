@@ -69,3 +69,69 @@ impl Host {
         self.write_file("/etc/pam.d/su", &trusted, 0, 0, 0o644);
     }
 }
+
+/// A directory only root may write in: a file there shows that a command
+/// ran as root.
+pub const ROOT_ONLY_DIR: &str = "/run/vmshare-e2e/root-only";
+
+impl Host {
+    /// Sets sudoers `Defaults` for `user` (e.g. `!pam_acct_mgmt`), in a
+    /// sudoers file of their own.
+    pub fn sudo_defaults(&self, user: &str, settings: &[&str]) {
+        let text: String = settings
+            .iter()
+            .map(|s| format!("Defaults:{user} {s}\n"))
+            .collect();
+        self.write_file(
+            &format!("/etc/sudoers.d/{user}-defaults"),
+            &text,
+            0,
+            0,
+            0o440,
+        );
+        self.run_ok(&["visudo", "-c", "-q"]);
+    }
+
+    /// A command that, run as root, leaves the file `marker` in
+    /// [`ROOT_ONLY_DIR`] and prints the uid; made ready for
+    /// [`Host::ran_as_root`].
+    pub fn root_marker_command(&self, marker: &str) -> String {
+        self.mkdir(ROOT_ONLY_DIR, 0o700);
+        format!("sh -c 'touch {ROOT_ONLY_DIR}/{marker}; id -u'")
+    }
+
+    /// Whether a command of [`Host::root_marker_command`] ran as root.
+    pub fn ran_as_root(&self, marker: &str) -> bool {
+        self.path(&format!("{ROOT_ONLY_DIR}/{marker}")).exists()
+    }
+}
+
+impl Host {
+    /// The `PROBLEM admin …` lines of `vmshare doctor` (asserting doctor
+    /// fails when there are any).
+    pub fn doctor_admin_problems(&self) -> Vec<String> {
+        let out = self.run(&["vmshare", "doctor"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let problems: Vec<String> = text
+            .lines()
+            .filter(|l| l.split_whitespace().take(2).eq(["PROBLEM", "admin"]))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            problems.is_empty() || !out.status.success(),
+            "doctor passed with problems:\n{text}"
+        );
+        problems
+    }
+
+    /// Puts `user` in `group` (made if the host has none).
+    pub fn add_to_group(&self, user: &str, group: &str) {
+        self.run_ok(&["groupadd", "-f", group]);
+        self.run_ok(&["usermod", "-aG", group, user]);
+    }
+
+    /// Takes `user` out of `group`.
+    pub fn remove_from_group(&self, user: &str, group: &str) {
+        self.run_ok(&["gpasswd", "-d", user, group]);
+    }
+}
