@@ -312,7 +312,7 @@ impl Agent {
     }
 
     /// An answer from a history that went back: what the grant file came
-    /// from is forgotten (no longer reported, nor a pending report of it
+    /// from is forgotten (the status says so, replacing one of it not yet
     /// sent), and the key is read again. If that read fails, strict mode
     /// shares nothing at once rather than keep a document etcd may no
     /// longer hold.
@@ -325,8 +325,8 @@ impl Agent {
         warn!(vm = %self.config.vm_id, %reason, "reading the grants key again");
         self.applied = None;
         self.last_error = Some(reason.clone());
-        self.report.send_replace(None);
         self.save_status();
+        self.send_status();
         match self.read(kv).await {
             Ok(seen) => Ok(seen),
             Err(e) => {
