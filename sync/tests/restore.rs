@@ -7,6 +7,7 @@
 // Test code: a failed step stops the test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 mod cluster;
@@ -99,13 +100,33 @@ fn wait_status(cluster: &Cluster, agent: &Agent, state: &str, mod_revision: Opti
     last.unwrap()
 }
 
+/// Waits for the grant file and the status to show `doc` at `revision`.
+fn wait_applied(cluster: &Cluster, agent: &mut Agent, revision: i64, doc: &str) {
+    wait_grants(cluster, agent, &applied(revision, doc));
+    wait_status(cluster, agent, "applied", Some(revision));
+}
+
 /// The agent follows VM's key, through `endpoints`, and has applied `doc`.
 fn synced_agent(cluster: &Cluster, endpoints: &[String], doc: &str) -> Agent {
     let rev = cluster.put_grants(VM, doc);
     let mut agent = Agent::start(cluster, VM, endpoints, CONFIG);
-    wait_grants(cluster, &mut agent, &applied(rev, doc));
-    wait_status(cluster, &agent, "applied", Some(rev));
+    wait_applied(cluster, &mut agent, rev, doc);
     agent
+}
+
+/// A snapshot of the cluster as it is, then `writes` more documents (bob
+/// granted) that the agent follows; returns the snapshot's file and the
+/// revision the cluster reached.
+fn snapshot_then_writes(cluster: &Cluster, agent: &mut Agent, writes: usize) -> (PathBuf, i64) {
+    let snapshot = cluster.dir.path().join("snapshot.db");
+    cluster.snapshot(&snapshot);
+    let mut last = (0, String::new());
+    for i in 0..writes {
+        let doc = doc(true, &format!("write {i}"));
+        last = (cluster.put_grants(VM, doc.as_str()), doc);
+    }
+    wait_applied(cluster, agent, last.0, &last.1);
+    (snapshot, cluster.header().1)
 }
 
 fn wait_disconnected(agent: &Agent) {
@@ -125,25 +146,12 @@ fn wait_disconnected(agent: &Agent) {
 fn a_restore_from_an_older_snapshot_is_read_again_and_the_revoke_after_it_applied() {
     let mut cluster = Cluster::start(&[VM]);
     let mut agent = synced_agent(&cluster, &cluster.endpoints(), &doc(true, "first"));
-    let snapshot = cluster.dir.path().join("snapshot.db");
-    cluster.snapshot(&snapshot);
-    let mut last = 0;
-    for i in 0..30 {
-        last = cluster.put_grants(VM, doc(true, &format!("write {i}")));
-    }
-    wait_grants(&cluster, &mut agent, &applied(last, &doc(true, "write 29")));
-    wait_status(&cluster, &agent, "applied", Some(last));
-    let (_, before) = cluster.header();
+    let (snapshot, before) = snapshot_then_writes(&cluster, &mut agent, 30);
 
     cluster.restore(&snapshot);
     let revoke = cluster.put_grants(VM, doc(false, "revoke"));
     assert!(revoke < before, "restored at {revoke}, was at {before}");
-    wait_grants(
-        &cluster,
-        &mut agent,
-        &applied(revoke, &doc(false, "revoke")),
-    );
-    wait_status(&cluster, &agent, "applied", Some(revoke));
+    wait_applied(&cluster, &mut agent, revoke, &doc(false, "revoke"));
 }
 
 /// A restore the agent cannot tell by the revision: while it is cut off,
@@ -156,15 +164,7 @@ fn a_restored_cluster_past_the_agents_revision_is_read_again_not_resumed() {
     let relay = Relay::start(&cluster.members[0].ip, CLIENT_PORT);
     let through_relay = [format!("https://{}", relay.addr)];
     let mut agent = synced_agent(&cluster, &through_relay, &doc(true, "first"));
-    let snapshot = cluster.dir.path().join("snapshot.db");
-    cluster.snapshot(&snapshot);
-    let mut last = 0;
-    for i in 0..10 {
-        last = cluster.put_grants(VM, doc(true, &format!("write {i}")));
-    }
-    wait_grants(&cluster, &mut agent, &applied(last, &doc(true, "write 9")));
-    wait_status(&cluster, &agent, "applied", Some(last));
-    let (_, before) = cluster.header();
+    let (snapshot, before) = snapshot_then_writes(&cluster, &mut agent, 10);
 
     relay.cut();
     wait_disconnected(&agent);
@@ -215,12 +215,7 @@ fn an_empty_cluster_in_place_of_the_old_one_shares_nothing_and_says_so() {
     );
 
     let rev = cluster.put_grants(VM, doc(true, "new cluster"));
-    wait_grants(
-        &cluster,
-        &mut agent,
-        &applied(rev, &doc(true, "new cluster")),
-    );
-    wait_status(&cluster, &agent, "applied", Some(rev));
+    wait_applied(&cluster, &mut agent, rev, &doc(true, "new cluster"));
 }
 
 /// History compacted past the agent's revision, while it follows the key
@@ -239,12 +234,7 @@ fn compaction_past_the_agents_revision_loses_no_revoke() {
     }
     cluster.compact(now);
     let revoke = cluster.put_grants(VM, doc(false, "revoke"));
-    wait_grants(
-        &cluster,
-        &mut agent,
-        &applied(revoke, &doc(false, "revoke")),
-    );
-    wait_status(&cluster, &agent, "applied", Some(revoke));
+    wait_applied(&cluster, &mut agent, revoke, &doc(false, "revoke"));
 
     relay.cut();
     wait_disconnected(&agent);
@@ -254,8 +244,7 @@ fn compaction_past_the_agents_revision_loses_no_revoke() {
     let last = cluster.put_grants(VM, doc(false, "last"));
     cluster.compact(last);
     relay.restore();
-    wait_grants(&cluster, &mut agent, &applied(last, &doc(false, "last")));
-    wait_status(&cluster, &agent, "applied", Some(last));
+    wait_applied(&cluster, &mut agent, last, &doc(false, "last"));
 }
 
 /// The member the agent talks to is replaced (removed, its data thrown
