@@ -1,11 +1,15 @@
 //! The agent: keeps the grant file in step with this VM's key in etcd.
 //!
 //! get → validate → write → watch from the next revision (with progress
-//! requests, so a quiet key still confirms contact). A compacted or
-//! canceled watch re-reads the key; a broken stream reconnects with backoff
-//! and resumes the watch after the last revision seen. In strict mode, no
-//! confirmed contact for `max_staleness` writes a grant file that shares
-//! nothing, until contact returns and the current document is read again.
+//! requests, so a quiet key still confirms contact). Every connection
+//! starts with a fresh read: the store it reaches may have been restored
+//! from a snapshot or replaced since the last revision seen, and a watch
+//! resumed after that revision would miss what it holds. A compacted or
+//! canceled watch, or an answer from a history that went back (see
+//! [`crate::history`]), re-reads the key; a broken stream reconnects with
+//! backoff. In strict mode, no confirmed contact for `max_staleness` writes
+//! a grant file that shares nothing, until contact returns and the current
+//! document is read again.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,6 +27,7 @@ use vmshare::grant::model::MAX_GRANT_FILE_BYTES;
 use crate::config::{Config, Mode};
 use crate::document::{self, Outcome};
 use crate::grantfile::{self, Written};
+use crate::history::{self, Header, Seen};
 use crate::status::Status;
 
 /// Room for the largest document the core accepts, plus the response around
@@ -41,11 +46,13 @@ pub struct Agent {
     config: Config,
     key: String,
     outcome: Outcome,
-    /// Every change up to this revision is reflected in the grant file.
-    revision: i64,
-    /// Whether `revision` is from this process's own contact (a watch may
-    /// then resume after it rather than re-read the key).
-    synced: bool,
+    /// Where the grant file came from; `None` before the first read and
+    /// once that history is known to have gone back.
+    applied: Option<Applied>,
+    /// The cluster and the highest revision the last connection's answers
+    /// showed (or, at start, the last run's status): a read that finds the
+    /// revision lower says the history went back.
+    reached: Option<(u64, i64)>,
     /// When strict staleness sets in, pushed forward by every contact.
     deadline: Instant,
     last_contact: Option<i64>,
@@ -59,6 +66,27 @@ pub struct Agent {
     reported: Option<Instant>,
     /// Which endpoint the next connection tries.
     endpoint: usize,
+}
+
+/// What the grant file reflects, in the terms of the cluster it was read
+/// from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Applied {
+    cluster_id: u64,
+    /// The store revision as of which the key is reflected.
+    revision: i64,
+    /// The key's revision (`None`: it did not exist).
+    mod_revision: Option<i64>,
+}
+
+impl Applied {
+    fn from_status(s: &Status) -> Option<Applied> {
+        Some(Applied {
+            cluster_id: s.cluster_id.as_deref()?.parse().ok()?,
+            revision: s.applied_revision?,
+            mod_revision: s.applied_mod_revision,
+        })
+    }
 }
 
 type Error = String;
@@ -79,6 +107,7 @@ impl Agent {
         let key = config.grants_key();
         let key_for_hash = key.clone();
         let last_contact = previous.as_ref().and_then(|s| s.last_contact);
+        let applied = previous.as_ref().and_then(Applied::from_status);
         let since = last_contact.map_or(u64::MAX, |t| (now_secs() - t).max(0) as u64);
         let left = config
             .max_staleness
@@ -93,9 +122,9 @@ impl Agent {
             report: watch::Sender::new(None),
             reported: None,
             key,
-            revision: outcome.revision().unwrap_or(0),
             outcome,
-            synced: false,
+            reached: applied.map(|a| (a.cluster_id, a.revision)),
+            applied,
             deadline: Instant::now() + left,
             last_contact,
             last_error: None,
@@ -131,7 +160,7 @@ impl Agent {
         }
     }
 
-    /// One connection: read or resume, then follow the watch until it
+    /// One connection: a fresh read, then follow the watch until it
     /// breaks.
     async fn session(&mut self) -> Result<(), Error> {
         // One endpoint per connection, the next one after a failure: a
@@ -150,15 +179,16 @@ impl Agent {
             self.report.subscribe(),
         );
 
-        let mut start = if self.synced && !self.is_stale() {
-            self.revision + 1
-        } else {
-            self.read(&mut kv).await?
-        };
+        // Never a watch resumed after the last revision seen: this
+        // connection may reach a store restored from a snapshot or
+        // replaced since (even with the same cluster id and a revision
+        // already past it), whose changes since the restore that watch
+        // would miss.
+        let mut seen = self.read(&mut kv).await?;
         let tick = tick(self.config.max_staleness);
         'watch: loop {
             let options = WatchOptions::new()
-                .with_start_revision(start)
+                .with_start_revision(seen.revision() + 1)
                 .with_progress_notify();
             let created = self
                 .guard(timeout(
@@ -181,6 +211,24 @@ impl Agent {
                         let response = message
                             .map_err(|e| format!("watch: {e}"))?
                             .ok_or_else(|| "the watch stream ended".to_string())?;
+                        let header = response.header().map(Header::from);
+                        let progress = response.events().is_empty()
+                            && !response.created()
+                            && !response.canceled()
+                            && response.compact_revision() == 0;
+                        let checked = if progress {
+                            seen.progress(header)
+                        } else {
+                            seen.data(header)
+                        };
+                        if let Err(broke) = checked {
+                            // Not contact: nothing this stream says counts
+                            // until the key has been read again.
+                            let _ = watcher.cancel().await;
+                            seen = self.read_again_after(&broke, &mut kv).await?;
+                            continue 'watch;
+                        }
+                        self.reached = Some((seen.cluster_id(), seen.reached()));
                         self.contact();
                         if response.compact_revision() > 0 || response.canceled() || self.is_stale() {
                             if response.compact_revision() > 0 {
@@ -191,22 +239,22 @@ impl Agent {
                                     "watch canceled; reading the key again");
                             }
                             let _ = watcher.cancel().await;
-                            start = self.read(&mut kv).await?;
+                            seen = self.read(&mut kv).await?;
                             continue 'watch;
                         }
                         if let Some(event) = response.events().last() {
                             let Some(kv_at) = event.kv() else { continue };
-                            let value = match event.event_type() {
-                                EventType::Put => Some(kv_at.value()),
-                                EventType::Delete => None,
+                            let revision = kv_at.mod_revision();
+                            let (value, mod_revision) = match event.event_type() {
+                                EventType::Put => (Some(kv_at.value()), Some(revision)),
+                                EventType::Delete => (None, None),
                             };
-                            self.apply(value, kv_at.mod_revision());
-                        } else if !response.created() {
-                            // A progress notification: nothing else is
-                            // pending up to its revision.
-                            if let Some(h) = response.header() {
-                                self.revision = self.revision.max(h.revision());
-                            }
+                            let applied = Applied {
+                                cluster_id: seen.cluster_id(),
+                                revision,
+                                mod_revision,
+                            };
+                            self.apply(value, revision, applied);
                         }
                     }
                     _ = ticks.tick() => {
@@ -228,8 +276,9 @@ impl Agent {
         }
     }
 
-    /// Reads the key and applies it; returns the revision to watch from.
-    async fn read(&mut self, kv: &mut KvClient) -> Result<i64, Error> {
+    /// Reads the key (linearizable: what the cluster holds now) and
+    /// applies it; returns where this connection's history starts.
+    async fn read(&mut self, kv: &mut KvClient) -> Result<Seen, Error> {
         let key = self.key.clone();
         let got = self
             .guard(timeout(REQUEST_TIMEOUT, kv.get(key, None)))
@@ -237,21 +286,62 @@ impl Agent {
         let got = got
             .map_err(|_| "reading the grants key timed out".to_string())?
             .map_err(|e| format!("reading the grants key: {e}"))?;
+        let header = got
+            .header()
+            .map(Header::from)
+            .ok_or_else(|| "etcd answered the read without a response header".to_string())?;
         self.contact();
-        let header = got.header().map_or(0, |h| h.revision());
-        match got.kvs().first() {
-            Some(found) => self.apply(Some(found.value()), found.mod_revision()),
-            None => self.apply(None, header),
+        if let Some((cluster_id, revision)) = self.reached {
+            if let Some(broke) = history::compare(cluster_id, revision, &header) {
+                warn!(vm = %self.config.vm_id, %broke,
+                    "the grant file came from another etcd history; applying what etcd holds now");
+            }
         }
-        self.revision = self.revision.max(header);
-        self.synced = true;
-        self.send_status();
-        Ok(header + 1)
+        let found = got.kvs().first();
+        let applied = Applied {
+            cluster_id: header.cluster_id,
+            revision: header.revision,
+            mod_revision: found.map(|f| f.mod_revision()),
+        };
+        match found {
+            Some(found) => self.apply(Some(found.value()), found.mod_revision(), applied),
+            None => self.apply(None, header.revision, applied),
+        }
+        self.reached = Some((header.cluster_id, header.revision));
+        Ok(Seen::new(header))
     }
 
-    /// Writes the grant file for the key's value at `revision`, then
+    /// An answer from a history that went back: what the grant file came
+    /// from is forgotten (the status says so, replacing one of it not yet
+    /// sent), and the key is read again. If that read fails, strict mode
+    /// shares nothing at once rather than keep a document etcd may no
+    /// longer hold.
+    async fn read_again_after(
+        &mut self,
+        broke: &history::Break,
+        kv: &mut KvClient,
+    ) -> Result<Seen, Error> {
+        let reason = format!("{broke}: the grant file may not be what etcd holds");
+        warn!(vm = %self.config.vm_id, %reason, "reading the grants key again");
+        self.applied = None;
+        self.last_error = Some(reason.clone());
+        self.save_status();
+        self.send_status();
+        match self.read(kv).await {
+            Ok(seen) => Ok(seen),
+            Err(e) => {
+                if self.config.mode == Mode::Strict {
+                    self.share_nothing(format!("{reason}, and reading it again failed: {e}"));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the grant file for the key's value at `revision` (its
+    /// `mod_revision`, or the revision at which it did not exist), then
     /// reports it.
-    fn apply(&mut self, value: Option<&[u8]>, revision: i64) {
+    fn apply(&mut self, value: Option<&[u8]>, revision: i64, applied: Applied) {
         let (text, outcome) = document::render(&self.key, value, revision);
         match &outcome {
             Outcome::Applied { .. } => {
@@ -263,7 +353,7 @@ impl Agent {
         }
         self.last_error = outcome.error();
         self.outcome = outcome;
-        self.revision = self.revision.max(revision);
+        self.applied = Some(applied);
         self.write(text);
         self.save_status();
         self.send_status();
@@ -337,7 +427,9 @@ impl Agent {
             mode: self.config.mode,
             max_staleness_ms: self.config.max_staleness.as_millis() as u64,
             outcome: self.outcome.clone(),
-            applied_revision: Some(self.revision).filter(|r| *r > 0),
+            cluster_id: self.applied.map(|a| a.cluster_id.to_string()),
+            applied_revision: self.applied.map(|a| a.revision),
+            applied_mod_revision: self.applied.and_then(|a| a.mod_revision),
             last_error: self.last_error.clone(),
             last_contact: self.last_contact,
         }

@@ -25,16 +25,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The revision this outcome reflects, if it came from the store.
-    pub fn revision(&self) -> Option<i64> {
-        match self {
-            Outcome::Applied { revision }
-            | Outcome::Invalid { revision, .. }
-            | Outcome::Missing { revision } => Some(*revision),
-            Outcome::Stale { .. } => None,
-        }
-    }
-
     /// The problem to report, if any.
     pub fn error(&self) -> Option<String> {
         match self {

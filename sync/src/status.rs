@@ -21,9 +21,19 @@ pub struct Status {
     pub max_staleness_ms: u64,
     /// What the grant file says and why.
     pub outcome: Outcome,
-    /// The store revision whose state the grant file reflects (while stale:
-    /// the last one applied before contact was lost).
+    /// The etcd cluster the grant file was read from: the `cluster_id` of
+    /// etcd's response headers, in decimal (a string, so that JSON readers
+    /// with 53-bit numbers do not round it). `None` until a read, and again
+    /// once that cluster's history is found to have gone back.
+    pub cluster_id: Option<String>,
+    /// The store revision, in that cluster, as of which the grant file
+    /// reflects the key: the revision of the read or of the last event
+    /// applied (while stale: the last one before contact was lost). Never a
+    /// revision learnt from another history.
     pub applied_revision: Option<i64>,
+    /// The key's `mod_revision` of the document the grant file reflects
+    /// (valid or not); `None` when the key did not exist.
+    pub applied_mod_revision: Option<i64>,
     /// The last problem: an invalid document, a lost connection, a failed
     /// write. `None` once everything is in order.
     pub last_error: Option<String>,
@@ -74,6 +84,12 @@ impl Status {
             .applied_revision
             .map_or_else(|| "none".to_string(), |r| r.to_string());
         let _ = writeln!(out, "applied revision: {revision}");
+        let key = self
+            .applied_mod_revision
+            .map_or_else(|| "none".to_string(), |r| r.to_string());
+        let _ = writeln!(out, "key revision:     {key}");
+        let cluster = self.cluster_id.as_deref().unwrap_or("none");
+        let _ = writeln!(out, "etcd cluster:     {cluster}");
         let contact = match self.last_contact {
             Some(t) => format!("{} ({} ago)", civil::utc(t), civil::span(now - t)),
             None => "never".into(),
@@ -113,7 +129,9 @@ mod tests {
                 revision: 5,
                 error: "line 1, column 2: bad".into(),
             },
-            applied_revision: Some(5),
+            cluster_id: Some("14841639068965178418".into()),
+            applied_revision: Some(8),
+            applied_mod_revision: Some(5),
             last_error: Some("line 1, column 2: bad\nline 3, column 1: worse".into()),
             last_contact: Some(1_700_000_000),
         };
@@ -121,11 +139,28 @@ mod tests {
         assert!(json.contains("\"state\":\"invalid\""), "{json}");
         assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
         let text = s.render(1_700_000_042);
-        assert!(text.contains("applied revision: 5\n"), "{text}");
+        assert!(text.contains("applied revision: 8\n"), "{text}");
+        assert!(text.contains("key revision:     5\n"), "{text}");
+        assert!(
+            text.contains("etcd cluster:     14841639068965178418\n"),
+            "{text}"
+        );
         assert!(text.contains("2023-11-14T22:13:20Z (42s ago)"), "{text}");
         assert!(
             text.contains("\n                  line 3, column 1: worse\n"),
             "{text}"
         );
+    }
+
+    /// A status saved by an agent from before these fields (on the same
+    /// boot, across an upgrade) still reads, as nothing known of them.
+    #[test]
+    fn a_status_without_the_cluster_fields_reads() {
+        let old = r#"{"vm_id":"vm-1","mode":"strict","max_staleness_ms":300000,
+            "outcome":{"state":"applied","revision":34},"applied_revision":34,
+            "last_error":null,"last_contact":1700000000}"#;
+        let s: Status = serde_json::from_str(old).unwrap();
+        assert_eq!((s.cluster_id, s.applied_mod_revision), (None, None));
+        assert_eq!(s.applied_revision, Some(34));
     }
 }

@@ -190,7 +190,6 @@ fn compaction_past_the_agents_revision_is_caught_up_by_reading_again() {
     cluster.compact(last);
     relay.restore();
     agent.wait_grants(&applied("vm-a", last, &doc(false)));
-    assert!(agent.log().contains("compacted"), "{}", agent.log());
 }
 
 #[test]

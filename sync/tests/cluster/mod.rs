@@ -532,3 +532,170 @@ impl Drop for Agent {
         self.stop();
     }
 }
+
+/// What changes a cluster's history under a connected agent: a restore from
+/// a snapshot, an empty cluster in its place, a member replaced.
+impl Cluster {
+    /// The cluster id and the current revision, as a response header says.
+    pub fn header(&self) -> (u64, i64) {
+        let mut c = self.admin.clone();
+        let mut header = None;
+        let ok = wait_until(Duration::from_secs(60), || {
+            header = self
+                .rt
+                .block_on(c.get("health", None))
+                .ok()
+                .and_then(|r| r.header().map(|h| (h.cluster_id(), h.revision())));
+            header.is_some()
+        });
+        assert!(ok, "etcd did not answer");
+        header.unwrap()
+    }
+
+    /// `etcdctl` as root against member `i`.
+    fn etcdctl(&self, i: usize) -> Command {
+        let certs = self.certs();
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!(
+                "--endpoints=https://{}:{CLIENT_PORT}",
+                self.members[i].ip
+            ))
+            .arg(format!("--cacert={}", certs.join("ca.pem").display()))
+            .arg(format!("--cert={}", certs.join("root.pem").display()))
+            .arg(format!("--key={}", certs.join("root-key.pem").display()));
+        cmd
+    }
+
+    /// `etcdctl snapshot save` from member 0 to `file`.
+    pub fn snapshot(&self, file: &Path) {
+        run(self.etcdctl(0).arg("snapshot").arg("save").arg(file));
+    }
+
+    /// The disaster-recovery procedure: every member stopped, its data
+    /// replaced by `etcdctl snapshot restore` of `file` (same names, peer
+    /// URLs and cluster token, so the cluster id stays the same), started.
+    pub fn restore(&mut self, file: &Path) {
+        let initial = initial_cluster(&self.members);
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
+        for m in &self.members {
+            let args = member_args(self.dir.path(), &initial, &m.name, &m.ip);
+            let token = args
+                .iter()
+                .find_map(|a| a.strip_prefix("--initial-cluster-token="))
+                .unwrap();
+            let data = self.dir.path().join(format!("{}.etcd", m.name));
+            fs::remove_dir_all(&data).unwrap();
+            run(Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg("snapshot")
+                .arg("restore")
+                .arg(file)
+                .arg(format!("--name={}", m.name))
+                .arg(format!("--initial-cluster={initial}"))
+                .arg(format!("--initial-cluster-token={token}"))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://{}:{}",
+                    m.ip,
+                    etcd::PEER_PORT
+                ))
+                .arg(format!("--data-dir={}", data.display())));
+        }
+        for i in 0..self.members.len() {
+            self.start_member(i);
+        }
+        self.wait_healthy();
+    }
+
+    /// Every member's data thrown away and a new, empty cluster started on
+    /// the same addresses (same names and token: the same cluster id), with
+    /// the root user and the given VMs' users and roles again.
+    pub fn wipe(&mut self, vms: &[&str]) {
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+            let data = self
+                .dir
+                .path()
+                .join(format!("{}.etcd", self.members[i].name));
+            fs::remove_dir_all(&data).unwrap();
+        }
+        for i in 0..self.members.len() {
+            self.start_member(i);
+        }
+        self.wait_healthy();
+        self.setup_auth(vms);
+    }
+
+    /// The procedure for a failed member: member `i` removed from the
+    /// cluster and its data thrown away, and a new member (a new name and
+    /// id, the same address) added and started empty: it catches up from
+    /// the others.
+    pub fn replace_member(&mut self, i: usize) {
+        let mut c = self.admin.clone();
+        let name = self.members[i].name.clone();
+        let members = self.rt.block_on(c.member_list()).unwrap();
+        let id = members
+            .members()
+            .iter()
+            .find(|m| m.name() == name)
+            .map(|m| m.id())
+            .unwrap();
+        // Refused ("unhealthy cluster") until the leader has heard from
+        // every member for a while.
+        let removed = wait_until(Duration::from_secs(60), || {
+            self.rt.block_on(c.member_remove(id)).is_ok()
+        });
+        assert!(removed, "member {name} was not removed");
+        self.kill_member(i);
+        fs::remove_dir_all(self.dir.path().join(format!("{name}.etcd"))).unwrap();
+        let ip = self.members[i].ip.clone();
+        let peer = format!("http://{ip}:{}", etcd::PEER_PORT);
+        let added = wait_until(Duration::from_secs(60), || {
+            self.rt
+                .block_on(c.member_add([peer.as_str()], None))
+                .is_ok()
+        });
+        assert!(added, "no member added at {peer}");
+        self.members[i].name = format!("{name}-new");
+        let initial = initial_cluster(&self.members);
+        let m = &self.members[i];
+        let args: Vec<String> = member_args(self.dir.path(), &initial, &m.name, &m.ip)
+            .into_iter()
+            .map(|a| {
+                if a.starts_with("--initial-cluster-state=") {
+                    "--initial-cluster-state=existing".into()
+                } else {
+                    a
+                }
+            })
+            .collect();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", m.name)))
+            .unwrap();
+        let child = Command::new("etcd")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.members[i].child = Some(child);
+        // Answering itself, not only through the others.
+        let ok = wait_until(Duration::from_secs(60), || {
+            self.etcdctl(i)
+                .args(["get", "health"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        assert!(
+            ok,
+            "the new member did not come up; logs in {:?}",
+            self.dir.path()
+        );
+    }
+}
