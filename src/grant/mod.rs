@@ -8,6 +8,4 @@ pub mod lifecycle;
 pub mod limits;
 pub mod model;
 pub mod parse;
-mod plain;
-pub(crate) use plain::lines_inclusive;
 pub mod policy;
