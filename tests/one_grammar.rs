@@ -24,7 +24,7 @@ use std::process::{Command, Output};
 
 use proptest::prelude::*;
 
-use catalogue::{BOB, EVE};
+use catalogue::{BOB, EVE, OWNER};
 use vmshare::grant::lifecycle::{Change, EditError};
 use vmshare::store::config::Config;
 use vmshare::store::edit::edit_file;
@@ -33,8 +33,7 @@ use vmshare::sys::accounts::SystemAccounts;
 
 const CLI_BIN: &str = env!("CARGO_BIN_EXE_vmshare");
 const KEYS_BIN: &str = env!("CARGO_BIN_EXE_vmshare-keys");
-/// Local accounts that exist on any Debian host.
-const OWNER: &str = "daemon";
+/// Another local account that exists on any Debian host.
 const OWNER2: &str = "nobody";
 
 struct Env {
@@ -374,6 +373,15 @@ fn dotted(prefix: &str, g: &GenGuest) -> String {
         .collect()
 }
 
+/// `[owners.O.guests.G]` and the guest's fields.
+fn guest_table(owner: &str, g: &GenGuest) -> String {
+    format!(
+        "\n[owners.{owner}.guests.{}]\n{}",
+        bare(g.name),
+        dotted("", g)
+    )
+}
+
 fn render(file: &GenFile) -> String {
     if file.style == 2 {
         let owners: Vec<String> = file
@@ -414,10 +422,7 @@ fn render(file: &GenFile) -> String {
                         for g in &o.guests {
                             let guest = bare(g.name);
                             match g.form {
-                                0 => later.push_str(&format!(
-                                    "\n[owners.{name}.guests.{guest}]\n{}",
-                                    dotted("", g)
-                                )),
+                                0 => later.push_str(&guest_table(&name, g)),
                                 1 => own.push_str(&dotted(&format!("guests.{guest}."), g)),
                                 f => own.push_str(&format!(
                                     "guests.{guest} = {}\n",
@@ -439,10 +444,7 @@ fn render(file: &GenFile) -> String {
                 for g in &o.guests {
                     let guest = bare(g.name);
                     match g.form {
-                        0 => tables.push_str(&format!(
-                            "\n[owners.{name}.guests.{guest}]\n{}",
-                            dotted("", g)
-                        )),
+                        0 => tables.push_str(&guest_table(&name, g)),
                         1 => {
                             section.push_str(&dotted(&format!("{prefix}{name}.guests.{guest}."), g))
                         }

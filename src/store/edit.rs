@@ -1075,6 +1075,22 @@ keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF1hwYoxm+6UfuvTLRSqj2A0s7bF1hCz3wX
         }
     }
 
+    /// Revoke, sharing off and leave, for alice's guest bob.
+    fn ending_bobs_access() -> [Change; 3] {
+        let (owner, guest) = (String::from("alice"), String::from("bob"));
+        [
+            Change::Revoke {
+                owner: owner.clone(),
+                guest: guest.clone(),
+            },
+            Change::Sharing {
+                owner: owner.clone(),
+                on: false,
+            },
+            Change::Leave { owner, guest },
+        ]
+    }
+
     /// The layouts a hand-written file may use, each with alice's accepted
     /// guest bob (and two more guests) and another owner, carol.
     fn layouts() -> Vec<String> {
@@ -1094,24 +1110,10 @@ keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF1hwYoxm+6UfuvTLRSqj2A0s7bF1hCz3wX
 
     #[test]
     fn an_owner_written_anew_means_what_was_intended_and_the_rest_stays() {
-        let changes = [
-            Change::Revoke {
-                owner: "alice".into(),
-                guest: "bob".into(),
-            },
-            Change::Sharing {
-                owner: "alice".into(),
-                on: false,
-            },
-            Change::Leave {
-                owner: "alice".into(),
-                guest: "bob".into(),
-            },
-        ];
         for src in layouts() {
             let grants =
                 crate::grant::parse::parse(&src).unwrap_or_else(|e| panic!("{src}\n{e:?}"));
-            for change in &changes {
+            for change in &ending_bobs_access() {
                 let (step, _) = decide(&grants, change).unwrap();
                 let steps: Vec<Step> = step.into_iter().collect();
                 let mut expected = Model::of(&grants);
@@ -1175,26 +1177,15 @@ keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF1hwYoxm+6UfuvTLRSqj2A0s7bF1hCz3wX
             format!("[owners.alice]\nsharing = true\n[owners.alice.guests]\nbob = {{\n  status = \"accepted\",\n  keys = [\"{KEY_A}\"],\n}}\n"),
         ];
         for src in &files {
-            for change in [
-                Change::Revoke {
-                    owner: "alice".into(),
-                    guest: "bob".into(),
-                },
-                Change::Sharing {
-                    owner: "alice".into(),
-                    on: false,
-                },
-                Change::Leave {
-                    owner: "alice".into(),
-                    guest: "bob".into(),
-                },
+            let more = [
                 Change::Admin {
                     owner: "alice".into(),
                     guest: "bob".into(),
                     on: true,
                 },
                 invite("alice", "carol", &[KEY_C]),
-            ] {
+            ];
+            for change in ending_bobs_access().into_iter().chain(more) {
                 let done = apply_explained(src, &change)
                     .unwrap_or_else(|e| panic!("{src}{change:?}: {e}"));
                 assert!(

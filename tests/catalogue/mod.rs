@@ -13,6 +13,9 @@
 // Each test binary uses a part of the catalogue.
 #![allow(dead_code)]
 
+/// The owner of every document: a local account on any Debian host.
+pub const OWNER: &str = "daemon";
+
 /// Guest bob's key, granted by [`valid`].
 pub const BOB: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEJ4DD4yKSzEaReQiW3Zq+shurNhgh1qY1tGmZ3lMmkW bob@laptop";
