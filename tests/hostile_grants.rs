@@ -275,6 +275,26 @@ fn every_document_of_the_catalogue_grants_no_guest() {
     }
 }
 
+/// Every good document (other layouts, TOML 1.1 spellings) is enforced as
+/// the usual layout is: `check` passes and bob gets in.
+#[test]
+fn every_good_document_of_the_catalogue_grants_bob() {
+    let e = env();
+    for (name, text) in catalogue::good_documents() {
+        e.write_grants(&text);
+        let c = e.check();
+        assert_eq!(c.code, Some(0), "{name}: {}{}", c.stdout, c.stderr);
+        let r = e.lookup(OWNER);
+        assert_eq!(r.code, Some(0), "{name}: {}", r.stderr);
+        assert!(
+            r.stdout
+                .ends_with(&format!("ssh-ed25519 {} vmshare:bob\n", blob(BOB))),
+            "{name}: {}",
+            r.stdout
+        );
+    }
+}
+
 #[test]
 fn an_empty_file_is_valid_and_shares_nothing() {
     let e = env();

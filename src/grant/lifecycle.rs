@@ -154,6 +154,16 @@ impl Change {
         matches!(self, Change::Sharing { .. } | Change::Invite { .. })
     }
 
+    /// Whether the change ends access (revoke, sharing off, leave): such a
+    /// change must never fail on a file the agent enforces, whatever its
+    /// layout.
+    pub fn ends_access(&self) -> bool {
+        matches!(
+            self,
+            Change::Revoke { .. } | Change::Leave { .. } | Change::Sharing { on: false, .. }
+        )
+    }
+
     fn verb(&self) -> &'static str {
         match self {
             Change::Sharing { .. } => "change sharing",
@@ -206,7 +216,7 @@ pub enum EditError {
     /// The result would be an invalid grant file.
     ResultInvalid(FileErrors),
     /// The change could not be expressed in this file's layout.
-    Layout(String),
+    Layout(Layout),
     /// Another edit held the lock for as long as this one would wait.
     Busy {
         lock: PathBuf,
@@ -214,6 +224,36 @@ pub enum EditError {
     },
     Lock(String),
     Io(String),
+}
+
+/// Why a change cannot be made in the file's own layout. The file itself is
+/// valid: these are limits of the text edit, never parse errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// `what` is not of the kind the edit needs (`expected`: "a table", "a
+    /// value", "an array").
+    Unexpected {
+        what: String,
+        expected: &'static str,
+    },
+    /// The table the edit needs is not where the file's layout puts it.
+    NotFound(&'static str),
+    /// The edited text does not read back as what was intended.
+    Misread,
+    /// The editor's parser refused a file the reader accepted. They are the
+    /// same parser (`toml_parser`), so this is a bug; it is still refused.
+    Unreadable(String),
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Layout::Unexpected { what, expected } => write!(f, "{what} is not {expected}"),
+            Layout::NotFound(what) => write!(f, "{what} not found where expected"),
+            Layout::Misread => write!(f, "the edited text does not say what was intended"),
+            Layout::Unreadable(why) => write!(f, "the editor cannot read the file: {why}"),
+        }
+    }
 }
 
 impl fmt::Display for EditError {

@@ -9,6 +9,4 @@ pub mod limits;
 pub mod model;
 pub mod owner_lines;
 pub mod parse;
-mod plain;
-pub(crate) use plain::lines_inclusive;
 pub mod policy;

@@ -12,8 +12,8 @@ use crate::grant::limits::Limits;
 pub const MAX_GRANT_FILE_BYTES: usize = 32 << 20;
 
 /// Grant files at least this long (about 1,000 guests) are worked on by
-/// two threads where the machine has a second CPU: read in two halves,
-/// hashed while the policy is built, their parsed form freed aside.
+/// two threads where the machine has a second CPU: hashed while the policy
+/// is built, their parsed form freed aside.
 pub const LARGE_FILE_BYTES: usize = 256 * 1024;
 
 /// Whether work on a file of `len` bytes is shared with a second thread.

@@ -15,80 +15,43 @@ use crate::grant::model::{Grants, Guest, GuestKey, Owner, Status, MAX_GRANT_FILE
 /// `Default` is what serde's `default` gives a missing field.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawFile {
+struct RawFile {
     #[serde(default)]
-    pub(super) owners: BTreeMap<Spanned<String>, RawOwner>,
+    owners: BTreeMap<Spanned<String>, RawOwner>,
 }
 
 /// `Default` is what serde's `default` gives a missing field.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawOwner {
+struct RawOwner {
     #[serde(default)]
-    pub(super) sharing: bool,
+    sharing: bool,
     #[serde(default)]
-    pub(super) guests: BTreeMap<Spanned<String>, RawGuest>,
+    guests: BTreeMap<Spanned<String>, RawGuest>,
 }
 
 /// `Default` is what serde's `default` gives a missing field.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawGuest {
+struct RawGuest {
     #[serde(default)]
-    pub(super) status: Option<Status>,
+    status: Option<Status>,
     #[serde(default)]
-    pub(super) keys: Vec<Spanned<RawKey>>,
+    keys: Vec<Spanned<String>>,
     #[serde(default)]
-    pub(super) admin: bool,
+    admin: bool,
     #[serde(default)]
-    pub(super) expires: Option<Spanned<toml::value::Datetime>>,
+    expires: Option<Spanned<toml::value::Datetime>>,
     #[serde(default)]
-    pub(super) from: Option<Spanned<Vec<Spanned<String>>>>,
+    from: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
-    pub(super) forwarding: Option<bool>,
+    forwarding: Option<bool>,
 }
 
-/// A guest's key as read: its text, as `toml` gives it, or already
-/// parsed, as the plain reader gives it (each half of a large file's keys
-/// parsed by the thread that reads that half, without a copy of the text).
-#[derive(Debug)]
-pub(super) enum RawKey {
-    Text(String),
-    Parsed(Result<GuestKey, String>),
-}
-
-impl<'de> Deserialize<'de> for RawKey {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(RawKey::Text)
-    }
-}
-
-/// Parses and validates grant file text. Any finding makes the whole file
-/// invalid; all findings are returned, in file order.
+/// Parses and validates grant file text (TOML 1.1, as `toml` 1.x reads it).
+/// Any finding makes the whole file invalid; all findings are returned, in
+/// file order.
 pub fn parse(source: &str) -> Result<Grants, Vec<Diagnostic>> {
-    parse_with(source, true)
-}
-
-/// The same, reading every layout through `toml` alone: what `parse` must
-/// agree with (the property tests and the grants fuzz target compare them).
-pub fn parse_general(source: &str) -> Result<Grants, Vec<Diagnostic>> {
-    parse_with(source, false)
-}
-
-/// [`parse`] with the plain layout read in two halves split at `at`, as a
-/// large file is, whatever its size: for the property tests and the grants
-/// fuzz target, which hold it to [`parse_general`]. `None` where the
-/// halves are not read that way (the file then goes to `toml`).
-#[doc(hidden)]
-pub fn parse_split_at(source: &str, at: usize) -> Option<Result<Grants, Vec<Diagnostic>>> {
-    if source.len() > MAX_GRANT_FILE_BYTES || !source.is_char_boundary(at) {
-        return None;
-    }
-    let raw = crate::grant::plain::read_split(source, at)?;
-    Some(parse_raw(source, Some(raw)))
-}
-
-fn parse_with(source: &str, plain: bool) -> Result<Grants, Vec<Diagnostic>> {
     if source.len() > MAX_GRANT_FILE_BYTES {
         return Err(vec![Diagnostic::whole_file(format!(
             "file is {} bytes; the limit is {} bytes",
@@ -96,21 +59,7 @@ fn parse_with(source: &str, plain: bool) -> Result<Grants, Vec<Diagnostic>> {
             MAX_GRANT_FILE_BYTES
         ))]);
     }
-    // The usual layout is read directly; anything else, and every error,
-    // through `toml`.
-    parse_raw(
-        source,
-        plain.then(|| crate::grant::plain::read(source)).flatten(),
-    )
-}
-
-/// Validates the file `source` read as `plain` (`None`: read it through
-/// `toml`).
-fn parse_raw(source: &str, plain: Option<RawFile>) -> Result<Grants, Vec<Diagnostic>> {
-    // The plain reader parses every key as it reads it; `toml` parses none.
-    let keys_parsed = plain.is_some();
-    let general = || toml::from_str::<RawFile>(source);
-    let raw: RawFile = match plain.map_or_else(general, Ok) {
+    let raw: RawFile = match toml::from_str(source) {
         Ok(raw) => raw,
         Err(e) => {
             let offset = e.span().map_or(0, |s| s.start);
@@ -124,18 +73,14 @@ fn parse_raw(source: &str, plain: Option<RawFile>) -> Result<Grants, Vec<Diagnos
     };
 
     let mut errors = Errors::new(source);
-    // Keys read through `toml` are parsed here, in parallel on large files:
-    // it is most of the work of a reload.
+    // Keys are parsed here, in parallel on large files: it is most of the
+    // work of a reload.
     let texts: Vec<&str> = raw
         .owners
         .values()
-        .filter(|_| !keys_parsed)
         .flat_map(|o| o.guests.values())
         .flat_map(|g| g.keys.iter())
-        .filter_map(|k| match k.get_ref() {
-            RawKey::Text(text) => Some(text.as_str()),
-            RawKey::Parsed(_) => None,
-        })
+        .map(|k| k.get_ref().as_str())
         .collect();
     let mut parsed_texts = parse_keys(&texts).into_iter();
 
@@ -152,21 +97,18 @@ fn parse_raw(source: &str, plain: Option<RawFile>) -> Result<Grants, Vec<Diagnos
         // Where each key is, in order, and whether every one parsed.
         let mut key_offsets = Vec::new();
         let mut all_parsed = true;
-        for (guest_name, mut raw_guest) in raw_owner.guests {
+        for (guest_name, raw_guest) in raw_owner.guests {
             let guest_at = guest_name.span().start;
             let guest_name = guest_name.into_inner();
             if let Err(why) = check_guest_name(&guest_name) {
                 errors.push(guest_at, why);
             }
             let mut keys = Vec::with_capacity(raw_guest.keys.len());
-            for key in std::mem::take(&mut raw_guest.keys) {
+            for key in &raw_guest.keys {
                 let at = key.span().start;
-                let parsed = match key.into_inner() {
-                    RawKey::Parsed(parsed) => parsed,
-                    RawKey::Text(_) => parsed_texts
-                        .next()
-                        .unwrap_or_else(|| Err("key was not parsed".into())),
-                };
+                let parsed = parsed_texts
+                    .next()
+                    .unwrap_or_else(|| Err("key was not parsed".into()));
                 match parsed {
                     Ok(parsed) => {
                         keys.push(parsed);

@@ -1,6 +1,8 @@
-//! Applies a lifecycle change to the grant file: the text edit (toml_edit;
-//! comments, order and layout kept) and the one place that writes the file,
-//! under a lock, atomically.
+//! Applies a lifecycle change to the grant file: the text edit (toml_edit,
+//! on the same TOML 1.1 parser as the reader; comments, order and layout
+//! kept) and the one place that writes the file, under a lock, atomically.
+//! The changes that end access never fail on a valid file: an owner's
+//! table they cannot edit in place is written anew in the CLI's layout.
 
 use std::fs::File;
 use std::io;
@@ -12,8 +14,8 @@ use nix::fcntl::Flock;
 use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, Value};
 
 use crate::grant::diag::{Diagnostic, FileErrors};
-use crate::grant::lifecycle::{decide, decide_limits, Change, EditError, Model, Step};
-use crate::grant::model::{Status, MAX_GRANT_FILE_BYTES};
+use crate::grant::lifecycle::{decide, decide_limits, Change, EditError, Layout, Model, Step};
+use crate::grant::model::{Grants, GuestKey, Owner, Status, MAX_GRANT_FILE_BYTES};
 use crate::grant::policy::Accounts;
 use crate::store::source::{self, Outcome};
 use crate::sys::fsutil;
@@ -76,25 +78,26 @@ pub fn apply_explained(text: &str, change: &Change) -> Result<Applied, EditError
     }
     let owner = change.owner();
     let guest = change.guest();
-    let edited = edit_text(text, owner, guest, &steps)?;
-
-    // The text edit must have done exactly what was decided, whatever the
-    // file's layout (dotted keys, inline tables, ...).
-    let after = crate::grant::parse::parse(&edited).map_err(|errors| {
-        EditError::ResultInvalid(FileErrors {
-            file: PathBuf::from("edited grant file"),
-            errors,
-        })
-    })?;
     let mut expected = Model::of(&grants);
     for step in &steps {
         expected.apply(owner, guest, step);
     }
-    if Model::of(&after) != expected {
-        return Err(EditError::Layout(
-            "the edited text does not say what was intended".into(),
-        ));
-    }
+    let in_place = edit_text(text, owner, guest, &steps).and_then(|t| verified(t, &expected));
+    let edited = match in_place {
+        Ok(edited) => edited,
+        // The verbs that end access must work on any file the agent
+        // enforces: what cannot be edited in place is written anew.
+        Err(EditError::Layout(why)) if change.ends_access() => {
+            let Some(rewritten) = written_anew(text, &grants, change, &steps, &expected) else {
+                return Err(EditError::Layout(why));
+            };
+            let rewritten = rewritten?;
+            summary =
+                format!("{summary}; rewrote owner {owner}'s table in vmshare's layout: {why}");
+            rewritten
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Applied {
         text: edited,
         summary,
@@ -102,13 +105,145 @@ pub fn apply_explained(text: &str, change: &Change) -> Result<Applied, EditError
     })
 }
 
-fn layout(what: impl Into<String>) -> EditError {
-    EditError::Layout(what.into())
+/// `edited` if it reads back as `expected`: the text edit must have done
+/// exactly what was decided, whatever the file's layout.
+fn verified(edited: String, expected: &Model) -> Result<String, EditError> {
+    match crate::grant::parse::parse(&edited) {
+        Ok(after) if Model::of(&after) == *expected => Ok(edited),
+        _ => Err(layout(Layout::Misread)),
+    }
+}
+
+fn layout(why: Layout) -> EditError {
+    EditError::Layout(why)
+}
+
+fn unexpected(what: impl Into<String>, expected: &'static str) -> EditError {
+    layout(Layout::Unexpected {
+        what: what.into(),
+        expected,
+    })
+}
+
+/// `text` with the owner's table written anew as `steps` leave it, if it
+/// reads back as `expected`; `None` for steps other than those of the
+/// changes that end access.
+fn written_anew(
+    text: &str,
+    grants: &Grants,
+    change: &Change,
+    steps: &[Step],
+    expected: &Model,
+) -> Option<Result<String, EditError>> {
+    let after = owner_after(grants, change.owner(), change.guest(), steps)?;
+    Some(rewrite_owner(text, &after).and_then(|t| verified(t, expected)))
+}
+
+/// Owner `owner` as `steps` leave it: the steps of the changes that end
+/// access only (`None` for any other).
+fn owner_after(grants: &Grants, owner: &str, guest: &str, steps: &[Step]) -> Option<Owner> {
+    let mut after = grants.owner(owner)?.clone();
+    for step in steps {
+        match step {
+            Step::SetSharing(on) => after.sharing = *on,
+            Step::SetStatus(status) => {
+                for g in after.guests.iter_mut().filter(|g| g.name == guest) {
+                    g.status = *status;
+                }
+            }
+            Step::RemoveGuest => after.guests.retain(|g| g.name != guest),
+            Step::AddGuest { .. }
+            | Step::AddKeys { .. }
+            | Step::SetLimits(_)
+            | Step::SetAdmin(_) => return None,
+        }
+    }
+    Some(after)
+}
+
+/// `text` with `owner`'s table, however it is written (dotted keys, inline
+/// tables, under `[owners]`), replaced by the tables the CLI writes
+/// (`[owners.NAME]`, `[owners.NAME.guests.GUEST]`) at the end of the file;
+/// the rest of the file as it was.
+fn rewrite_owner(text: &str, owner: &Owner) -> Result<String, EditError> {
+    let mut doc: DocumentMut = text
+        .parse()
+        .map_err(|e| layout(Layout::Unreadable(format!("{e}"))))?;
+    let item = doc
+        .as_table_mut()
+        .get_mut("owners")
+        .ok_or_else(|| layout(Layout::NotFound("the table of owners")))?;
+    // A header cannot add to an inline table: the other owners stay inline,
+    // under `[owners]`.
+    if let Item::Value(Value::InlineTable(inline)) = item {
+        let mut table = std::mem::take(inline).into_table();
+        table.set_implicit(true);
+        *item = Item::Table(table);
+    }
+    let owners = item
+        .as_table_mut()
+        .ok_or_else(|| unexpected("`owners`", "a table"))?;
+    owners.remove(&owner.name);
+    owners.insert(&owner.name, owner_tables(owner, !text.trim().is_empty()));
+    Ok(doc.to_string())
+}
+
+/// An owner's tables in the CLI's layout, placed after every other table.
+fn owner_tables(owner: &Owner, spaced: bool) -> Item {
+    let last = |t: &mut Table| {
+        t.set_position(Some(isize::MAX));
+        if spaced {
+            t.decor_mut().set_prefix("\n");
+        }
+    };
+    let mut table = Table::new();
+    last(&mut table);
+    table.insert("sharing", toml_edit::value(owner.sharing));
+    let mut guests = Table::new();
+    guests.set_implicit(true);
+    for g in &owner.guests {
+        let mut t = Table::new();
+        last(&mut t);
+        t.insert("status", toml_edit::value(g.status.as_str()));
+        let keys: Vec<String> = g.keys.iter().map(key_line).collect();
+        t.insert("keys", Item::Value(Value::Array(multiline_array(&keys))));
+        if g.admin {
+            t.insert("admin", toml_edit::value(true));
+        }
+        // A value that cannot be written reads back different, and the
+        // rewrite is refused.
+        if let Some(at) = g.limits.expires {
+            if let Ok(when) = crate::grant::civil::utc(at).parse::<toml_edit::Datetime>() {
+                t.insert("expires", toml_edit::value(when));
+            }
+        }
+        if let Some(nets) = &g.limits.from {
+            let list: Array = nets.iter().map(|n| n.to_string()).collect();
+            t.insert("from", Item::Value(Value::Array(list)));
+        }
+        if !g.limits.forwarding {
+            t.insert("forwarding", toml_edit::value(false));
+        }
+        guests.insert(&g.name, Item::Table(t));
+    }
+    table.insert("guests", Item::Table(guests));
+    Item::Table(table)
+}
+
+/// A key as the grant file writes it: `type base64 [comment]`.
+fn key_line(key: &GuestKey) -> String {
+    if key.comment.is_empty() {
+        format!("{} {}", key.algorithm, key.blob)
+    } else {
+        format!("{} {} {}", key.algorithm, key.blob, key.comment)
+    }
 }
 
 /// Makes the text edit for `steps`, in order.
 fn edit_text(text: &str, owner: &str, guest: &str, steps: &[Step]) -> Result<String, EditError> {
-    let mut doc: DocumentMut = text.parse().map_err(|e| layout(format!("{e}")))?;
+    let mut doc: DocumentMut = text
+        .parse()
+        .map_err(|e| layout(Layout::Unreadable(format!("{e}"))))?;
     // New tables get a blank line before them, unless they open the file.
     let spaced = !text.trim().is_empty();
     // In a file of comments only, the comments are the document's trailing
@@ -146,7 +281,7 @@ fn edit_step(
             let inline = guests.is_inline_table();
             let table = guests
                 .as_table_like_mut()
-                .ok_or_else(|| layout("`guests` is not a table"))?;
+                .ok_or_else(|| unexpected("`guests`", "a table"))?;
             let new = if inline {
                 let mut t = InlineTable::new();
                 t.insert("status", Value::from(Status::Invited.as_str()));
@@ -182,22 +317,22 @@ fn edit_step(
             let o = owners
                 .as_table_like_mut()
                 .and_then(|t| t.get_mut(owner))
-                .ok_or_else(|| layout("owner table not found"))?;
+                .ok_or_else(|| layout(Layout::NotFound("the owner's table")))?;
             let guests = o
                 .as_table_like_mut()
                 .and_then(|t| t.get_mut("guests"))
                 .and_then(Item::as_table_like_mut)
-                .ok_or_else(|| layout("guests table not found"))?;
+                .ok_or_else(|| layout(Layout::NotFound("the table of guests")))?;
             guests
                 .remove(guest)
-                .ok_or_else(|| layout("guest table not found"))?;
+                .ok_or_else(|| layout(Layout::NotFound("the guest's table")))?;
         }
         Step::SetLimits(set) => {
             let g = guest_item(owners, owner, guest)?;
             if let Some(at) = set.expires {
                 let when: toml_edit::Datetime = crate::grant::civil::utc(at)
                     .parse()
-                    .map_err(|e| layout(format!("expires: {e}")))?;
+                    .map_err(|e| unexpected(format!("`expires` ({e})"), "a date-time"))?;
                 set_value(g, "expires", Value::from(when))?;
             }
             if let Some(nets) = &set.from {
@@ -221,17 +356,17 @@ fn child<'a>(
     let inline = parent.is_inline_table();
     let table = parent
         .as_table_like_mut()
-        .ok_or_else(|| layout(format!("the parent of `{key}` is not a table")))?;
+        .ok_or_else(|| unexpected(format!("the parent of `{key}`"), "a table"))?;
     if !table.contains_key(key) {
         table.insert(key, new(inline));
     }
     let item = table
         .get_mut(key)
-        .ok_or_else(|| layout(format!("`{key}` vanished")))?;
+        .ok_or_else(|| layout(Layout::NotFound("a table just added")))?;
     if item.is_table_like() {
         Ok(item)
     } else {
-        Err(layout(format!("`{key}` is not a table")))
+        Err(unexpected(format!("`{key}`"), "a table"))
     }
 }
 
@@ -274,7 +409,7 @@ fn guest_item<'a>(
         .and_then(Item::as_table_like_mut)
         .and_then(|t| t.get_mut(guest))
         .filter(|i| i.is_table_like())
-        .ok_or_else(|| layout("guest table not found"))
+        .ok_or_else(|| layout(Layout::NotFound("the guest's table")))
 }
 
 /// Sets `table[key] = value`, keeping the old value's surrounding spaces and
@@ -282,11 +417,11 @@ fn guest_item<'a>(
 fn set_value(table: &mut Item, key: &str, mut value: Value) -> Result<(), EditError> {
     let t = table
         .as_table_like_mut()
-        .ok_or_else(|| layout("not a table"))?;
+        .ok_or_else(|| unexpected(format!("the table of `{key}`"), "a table"))?;
     if let Some(old) = t.get_mut(key) {
         let old = old
             .as_value_mut()
-            .ok_or_else(|| layout(format!("`{key}` is not a value")))?;
+            .ok_or_else(|| unexpected(format!("`{key}`"), "a value"))?;
         *value.decor_mut() = old.decor().clone();
         *old = value;
     } else {
@@ -321,7 +456,7 @@ fn add_keys(guest: &mut Item, keys: &[String]) -> Result<(), EditError> {
     let inline = guest.is_inline_table();
     let t = guest
         .as_table_like_mut()
-        .ok_or_else(|| layout("guest is not a table"))?;
+        .ok_or_else(|| unexpected("the guest", "a table"))?;
     if !t.contains_key("keys") {
         let array = if inline {
             keys.iter().collect()
@@ -334,7 +469,7 @@ fn add_keys(guest: &mut Item, keys: &[String]) -> Result<(), EditError> {
     let array = t
         .get_mut("keys")
         .and_then(Item::as_array_mut)
-        .ok_or_else(|| layout("`keys` is not an array"))?;
+        .ok_or_else(|| unexpected("`keys`", "an array"))?;
     let first_prefix = array
         .get(0)
         .map(|v| raw_str(v.decor().prefix()))
@@ -936,6 +1071,128 @@ keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF1hwYoxm+6UfuvTLRSqj2A0s7bF1hCz3wX
                     Err(EditError::Layout(_)) => {}
                     Err(e) => panic!("{src}\n{change:?}: {e}"),
                 }
+            }
+        }
+    }
+
+    /// Revoke, sharing off and leave, for alice's guest bob.
+    fn ending_bobs_access() -> [Change; 3] {
+        let (owner, guest) = (String::from("alice"), String::from("bob"));
+        [
+            Change::Revoke {
+                owner: owner.clone(),
+                guest: guest.clone(),
+            },
+            Change::Sharing {
+                owner: owner.clone(),
+                on: false,
+            },
+            Change::Leave { owner, guest },
+        ]
+    }
+
+    /// The layouts a hand-written file may use, each with alice's accepted
+    /// guest bob (and two more guests) and another owner, carol.
+    fn layouts() -> Vec<String> {
+        let bob =
+            format!("status = \"accepted\", keys = [\"{KEY_A}\"], expires = 2030-01-01T00:00Z");
+        let eve = format!("status = \"acc\\x65pted\", keys = [\"{KEY_B}\"], from = [\"10.0.0.0/8\"], forwarding = false, admin = true");
+        let zed = format!("keys = [\"{KEY_C}\"]");
+        let carol = format!("[owners.carol]  # keep\nsharing = true\n\n[owners.carol.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{KEY_A}\"]\n");
+        vec![
+            format!("# top\n[owners]\nalice.sharing = true\nalice.guests.bob = {{ {bob} }}\nalice.guests.eve = {{ {eve} }}\nalice.guests.\"z.e-d\" = {{ {zed} }}\n\n{carol}"),
+            format!("[owners.alice]\nsharing = true\nguests = {{ bob = {{ {bob} }}, eve = {{ {eve} }}, \"z.e-d\" = {{ {zed} }} }}\n\n{carol}"),
+            format!("# all inline\nowners = {{\n  alice = {{ sharing = true, guests = {{ bob = {{ {bob} }}, eve = {{ {eve} }}, \"z.e-d\" = {{ {zed} }} }} }},\n  carol = {{ sharing = true }},\n}}\n"),
+            format!("owners.alice.sharing = true\nowners.alice.guests.bob = {{\n  {bob},\n}}\nowners.alice.guests.eve = {{ {eve} }}\nowners.alice.guests.\"z.e-d\" = {{ {zed} }}\n{carol}"),
+            format!("{carol}\n[owners.alice.guests]\nbob = {{ {bob} }}\neve = {{ {eve} }}\n\"z.e-d\" = {{ {zed} }}\n[owners.alice]\nsharing = true\n"),
+        ]
+    }
+
+    #[test]
+    fn an_owner_written_anew_means_what_was_intended_and_the_rest_stays() {
+        for src in layouts() {
+            let grants =
+                crate::grant::parse::parse(&src).unwrap_or_else(|e| panic!("{src}\n{e:?}"));
+            for change in &ending_bobs_access() {
+                let (step, _) = decide(&grants, change).unwrap();
+                let steps: Vec<Step> = step.into_iter().collect();
+                let mut expected = Model::of(&grants);
+                for step in &steps {
+                    expected.apply("alice", change.guest(), step);
+                }
+                let text = written_anew(&src, &grants, change, &steps, &expected)
+                    .expect("a change that ends access")
+                    .unwrap_or_else(|e| panic!("{src}\n{change:?}: {e}"));
+                // alice in the CLI's layout, at the end; carol as she was.
+                let at = text
+                    .find("\n[owners.alice]\nsharing = ")
+                    .unwrap_or_else(|| panic!("{text}"));
+                assert!(!text[..at].contains("alice"), "{text}");
+                assert!(text[at..].contains("\n[owners.alice.guests.eve]\nstatus = \"accepted\"\nkeys = [\n  \"ssh-ed25519 "), "{text}");
+                assert!(
+                    text[at..]
+                        .contains("\n[owners.alice.guests.\"z.e-d\"]\nstatus = \"invited\"\n"),
+                    "{text}"
+                );
+                let after = crate::grant::parse::parse(&text).unwrap();
+                assert_eq!(
+                    after.owner("carol"),
+                    grants
+                        .owner("carol")
+                        .map(|c| Owner {
+                            offset: after.owner("carol").unwrap().offset,
+                            ..c.clone()
+                        })
+                        .as_ref()
+                );
+                if src.starts_with('#') {
+                    assert!(
+                        text.starts_with("# top\n") || text.starts_with("# all inline\n[owners]\n"),
+                        "{text}"
+                    );
+                }
+                if src.contains("[owners.carol]  # keep") {
+                    assert!(
+                        text.contains("[owners.carol]  # keep\nsharing = true\n"),
+                        "{text}"
+                    );
+                }
+                // Key comments are kept.
+                let kept = text[at..].contains(" a@x\"");
+                assert_eq!(kept, !matches!(change, Change::Revoke { .. }), "{text}");
+            }
+        }
+        // Changes that do not end access are never written anew.
+        let src = &layouts()[0];
+        let grants = crate::grant::parse::parse(src).unwrap();
+        let steps = [Step::SetAdmin(true)];
+        assert!(written_anew(src, &grants, &accept("bob"), &steps, &Model::of(&grants)).is_none());
+    }
+
+    #[test]
+    fn files_of_toml_1_1_are_edited() {
+        let files = [
+            format!("[owners.alice]\nsharing = true\n[owners.alice.guests.bob]\nstatus = \"acc\\x65pted\"\nkeys = [\"{KEY_A}\"]\n"),
+            format!("[owners.alice]\nsharing = true\n[owners.alice.guests.bob]\nstatus = \"accepted\"\nexpires = 2030-01-01T00:00Z\nkeys = [\"{KEY_A}\"]\n"),
+            format!("[owners.alice]\nsharing = true\n[owners.alice.guests]\nbob = {{\n  status = \"accepted\",\n  keys = [\"{KEY_A}\"],\n}}\n"),
+        ];
+        for src in &files {
+            let more = [
+                Change::Admin {
+                    owner: "alice".into(),
+                    guest: "bob".into(),
+                    on: true,
+                },
+                invite("alice", "carol", &[KEY_C]),
+            ];
+            for change in ending_bobs_access().into_iter().chain(more) {
+                let done = apply_explained(src, &change)
+                    .unwrap_or_else(|e| panic!("{src}{change:?}: {e}"));
+                assert!(
+                    done.changed && !done.summary.contains("rewrote"),
+                    "{}",
+                    done.summary
+                );
             }
         }
     }

@@ -2,13 +2,19 @@
 //! hostile-file tests (tests/hostile_grants.rs, which check each error's
 //! position and wording) and by vmshare-sync's store tests
 //! (sync/tests/sync_etcd.rs, which put every document in etcd and check
-//! that the VM ends with no guest access, reported, the agent alive).
+//! that the VM ends with no guest access, reported, the agent alive). And
+//! its counterpart, [`good_documents`]: valid files in layouts and TOML 1.1
+//! spellings the CLI does not write, which the agent enforces and so the
+//! edit verbs must handle (tests/one_grammar.rs).
 //!
 //! Every document builds on [`valid`] (owner `daemon` shares with guest bob)
 //! so a document that leaves bob's access in place is caught. Families with
 //! a position give the needle whose last occurrence is where the error is.
 // Each test binary uses a part of the catalogue.
 #![allow(dead_code)]
+
+/// The owner of every document: a local account on any Debian host.
+pub const OWNER: &str = "daemon";
 
 /// Guest bob's key, granted by [`valid`].
 pub const BOB: &str =
@@ -338,4 +344,69 @@ pub fn documents() -> Vec<(&'static str, String)> {
     ));
     all.push(("root as owner", root_as_owner()));
     all
+}
+
+/// Valid grant documents the CLI would not write: other layouts (dotted
+/// keys, inline tables, `[owners]` on its own) and TOML 1.1 spellings.
+/// Each grants `daemon`'s accepted guest bob, named by what is unusual.
+pub fn good_documents() -> Vec<(&'static str, String)> {
+    let bob = |fields: &str| {
+        format!(
+            "[owners.daemon]\nsharing = true\n\n[owners.daemon.guests.bob]\n{fields}keys = [\"{BOB}\"]\n"
+        )
+    };
+    vec![
+        ("status with a \\x escape (TOML 1.1)", bob("status = \"acc\\x65pted\"\n")),
+        ("status with a \\u escape", bob("status = \"\\u0061ccepted\"\n")),
+        ("status as a literal string", bob("status = 'accepted'\n")),
+        ("status as a multi-line string", bob("status = \"\"\"accepted\"\"\"\n")),
+        (
+            "expires without seconds (TOML 1.1)",
+            bob("status = \"accepted\"\nexpires = 2099-01-01T00:00Z\n"),
+        ),
+        (
+            "expires with a space, an offset and a fraction",
+            bob("status = \"accepted\"\nexpires = 2099-01-01 02:00:00.5+02:00\nfrom = [\"0.0.0.0/0\", \"::/0\"]\nforwarding = false\n"),
+        ),
+        (
+            "guest inline table over lines, trailing comma (TOML 1.1)",
+            format!("[owners.daemon]\nsharing = true\n\n[owners.daemon.guests]\nbob = {{\n  status = \"accepted\",\n  keys = [\"{BOB}\"],\n}}\n"),
+        ),
+        (
+            "guests as one inline table",
+            format!("[owners.daemon]\nsharing = true\nguests = {{ bob = {{ status = \"accepted\", keys = [\"{BOB}\"] }} }}\n"),
+        ),
+        (
+            "guest as a dotted inline table",
+            format!("[owners.daemon]\nsharing = true\nguests.bob = {{ status = \"accepted\", keys = [\"{BOB}\"] }}\n"),
+        ),
+        (
+            "dotted keys under [owners]",
+            format!("[owners]\ndaemon.sharing = true\ndaemon.guests.bob.status = \"accepted\"\ndaemon.guests.bob.keys = [\"{BOB}\"]\n"),
+        ),
+        (
+            "owner inline under [owners], over lines (TOML 1.1)",
+            format!("[owners]\ndaemon = {{\n  sharing = true,\n  guests = {{ bob = {{ status = \"accepted\", keys = [\"{BOB}\"] }} }},\n}}\n"),
+        ),
+        (
+            "owners as one inline table",
+            format!("owners = {{ daemon = {{ sharing = true, guests = {{ bob = {{ status = \"accepted\", keys = [\"{BOB}\"] }} }} }} }}\n"),
+        ),
+        (
+            "dotted keys at the top",
+            format!("owners.daemon.sharing = true\nowners.daemon.guests.bob = {{ status = \"accepted\", keys = [\"{BOB}\"] }}\n"),
+        ),
+        (
+            "dotted owner, guest in a table of its own",
+            format!("[owners]\ndaemon.sharing = true\n\n[owners.daemon.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{BOB}\"]\n"),
+        ),
+        (
+            "guest before its owner's table",
+            format!("# bob first\n[owners.daemon.guests.bob]\nstatus = \"accepted\"\nkeys = [\n  '{BOB}', # laptop\n]\n\n[owners.daemon]\nsharing = true\n"),
+        ),
+        (
+            "quoted names and another owner in another layout",
+            format!("[owners.\"daemon\"]\n\"sharing\" = true\n\n[owners.\"daemon\".guests.'bob']\nstatus = \"accepted\"\nkeys = [\"{BOB}\"]\n\n[owners]\nnobody = {{ sharing = true, guests = {{ eve = {{ status = \"accepted\", keys = [\"{EVE}\"] }} }} }}\n"),
+        ),
+    ]
 }

@@ -9,10 +9,14 @@ use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use vmshare::control::{self, Request};
-use vmshare::grant::model::Status;
+use vmshare::grant::lifecycle::{Change, EditError, Layout, SetLimits};
+use vmshare::grant::model::{Grants, Status};
 use vmshare::grant::policy::{Account, Accounts, GUEST_TAG};
 use vmshare::session::hook::{self, AuthKey, Decision, OwnerKeys};
+use vmshare::store::edit::apply_explained;
 use vmshare::store::snapshot::{self, Lookup};
 use vmshare::store::source::{self, FileVersion};
 
@@ -57,26 +61,11 @@ fn uid_of(name: &str) -> Option<u32> {
 /// The grant-file parser and validator never panic; when they accept a file,
 /// every line the key lookup would print re-parses as a plain key of an
 /// accepted guest of a sharing owner, and every such key is printed once.
+/// Every edit verb gives the reader's verdict too ([`check_edits`]).
 pub fn check_grants(src: &str) {
+    check_edits(src);
     let lines_in_file = src.lines().count() + 1;
     let parsed = vmshare::grant::parse::parse(src);
-    // The usual layout is read without `toml`'s tree; the result must be
-    // the one `toml` gives, findings and positions included.
-    let general = vmshare::grant::parse::parse_general(src);
-    assert_eq!(parsed, general, "{src}");
-    // Large files are read in two halves, split before the first line
-    // starting with `[` past the middle: the reading is the same, or
-    // declined. (The plain reader's own property test tries every split.)
-    let middle = src.len() / 2;
-    let split_at = src.as_bytes()[middle..]
-        .windows(2)
-        .position(|w| w == b"\n[")
-        .map(|p| middle + p + 1);
-    if let Some(at) = split_at {
-        if let Some(split) = vmshare::grant::parse::parse_split_at(src, at) {
-            assert_eq!(split, general, "split at {at}: {src}");
-        }
-    }
     let grants = match parsed {
         Ok(g) => g,
         Err(errors) => {
@@ -169,6 +158,193 @@ pub fn check_grants(src: &str) {
         printed.sort();
         printed.dedup();
         assert_eq!(printed.len(), expected, "a key printed twice for `{name}`");
+    }
+}
+
+/// The edits tried on a file: every verb, on each owner and guest it has,
+/// on the owners `more`, and on a guest it has not.
+pub fn edits_of<'a>(grants: &'a Grants, more: &[&'a str]) -> Vec<Change> {
+    let mut owners: Vec<&str> = grants.owners.iter().map(|o| o.name.as_str()).collect();
+    for &more in more {
+        if !owners.contains(&more) {
+            owners.push(more);
+        }
+    }
+    let mut changes = Vec::new();
+    for owner in owners {
+        let mut guests: Vec<&str> = grants
+            .owner(owner)
+            .map(|o| o.guests.iter().map(|g| g.name.as_str()).collect())
+            .unwrap_or_default();
+        guests.push("zed");
+        for on in [false, true] {
+            changes.push(Change::Sharing {
+                owner: owner.into(),
+                on,
+            });
+        }
+        for guest in guests {
+            let (o, g) = (owner.to_string(), guest.to_string());
+            let limits = SetLimits {
+                expires: Some(1_900_000_000),
+                ..SetLimits::default()
+            };
+            changes.extend([
+                Change::Revoke {
+                    owner: o.clone(),
+                    guest: g.clone(),
+                },
+                Change::Leave {
+                    owner: o.clone(),
+                    guest: g.clone(),
+                },
+                Change::Invite {
+                    owner: o.clone(),
+                    guest: g.clone(),
+                    keys: vec![KEYS[2].into()],
+                    limits: SetLimits::default(),
+                },
+                Change::Accept {
+                    owner: o.clone(),
+                    guest: g.clone(),
+                    limits,
+                },
+                Change::Reject {
+                    owner: o.clone(),
+                    guest: g.clone(),
+                },
+                Change::Extend {
+                    owner: o.clone(),
+                    guest: g.clone(),
+                    expires: 1_900_000_000,
+                },
+                Change::Admin {
+                    owner: o,
+                    guest: g,
+                    on: true,
+                },
+            ]);
+        }
+    }
+    changes
+}
+
+/// Each owner's key lines as the key lookup prints them (with the in-memory
+/// account database), or `None` where the file does not compile.
+fn lines_by_owner(src: &str) -> Option<BTreeMap<String, Vec<String>>> {
+    let grants = vmshare::grant::parse::parse(src).ok()?;
+    let policy = vmshare::grant::policy::compile(&grants, src, &MemAccounts).ok()?;
+    Some(
+        policy
+            .owners
+            .iter()
+            .map(|(name, access)| {
+                let lines = access
+                    .authorized_keys()
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                (name.clone(), lines)
+            })
+            .collect(),
+    )
+}
+
+/// Whether `e` is a fair refusal of `change` on a valid file where the guest
+/// has `status`: decided from what the file says, not how it is written;
+/// and only edits that do not end access may find the layout beyond them.
+pub fn fair_refusal(change: &Change, status: Option<Status>, e: &EditError) -> bool {
+    match e {
+        EditError::NotAGuest { .. } | EditError::UnknownOwner(_) => status.is_none(),
+        EditError::Transition { .. } => {
+            !change.ends_access()
+                || matches!(change, Change::Leave { .. })
+                    && !matches!(status, Some(Status::Accepted | Status::Left))
+        }
+        EditError::KeyTaken { .. } => matches!(change, Change::Invite { .. }),
+        EditError::Layout(Layout::Unexpected { .. } | Layout::NotFound(_) | Layout::Misread) => {
+            !change.ends_access()
+        }
+        _ => false,
+    }
+}
+
+/// Editing and reading accept exactly the same files. On a file the reader
+/// refuses, every edit refuses with the reader's own findings. On a file it
+/// accepts, an edit applies or refuses for a reason that is not about
+/// reading the file; and the edits that end access (revoke, sharing off,
+/// leave) always apply, whatever the layout, and the result denies that
+/// access and keeps every other.
+pub fn check_edits(src: &str) {
+    let grants = match vmshare::grant::parse::parse(src) {
+        Ok(grants) => grants,
+        Err(errors) => {
+            for change in edits_of(&Grants::default(), &["alice", "carol"]) {
+                match apply_explained(src, &change) {
+                    Err(EditError::InvalidFile(found)) => {
+                        assert_eq!(found.errors, errors, "{change:?} on {src}")
+                    }
+                    other => panic!("{change:?} on a file the reader refuses: {other:?}\n{src}"),
+                }
+            }
+            return;
+        }
+    };
+    let before = lines_by_owner(src);
+    for change in edits_of(&grants, &["alice", "carol"]) {
+        let (owner, guest) = (change.owner(), change.guest());
+        let status = grants
+            .owner(owner)
+            .and_then(|o| o.guest(guest))
+            .map(|g| g.status);
+        let applied = match apply_explained(src, &change) {
+            Ok(applied) => applied,
+            Err(e) => {
+                assert!(
+                    fair_refusal(&change, status, &e),
+                    "{change:?} refused on a valid file: {e:?}\n{src}"
+                );
+                continue;
+            }
+        };
+        let after = vmshare::grant::parse::parse(&applied.text).unwrap_or_else(|e| {
+            panic!("{change:?} wrote an invalid file: {e:?}\n{}", applied.text)
+        });
+        if !change.ends_access() {
+            continue;
+        }
+        // Access ends as intended, and nothing else changes.
+        let in_effect = match &change {
+            Change::Revoke { .. } => after.owner(owner).and_then(|o| o.guest(guest)).is_none(),
+            Change::Leave { .. } => {
+                after
+                    .owner(owner)
+                    .and_then(|o| o.guest(guest))
+                    .map(|g| g.status)
+                    == Some(Status::Left)
+            }
+            _ => after.owner(owner).is_none_or(|o| !o.sharing),
+        };
+        assert!(
+            in_effect,
+            "{change:?}: {}\n{}",
+            applied.summary, applied.text
+        );
+        let (Some(mut want), Some(got)) = (before.clone(), lines_by_owner(&applied.text)) else {
+            continue;
+        };
+        let tag = format!(" {GUEST_TAG}{guest}");
+        if let Some(lines) = want.get_mut(owner) {
+            match change {
+                Change::Sharing { .. } => lines.clear(),
+                _ => lines.retain(|l| !l.ends_with(&tag)),
+            }
+        }
+        assert_eq!(
+            got, want,
+            "{change:?}: {}\n{src}\n{}",
+            applied.summary, applied.text
+        );
     }
 }
 
