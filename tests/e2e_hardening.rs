@@ -487,7 +487,14 @@ fn nested_login(identity: &str, escapee: &str) -> String {
 fn a_login_from_inside_a_guest_session_is_that_guests() {
     let (host, c) = setup();
     let own = host.keypair("alice-own");
-    host.run_ok(&["vmshare", "owner-keys", "add", "alice", "--line", &own.public]);
+    host.run_ok(&[
+        "vmshare",
+        "owner-keys",
+        "add",
+        "alice",
+        "--line",
+        &own.public,
+    ]);
     let _daemon = host.start_daemon();
     let owner_key = key_in_home(&host, &own, "id_owner");
     let bob_key = key_in_home(&host, &c.bob, "id_bob");

@@ -303,7 +303,11 @@ pub fn check_lookup_args(fixture: &LookupFixture, args: Vec<OsString>) {
         "",
         "printed keys for an owner whose keys are not held: args {args:?}"
     );
-    assert_eq!(ok, (1..=4).contains(&args.len()), "exit status: args {args:?}");
+    assert_eq!(
+        ok,
+        (1..=4).contains(&args.len()),
+        "exit status: args {args:?}"
+    );
 
     let Some(user) = args.first().and_then(|u| u.to_str()) else {
         return;
