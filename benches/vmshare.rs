@@ -15,6 +15,8 @@
 mod fleet;
 #[path = "../tests/harness/mod.rs"]
 mod harness;
+#[path = "../tests/system_overlay/mod.rs"]
+mod system_overlay;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -24,9 +26,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::{filler_key, realtime_ns, wait_until, Host, Key, LiveSession};
+use system_overlay::SystemOverlay;
 use vmshare::sys::accounts::SystemAccounts;
 
 const KEYS: &str = env!("CARGO_BIN_EXE_vmshare-keys");
+const CLI: &str = env!("CARGO_BIN_EXE_vmshare");
+/// Set for the child that runs a key-lookup benchmark inside a private
+/// overlay of /etc and /var/lib (see [`in_overlay`]).
+const IN_OVERLAY: &str = "VMSHARE_BENCH_IN_OVERLAY";
 const DAEMON: &str = env!("CARGO_BIN_EXE_vmshared");
 /// An existing non-root account, for benchmarks that need no sshd.
 const OWNER: &str = "daemon";
@@ -44,15 +51,29 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
+    if std::env::var_os(IN_OVERLAY).is_some() {
+        // The child of `in_overlay`: its rows go to the parent.
+        let mut rows = Vec::new();
+        if run("lookup") {
+            rows.extend(bench_lookup());
+        }
+        if run("stale") {
+            rows.extend(bench_stale());
+        }
+        for r in rows {
+            println!("row\t{}\t{}\t{}\t{}", r.figure, r.measured, r.goal, r.met);
+        }
+        return;
+    }
     let mut rows = Vec::new();
     if run("lookup") {
-        rows.extend(bench_lookup());
+        rows.extend(in_overlay("lookup"));
     }
     if run("reload") {
         rows.extend(bench_reload());
     }
     if run("stale") {
-        rows.extend(bench_stale());
+        rows.extend(in_overlay("stale"));
     }
     if run("pass") {
         rows.extend(bench_pass());
@@ -141,7 +162,7 @@ fn grant_text_last(owner: &str, guests: u32, accepted: bool, last: Option<&str>)
     s
 }
 
-/// Config + grant file and state dir (the key ledger) in a scratch dir,
+/// Config + grant file and state dir (the held owner keys) in a scratch dir,
 /// run dir on /run (tmpfs, as in production); returns (dir, config path).
 fn setup(name: &str, grants: &str) -> (PathBuf, PathBuf) {
     let dir = scratch(name);
@@ -157,13 +178,67 @@ fn setup(name: &str, grants: &str) -> (PathBuf, PathBuf) {
             "grants = \"{}\"\nrun_dir = \"{}\"\nstate_dir = \"{}\"\n[enforcement]\nbackend = \"signal\"\n",
             dir.join("grants.toml").display(),
             run_dir.display(),
-            // The key ledger too: never the host's own.
+            // The held owner keys too: never the host's own.
             dir.join("state").display()
         ),
     )
     .expect("config");
     write_atomically(&dir.join("grants.toml"), grants);
     (dir, config)
+}
+
+/// Runs the benchmark `name` in a child of this program inside a private
+/// overlay of /etc and /var/lib. The key lookup serves `daemon`'s guests
+/// only while she is in group vmshare-owners with her keys held, which
+/// root's `owner-keys import` does there without touching this host. The
+/// child spawns the lookups and their baselines itself: nothing stands
+/// between a spawn and its answer.
+fn in_overlay(name: &str) -> Vec<Row> {
+    let dir = scratch(&format!("overlay-{name}"));
+    let system = SystemOverlay::new(&dir);
+    let out = system
+        .command(std::env::current_exe().expect("this program"))
+        .arg(name)
+        .env(IN_OVERLAY, "1")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("the benchmark's child");
+    assert!(out.status.success(), "the {name} benchmark failed");
+    drop(system);
+    cleanup(&dir);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("row\t"))
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert_eq!(f.len(), 4, "a row from the {name} benchmark: {l}");
+            Row {
+                figure: f[0].into(),
+                measured: f[1].into(),
+                goal: f[2].into(),
+                met: f[3] == "true",
+            }
+        })
+        .collect()
+}
+
+/// Root's `vmshare owner-keys import daemon` with this setup's config, so
+/// the key lookup serves her guests: only inside [`in_overlay`]'s overlay.
+fn hold_owner(config: &Path) {
+    assert!(
+        std::env::var_os(IN_OVERLAY).is_some(),
+        "holding {OWNER}'s keys outside the benchmark's overlay"
+    );
+    let out = Command::new(CLI)
+        .args(["--config", &config.display().to_string()])
+        .args(["owner-keys", "import", OWNER])
+        .output()
+        .expect("vmshare");
+    assert!(
+        out.status.success(),
+        "vmshare owner-keys import {OWNER}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Removes a scratch dir and its run dir, unless `VMSHARE_BENCH_KEEP` is
@@ -245,6 +320,7 @@ fn bench_lookup() -> Vec<Row> {
     let mut medians = Vec::new();
     for guests in [10u32, 1_000, 10_000, 100_000] {
         let (dir, config) = setup(&format!("lookup{guests}"), &grant_text(OWNER, guests, true));
+        hold_owner(&config);
         write_snapshot(&config);
         let expected = lookup_command(&config, guests).output().expect("lookup");
         assert!(expected.status.success());
@@ -291,6 +367,7 @@ fn bench_lookup() -> Vec<Row> {
     // No snapshot: the lookup compiles the grant file itself.
     let guests = 10_000;
     let (dir, config) = setup("lookup-nosnap", &grant_text(OWNER, guests, true));
+    hold_owner(&config);
     let (mut ours, mut cat) = (Vec::new(), Vec::new());
     let baseline = dir.join("authorized_keys");
     fs::write(
@@ -431,6 +508,7 @@ fn bench_stale() -> Vec<Row> {
     let mut rows = Vec::new();
     for daemon_up in [true, false] {
         let (dir, config) = setup(if daemon_up { "stale-up" } else { "stale-down" }, &granted);
+        hold_owner(&config);
         let mut daemon = daemon_up.then(|| start_daemon(&config));
         let lookup = || {
             let out = Command::new(KEYS)
@@ -710,6 +788,7 @@ fn bench_login() -> Vec<Row> {
     owner(&host, "plainall");
     let bob = host.keypair("bob");
     host.write_grants(&grant_text_last("alice", GUESTS, true, Some(&bob.public)));
+    host.hold("alice");
     host.authorize_owner_key("plain", &bob.public);
     let mut all = String::new();
     for g in 0..GUESTS {
@@ -826,6 +905,7 @@ fn shared_with_bob() -> (Host, Key, String, harness::Daemon) {
         bob.public
     );
     host.write_grants(&granted);
+    host.hold("alice");
     let daemon = host.start_daemon();
     (host, bob, granted, daemon)
 }

@@ -2,6 +2,12 @@
 //! and run dir live in a scratch directory, and real local accounts as
 //! owners (`daemon`, `nobody`; tests may not add accounts to the host).
 //!
+//! `invite`, `accept` and `sharing on` take the owner's keys over: they put
+//! her in group vmshare-owners (`groupadd`, `gpasswd`) and keep her lines
+//! in the default state dir. So each test's CLI runs in a private overlay
+//! of /etc and /var/lib: what one run changes there, the test's later runs
+//! see, and the host never does.
+//!
 //! Scratch directories are under the build tree: the strict checks refuse a
 //! grant file with a group- or world-writable directory above it, as /tmp is.
 // Test code: a failed step stops the test with its message.
@@ -16,6 +22,9 @@ use std::process::{Command, Output, Stdio};
 use serde_json::Value;
 
 mod scratch;
+mod system_overlay;
+
+use system_overlay::SystemOverlay;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmshare");
 /// Local accounts that exist on any Debian host.
@@ -24,6 +33,8 @@ const OWNER2: &str = "nobody";
 const NOT_AN_ACCOUNT: &str = "vmshare-no-such-user";
 
 struct Env {
+    /// Dropped before the directory that holds its layers.
+    system: SystemOverlay,
     _dir: tempfile::TempDir,
     root: PathBuf,
     config: PathBuf,
@@ -54,6 +65,7 @@ fn env_with(extra_config: &str) -> Env {
         0o644,
     );
     Env {
+        system: SystemOverlay::new(&root.join("overlay")),
         _dir: dir,
         root,
         config,
@@ -68,8 +80,9 @@ fn write_file(path: &Path, text: &str, mode: u32) {
 }
 
 impl Env {
+    /// The CLI with this config and `args`, in the test's overlay.
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = self.system.command(BIN);
         cmd.arg("--config").arg(&self.config).args(args);
         cmd
     }
@@ -607,7 +620,7 @@ fn status_and_sessions_json() {
     );
 
     let s = e.status_json();
-    assert_eq!(s["format"], 2);
+    assert_eq!(s["format"], 3);
     assert_eq!(s["grants"]["state"], "valid");
     assert_eq!(s["grants"]["path"], e.grants.display().to_string());
     assert_eq!(s["snapshot"]["present"], false);
@@ -623,6 +636,9 @@ fn status_and_sessions_json() {
     );
     assert_eq!(s["sessions_without_access"][0]["id"], "s2");
     assert_eq!(s["owners"][0]["local"], true);
+    // `sharing on` took the owner's keys over: none in her home, so none held.
+    assert_eq!(s["owners"][0]["keys_held"], true, "{s}");
+    assert_eq!(s["owners"][0]["held_lines"], 0, "{s}");
 
     // The snapshot says when the file was last applied, and whether it is
     // the current version.
@@ -720,6 +736,15 @@ struct DoctorSetup {
     host_key: PathBuf,
 }
 
+/// The shipped sshd drop-in, its key lookup run as `nobody` (the build host
+/// has no `_vmshare`).
+fn drop_in() -> String {
+    include_str!("../config/sshd_config.d/vmshare.conf").replace(
+        "AuthorizedKeysCommandUser _vmshare",
+        "AuthorizedKeysCommandUser nobody",
+    )
+}
+
 const GOOD_PAM_SSHD: &str = "@include common-auth\naccount required pam_nologin.so\n@include common-account\nsession required pam_loginuid.so\n@include common-session\n@include vmshare\n@include common-password\n";
 const GOOD_PAM_VMSHARE: &str = include_str!("../config/pam.d/vmshare");
 
@@ -751,15 +776,20 @@ fn doctor_setup(e: &Env) -> DoctorSetup {
         &format!("[owners.{OWNER}]\nsharing = true\n"),
         0o644,
     );
+    e.ok(&["owner-keys", "import", OWNER]);
     setup
 }
 
 impl DoctorSetup {
+    /// Writes sshd_config: a host key, PAM, and the shipped drop-in last;
+    /// `replace` is `FROM => TO` applied to that text.
     fn sshd(&self, _e: &Env, replace: &str) {
         let mut text = format!(
-            "HostKey {}\nUsePAM yes\nAuthorizedKeysCommand /usr/libexec/vmshare/vmshare-keys %u %f %t %k\nAuthorizedKeysCommandUser nobody\n",
-            self.host_key.display()
+            "HostKey {}\nUsePAM yes\n{}",
+            self.host_key.display(),
+            drop_in()
         );
+        assert!(text.contains("\tAuthorizedKeysCommandUser nobody\n"));
         if let Some((from, to)) = replace.split_once(" => ") {
             text = text.replace(from, to);
         }
@@ -777,10 +807,13 @@ impl DoctorSetup {
         }
     }
 
-    /// Runs doctor in a private mount namespace with an empty /run, since
-    /// `sshd -T` wants its privilege separation directory.
+    /// Runs doctor in the test's overlay, in a mount namespace of its own
+    /// with an empty /run, since `sshd -T` wants its privilege separation
+    /// directory.
     fn doctor(&self, e: &Env, extra: &[&str]) -> (i32, String) {
-        let out = Command::new("unshare")
+        let out = e
+            .system
+            .command("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c"])
             .arg("mount -t tmpfs tmpfs /run && mkdir -p /run/sshd && exec \"$@\"")
             .arg("sh")
@@ -832,39 +865,94 @@ fn doctor_on_good_and_broken_setups() {
         );
     }
 
-    // sshd
+    assert!(
+        text.lines().any(|l| l.starts_with("ok")
+            && l.contains(&format!("owner `{OWNER}`: keys held by vmshare"))),
+        "{text}"
+    );
+
+    // sshd, for the owner.
     setup.sshd(
         &e,
-        "AuthorizedKeysCommand /usr/libexec/vmshare/vmshare-keys %u %f %t %k\n => ",
+        "\tAuthorizedKeysCommand /usr/libexec/vmshare/vmshare-keys %u %f %t %k\n => ",
     );
     let (code, text) = setup.doctor(&e, &[]);
-    assert_problem(code, &text, "no AuthorizedKeysCommand");
+    assert_problem(
+        code,
+        &text,
+        &format!("sshd runs no AuthorizedKeysCommand for owner `{OWNER}`"),
+    );
     setup.sshd(
         &e,
         "AuthorizedKeysCommandUser nobody => AuthorizedKeysCommandUser vmshare-no-such-user",
     );
     let (code, text) = setup.doctor(&e, &[]);
-    assert_problem(code, &text, "is not an account");
-    setup.sshd(&e, "UsePAM yes => UsePAM no");
-    let (code, text) = setup.doctor(&e, &[]);
-    assert_problem(code, &text, "UsePAM is off");
+    assert_problem(code, &text, "which is no account");
     setup.sshd(
         &e,
         "/usr/libexec/vmshare/vmshare-keys %u %f %t %k => /usr/bin/other-agent %u",
     );
     let (code, text) = setup.doctor(&e, &[]);
-    assert_eq!(code, 0, "another agent is a warning:\n{text}");
+    assert_problem(code, &text, "not the vmshare key lookup");
+    // A Match block read before vmshare's lets sshd read the owner's home.
+    setup.sshd(
+        &e,
+        &format!(
+            "Match Group vmshare-owners => Match User {OWNER}\n\tAuthorizedKeysFile .ssh/authorized_keys\nMatch Group vmshare-owners"
+        ),
+    );
+    let (code, text) = setup.doctor(&e, &[]);
+    assert_problem(
+        code,
+        &text,
+        &format!("for owner `{OWNER}` sshd's AuthorizedKeysFile is `.ssh/authorized_keys`"),
+    );
+    setup.sshd(
+        &e,
+        &format!(
+            "Match Group vmshare-owners => Match User {OWNER}\n\tHostbasedAuthentication yes\nMatch Group vmshare-owners"
+        ),
+    );
+    let (code, text) = setup.doctor(&e, &[]);
+    assert_problem(code, &text, "HostbasedAuthentication");
+    // An owner of the grant file whose keys are not held.
+    setup.sshd(&e, "");
+    let good = e.text();
+    write_file(
+        &e.grants,
+        &format!("{good}[owners.{OWNER2}]\nsharing = true\n"),
+        0o644,
+    );
+    let (code, text) = setup.doctor(&e, &[]);
+    assert_problem(
+        code,
+        &text,
+        &format!("owner `{OWNER2}`: not in group vmshare-owners"),
+    );
     assert!(
-        text.lines()
-            .any(|l| l.starts_with("warning") && l.contains("another program")),
+        text.contains(&format!("`vmshare owner-keys import {OWNER2}`")),
         "{text}"
     );
+    write_file(&e.grants, &good, 0o644);
+
+    // sshd, for the host.
+    setup.sshd(&e, "UsePAM yes => UsePAM no");
+    let (code, text) = setup.doctor(&e, &[]);
+    assert_problem(code, &text, "UsePAM is off");
     setup.sshd(
         &e,
         "UsePAM yes => UsePAM yes\nAuthorizedKeysFile .ssh/authorized_keys",
     );
     let (code, text) = setup.doctor(&e, &[]);
-    assert_problem(code, &text, "AuthorizedKeysFile");
+    assert_eq!(
+        code, 0,
+        "the agent reading other files is a warning:\n{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("warning")
+            && l.contains("sshd's AuthorizedKeysFile is `.ssh/authorized_keys`")),
+        "{text}"
+    );
     setup.sshd(&e, "UsePAM yes => UsePAM maybe");
     let (code, text) = setup.doctor(&e, &[]);
     assert_problem(code, &text, "`sshd -T` failed");

@@ -48,6 +48,7 @@ fn setup() -> (Host, Cast) {
     };
     host.authorize_owner_key("alice", &cast.own.public);
     host.write_grants(&grants(&cast, ""));
+    host.hold("alice");
     (host, cast)
 }
 
@@ -430,23 +431,32 @@ fn an_owner_who_becomes_root_where_pam_cannot_see_gets_no_guest_without_admin() 
     }
 }
 
-/// bob plants a key of his own in the owner's authorized_keys and logs in
-/// again from inside his session: that login is bob's too.
+/// bob logs in again from inside his session with his own key, brought
+/// along: that login is bob's too. A key he plants in the owner's
+/// authorized_keys logs in from nowhere, not even the owner's own session.
 #[test]
 fn a_nested_login_is_still_the_guest() {
     let (host, c) = setup();
-    let nested = "rm -f ~/.ssh/nested; ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/nested \
+    let (uid, gid, home) = host.passwd_entry("alice");
+    let brought = format!("{home}/.ssh/bob");
+    let private = host.read_file(&c.bob.private).unwrap();
+    host.write_file(&brought, &private, uid, gid, 0o600);
+    let ssh = "ssh -o BatchMode=yes -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR";
+    let nested = format!("{ssh} -i ~/.ssh/bob alice@127.0.0.1 sudo -n id -u");
+    assert_refused_root(&host, &c.bob, &nested, BOB_REFUSED);
+
+    let planted = format!(
+        "rm -f ~/.ssh/nested; ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/nested \
          && cat ~/.ssh/nested.pub >> ~/.ssh/authorized_keys \
-         && ssh -i ~/.ssh/nested -o BatchMode=yes -o StrictHostKeyChecking=no \
-            -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR alice@127.0.0.1 sudo -n id -u";
-    assert_refused_root(&host, &c.bob, nested, BOB_REFUSED);
-    // The planted key is the owner's now; from the owner's own session it
-    // is the owner's login, with the owner's sudo.
-    assert_root(
+         && {ssh} -i ~/.ssh/nested alice@127.0.0.1 sudo -n id -u"
+    );
+    assert_refused_root(&host, &c.bob, &planted, "Permission denied");
+    assert_refused_root(
         &host,
         &c.own,
-        "ssh -i ~/.ssh/nested -o BatchMode=yes -o StrictHostKeyChecking=no \
-         -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR alice@127.0.0.1 sudo -n id -u",
+        &format!("{ssh} -i ~/.ssh/nested alice@127.0.0.1 sudo -n id -u"),
+        "Permission denied",
     );
 }
 
@@ -457,6 +467,7 @@ fn the_owner_keeps_sudo_whatever_state_vmshare_is_in() {
     let (host, c) = setup();
     let mut bob = Shell::open(&host, &c.bob);
     let mut carol = Shell::open(&host, &c.carol);
+    let mut own = Shell::open(&host, &c.own);
 
     // The daemon never ran in this test; now the grant file is invalid.
     host.write_grants("[owners.alice\n");
@@ -479,11 +490,15 @@ fn the_owner_keeps_sudo_whatever_state_vmshare_is_in() {
     );
     assert_root(&host, &c.own, "sudo -n id -u");
 
-    // The agent's configuration is unreadable.
+    // The agent's configuration is unreadable. (The owner is logged in
+    // already: with no configuration the key lookup looks for her held
+    // keys in the default state dir, not this host's.)
     host.run_ok(&["chmod", "0600", "/etc/vmshare/vmshare.toml"]);
     host.write_file("/etc/vmshare/vmshare.toml", "bogus = [", 0, 0, 0o666);
-    assert_root(&host, &c.own, "sudo -n id -u");
-    assert_root(&host, &c.own, "su -c 'id -u'");
+    for cmd in ["sudo -n id -u", "su -c 'id -u'"] {
+        let said = own.run(cmd);
+        assert_eq!(said, "0\nexit 0", "alice running `{cmd}`");
+    }
 }
 
 /// pkexec through the real polkitd on a system bus: the owner's pkexec is

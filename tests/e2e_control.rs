@@ -66,6 +66,7 @@ fn shared_with_bob_and_carol() -> (Host, Key, Key) {
     let bob = host.keypair("bob");
     let carol = host.keypair("carol");
     host.write_grants(&grants(&bob, &carol));
+    host.hold("alice");
     (host, bob, carol)
 }
 
@@ -229,6 +230,8 @@ fn status_and_sessions_show_live_guest_sessions() {
         .iter()
         .find(|o| o["name"] == "alice")
         .expect("alice");
+    assert_eq!(alice["keys_held"], true, "{status}");
+    assert_eq!(alice["held_lines"], 1, "{status}");
     let guests = alice["guests"].as_array().unwrap();
     let bob_status = guests.iter().find(|g| g["name"] == "bob").expect("bob");
     assert_eq!(bob_status["status"], "accepted");

@@ -74,7 +74,8 @@ fn all(grant: Grant) -> Vec<(&'static str, Grant)> {
     GUESTS.iter().map(|g| (*g, grant)).collect()
 }
 
-/// The key lookup's lines for these guests: `KEY vmshare:GUEST`, sorted.
+/// The guests' lines of the key lookup and the snapshot for these guests:
+/// `KEY vmshare:GUEST`, sorted.
 fn expected_lines(c: &Cast, accepted: &[&str]) -> Vec<String> {
     let mut lines: Vec<String> = accepted
         .iter()
@@ -102,11 +103,20 @@ fn assert_snapshot_becomes(host: &Host, expected: &[String], within: Duration) {
     );
 }
 
+/// `guests`' lines and alice's own held line, sorted: what the key lookup
+/// prints for alice.
+fn with_own_line(c: &Cast, guests: &[String]) -> Vec<String> {
+    let mut lines = guests.to_vec();
+    lines.push(c.alice.public.clone());
+    lines.sort();
+    lines
+}
+
 #[track_caller]
-fn assert_lookup(host: &Host, expected: &[String]) {
+fn assert_lookup(host: &Host, c: &Cast, guests: &[String]) {
     assert_eq!(
         host.key_lookup_lines("alice"),
-        expected,
+        with_own_line(c, guests),
         "the key lookup for alice"
     );
 }
@@ -143,6 +153,7 @@ fn daemon_killed_mid_storm_ends_in_the_final_state() {
     const EDITS: usize = 600;
     let (host, c) = setup();
     host.write_grants(&grants(&c, &all(Grant::Accepted)));
+    host.hold("alice");
     let daemon = host.start_daemon();
     let mut sessions: Vec<(&str, LiveSession)> = GUESTS
         .iter()
@@ -226,7 +237,7 @@ fn daemon_killed_mid_storm_ends_in_the_final_state() {
 
     let expected = expected_lines(&c, &["bob", "erin"]);
     assert_snapshot_becomes(&host, &expected, Duration::from_secs(5));
-    assert_lookup(&host, &expected);
+    assert_lookup(&host, &c, &expected);
     assert!(
         sessions.iter().filter(|(g, _)| *g == "carol").count() >= 3,
         "carol, granted all through the storm, could not log in during it"
@@ -314,7 +325,7 @@ fn damage_snapshot(host: &Host, damage: Damage) {
 fn assert_answers_from_grant_file(host: &Host, c: &Cast, expected: &[String], how: &str) {
     assert_eq!(
         host.key_lookup_lines("alice"),
-        expected,
+        with_own_line(c, expected),
         "key lookup with the snapshot {how}"
     );
     host.assert_logs_in_as("alice", c.guest("bob"), "alice");
@@ -328,6 +339,7 @@ fn corrupt_or_truncated_snapshot_is_never_trusted() {
     let (host, c) = setup();
     let bob_only = [("bob", Grant::Accepted), ("carol", Grant::Rejected)];
     host.write_grants(&grants(&c, &bob_only));
+    host.hold("alice");
     let expected = expected_lines(&c, &["bob"]);
 
     // Daemon stopped: a damaged snapshot stays until it comes back.
@@ -385,6 +397,7 @@ fn missing_run_dir_guests_still_judged_and_daemon_recreates_it() {
         &c,
         &[("bob", Grant::Accepted), ("carol", Grant::Rejected)],
     ));
+    host.hold("alice");
     let expected = expected_lines(&c, &["bob"]);
     let daemon = host.start_daemon();
     assert_snapshot_becomes(&host, &expected, Duration::from_secs(5));
@@ -392,7 +405,7 @@ fn missing_run_dir_guests_still_judged_and_daemon_recreates_it() {
     host.run_ok(&["rm", "-rf", RUN_DIR]);
 
     // The lookup needs no run dir: it reads the grant file.
-    assert_lookup(&host, &expected);
+    assert_lookup(&host, &c, &expected);
     host.assert_refused("alice", c.guest("carol"));
     host.assert_logs_in_as("alice", &c.alice, "alice");
     // The hook recreates the run dir (root-only, 0700) to record a guest
@@ -404,7 +417,7 @@ fn missing_run_dir_guests_still_judged_and_daemon_recreates_it() {
         records.iter().any(|r| r.guest == "bob"),
         "bob's session is not recorded: {records:?}"
     );
-    assert_lookup(&host, &expected);
+    assert_lookup(&host, &c, &expected);
 
     // The daemon recreates what is missing and enforces on return.
     let _daemon = host.start_daemon();
@@ -432,12 +445,13 @@ fn missing_run_dir_guests_still_judged_and_daemon_recreates_it() {
 fn unusable_run_dir_refuses_guests_not_the_owner() {
     let (host, c) = setup();
     host.write_grants(&grants(&c, &[("bob", Grant::Accepted)]));
+    host.hold("alice");
     let expected = expected_lines(&c, &["bob"]);
     // A file where the run dir should be: nothing can be recorded.
     host.run_ok(&["rm", "-rf", RUN_DIR]);
     host.write_file(RUN_DIR, "not a directory\n", 0, 0, 0o644);
 
-    assert_lookup(&host, &expected);
+    assert_lookup(&host, &c, &expected);
     // bob's key is granted: the session, not the key, must be refused.
     host.assert_session_refused("alice", c.guest("bob"));
     host.assert_logs_in_as("alice", &c.alice, "alice");
@@ -450,6 +464,7 @@ fn full_run_dir_falls_back_to_the_grant_file_and_refuses_unrecordable_guests() {
         &c,
         &[("bob", Grant::Accepted), ("carol", Grant::Rejected)],
     ));
+    host.hold("alice");
     host.mkdir(RUN_DIR, 0o755);
     host.run_ok(&[
         "mount",
@@ -492,7 +507,7 @@ fn full_run_dir_falls_back_to_the_grant_file_and_refuses_unrecordable_guests() {
         None,
         "a stale snapshot counts as current"
     );
-    assert_lookup(&host, &both);
+    assert_lookup(&host, &c, &both);
     // carol is granted, but her session cannot be recorded: refused.
     host.assert_session_refused("alice", c.guest("carol"));
     host.assert_logs_in_as("alice", &c.alice, "alice");
@@ -511,7 +526,7 @@ fn full_run_dir_falls_back_to_the_grant_file_and_refuses_unrecordable_guests() {
         "bob survived the revoke with the run dir full:\n{}",
         host.daemon_log()
     );
-    assert_lookup(&host, &expected_lines(&c, &["carol"]));
+    assert_lookup(&host, &c, &expected_lines(&c, &["carol"]));
 
     // With room again, carol gets in and the next change is snapshotted.
     host.run_ok(&["rm", &format!("{RUN_DIR}/fill")]);
@@ -533,6 +548,7 @@ fn inotify_overflow_from_a_burst_of_renames_still_ends_the_session() {
     let both = [("bob", Grant::Accepted), ("carol", Grant::Accepted)];
     let bob_out = [("bob", Grant::Rejected), ("carol", Grant::Accepted)];
     host.write_grants(&grants(&c, &both));
+    host.hold("alice");
     host.grants_dir_on_tmpfs();
     let daemon = host.start_daemon();
     let mut bob = LiveSession::open(&host, "alice", c.guest("bob"));
@@ -569,7 +585,7 @@ fn inotify_overflow_from_a_burst_of_renames_still_ends_the_session() {
     );
     let carol_only = expected_lines(&c, &["carol"]);
     assert_snapshot_becomes(&host, &carol_only, AFTER_BURST);
-    assert_lookup(&host, &carol_only);
+    assert_lookup(&host, &c, &carol_only);
     assert_eq!(carol.processes(), 2, "carol, granted throughout, was hit");
 
     // The daemon still watches after the overflow.
@@ -590,6 +606,7 @@ fn burst_of_in_place_writes_ends_the_session_within_seconds() {
     let both = [("bob", Grant::Accepted), ("carol", Grant::Accepted)];
     let bob_out = [("bob", Grant::Rejected), ("carol", Grant::Accepted)];
     host.write_grants(&grants(&c, &both));
+    host.hold("alice");
     host.grants_dir_on_tmpfs();
     let _daemon = host.start_daemon();
     let mut bob = LiveSession::open(&host, "alice", c.guest("bob"));
@@ -615,7 +632,7 @@ fn burst_of_in_place_writes_ends_the_session_within_seconds() {
     );
     let carol_only = expected_lines(&c, &["carol"]);
     assert_snapshot_becomes(&host, &carol_only, AFTER_BURST);
-    assert_lookup(&host, &carol_only);
+    assert_lookup(&host, &c, &carol_only);
     host.assert_refused("alice", c.guest("bob"));
     host.assert_logs_in_as("alice", c.guest("carol"), "alice");
 }
@@ -625,6 +642,7 @@ fn sshd_restart_keeps_live_sessions_recorded_and_killable() {
     let (mut host, c) = setup();
     let both = [("bob", Grant::Accepted), ("carol", Grant::Accepted)];
     host.write_grants(&grants(&c, &both));
+    host.hold("alice");
     let _daemon = host.start_daemon();
     let mut bob = LiveSession::open(&host, "alice", c.guest("bob"));
     let mut carol = LiveSession::open(&host, "alice", c.guest("carol"));
@@ -703,6 +721,7 @@ fn a_pass_out_of_descriptors_is_retried_without_waiting_for_the_backstop() {
     let (host, c) = setup();
     let both = [("bob", Grant::Accepted), ("carol", Grant::Accepted)];
     host.write_grants(&grants(&c, &both));
+    host.hold("alice");
     let daemon = host.start_daemon();
     let mut bob = LiveSession::open(&host, "alice", c.guest("bob"));
 

@@ -62,6 +62,9 @@ fn start_vm(fabric: &Fabric, vm: &str, extra: &str) -> Vm {
             .is_ok_and(|t| t.starts_with(&applied))
     });
     assert!(ok, "{vm}: not applied; agent log:\n{}", sync_log(&host));
+    // vmshare-sync writes the grant file; root holds its owner once, as
+    // for a grant file written by hand.
+    host.hold("alice");
     let daemon = host.start_daemon();
     let session = LiveSession::open(&host, "alice", &bob);
     let group = populated_session_group(&host.sessions_cgroup()).expect("session cgroup");

@@ -44,7 +44,14 @@ fn setup() -> (Host, Cast) {
         carol: host.keypair("carol"),
     };
     host.write_grants(&grants(&cast, true));
+    host.hold("alice");
     (host, cast)
+}
+
+/// The SHA256 fingerprint of `key`, as ssh-keygen prints it.
+fn fingerprint(host: &Host, key: &Key) -> String {
+    let out = host.run_ok(&["ssh-keygen", "-lf", &format!("{}.pub", key.private)]);
+    out.split_whitespace().nth(1).unwrap().to_string()
 }
 
 fn blob(key: &Key) -> &str {
@@ -221,7 +228,9 @@ fn a_guest_key_in_the_owners_files_is_still_the_guests() {
 }
 
 /// The owner's own key, plain or with options sshd honours for this login,
-/// is the owner's: a shell as alice, no guest record.
+/// is the owner's: a shell as alice, no guest record. Each form is the
+/// line vmshare holds for her (taken over from her home file, then
+/// replaced with `vmshare owner-keys remove` and `add`).
 #[test]
 fn the_owners_own_key_with_options_stays_the_owners() {
     let host = Host::start();
@@ -234,6 +243,10 @@ fn the_owners_own_key_with_options_stays_the_owners() {
         bob.public
     ));
     host.authorize_owner_key("alice", "# first a comment");
+    host.authorize_owner_key("alice", &alice.public);
+    let said = host.hold("alice");
+    assert!(said.contains("(1 line)"), "{said}");
+    let own = fingerprint(&host, &alice);
     for form in [
         alice.public.clone(),
         format!("from=\"127.0.0.1\",no-pty {}", alice.public),
@@ -244,13 +257,8 @@ fn the_owners_own_key_with_options_stays_the_owners() {
         format!("FROM=\"!192.0.2.1,127.0.0.0/8\",restrict {}", alice.public),
         format!("environment=\"A=b, c\",no-X11-forwarding {}", alice.public),
     ] {
-        write_key_file(
-            &host,
-            "alice",
-            "authorized_keys",
-            &format!("# mine\n{form}\n"),
-            0o600,
-        );
+        host.run_ok(&["vmshare", "owner-keys", "remove", "alice", &own]);
+        host.run_ok(&["vmshare", "owner-keys", "add", "alice", "--line", &form]);
         host.assert_logs_in_as("alice", &alice, "alice");
         let _session = LiveSession::open(&host, "alice", &alice);
         assert!(
@@ -260,9 +268,10 @@ fn the_owners_own_key_with_options_stays_the_owners() {
     }
 }
 
-/// alice's `authorized_keys` is a symlink to /dev/zero, then a FIFO. The
-/// hook neither hangs nor counts it; alice still gets in through her
-/// `authorized_keys2`, and bob's login is still recorded as his.
+/// alice's `authorized_keys` is a symlink to /dev/zero, then a FIFO, when
+/// root imports what appeared in her home files. The import neither hangs
+/// nor counts it; it takes the new key of her `authorized_keys2`, with
+/// which alice gets in, and bob's login is still recorded as his.
 #[test]
 fn a_key_file_pointing_at_a_device_or_fifo_neither_hangs_nor_counts() {
     let (host, c) = setup();
@@ -287,11 +296,17 @@ fn a_key_file_pointing_at_a_device_or_fifo_neither_hangs_nor_counts() {
         text.push_str(&alice.public);
         text.push('\n');
         write_key_file(&host, "alice", "authorized_keys2", &text, 0o600);
+        let out = host.run(&["vmshare", "owner-keys", "import", "alice", "--yes"]);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said.contains("added 1;"),
+            "importing with {target} as alice's authorized_keys: {out:?}"
+        );
         let before = host.session_records().len();
         let _alice = LiveSession::open(&host, "alice", &alice);
         assert!(
             started.elapsed() < Duration::from_secs(20),
-            "login took {:?}",
+            "import and login took {:?}",
             started.elapsed()
         );
         assert_eq!(
@@ -308,12 +323,12 @@ fn a_key_file_pointing_at_a_device_or_fifo_neither_hangs_nor_counts() {
     }
 }
 
-/// sshd lets a key in from a file vmshare does not read (standing in for a
-/// grant revoked between sshd's key lookup and the session), and alice's
-/// own files hold that key only in forms sshd would not honour: a comment,
-/// a `from=` elsewhere, an expired line, a CA line, a world-writable file,
-/// a link to a file only root can read. None makes it the owner's key: the
-/// session is refused.
+/// sshd lets a key in from a file vmshare does not serve (a `Match` block
+/// read before vmshare's, standing in for a grant revoked between sshd's
+/// key lookup and the session), and alice's own files hold that key only
+/// in forms sshd would not honour: a comment, a `from=` elsewhere, an
+/// expired line, a CA line, a world-writable file, a link to a file only
+/// root can read. None makes it the owner's key: the session is refused.
 #[test]
 fn a_key_in_the_owners_files_only_in_forms_sshd_refuses_is_not_the_owners() {
     let (mut host, _c) = setup();
@@ -328,7 +343,8 @@ fn a_key_in_the_owners_files_only_in_forms_sshd_refuses_is_not_the_owners() {
     );
     configure_sshd(
         &mut host,
-        "AuthorizedKeysFile .ssh/authorized_keys .ssh/authorized_keys2 /etc/ssh/extra_keys/%u\n",
+        "Match User alice\n\
+         \tAuthorizedKeysFile .ssh/authorized_keys .ssh/authorized_keys2 /etc/ssh/extra_keys/%u\n",
     );
     let own = host.read_file("/home/alice/.ssh/authorized_keys").unwrap();
     host.write_file(
@@ -471,7 +487,14 @@ fn nested_login(identity: &str, escapee: &str) -> String {
 fn a_login_from_inside_a_guest_session_is_that_guests() {
     let (host, c) = setup();
     let own = host.keypair("alice-own");
-    host.authorize_owner_key("alice", &own.public);
+    host.run_ok(&[
+        "vmshare",
+        "owner-keys",
+        "add",
+        "alice",
+        "--line",
+        &own.public,
+    ]);
     let _daemon = host.start_daemon();
     let owner_key = key_in_home(&host, &own, "id_owner");
     let bob_key = key_in_home(&host, &c.bob, "id_bob");

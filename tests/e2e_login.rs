@@ -1,7 +1,8 @@
 //! Who can log in, end to end: a real sshd with real PAM and vmshare installed
 //! as a package, driven by real ssh clients. No daemon (vmshared) runs in
 //! these tests: the key lookup and the PAM hook must decide from the grant
-//! file alone.
+//! file alone. Each owner in a grant file has her keys held by vmshare
+//! (`Host::hold`), as root does once for an owner added by hand.
 // Test code: a failed step stops the test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -49,9 +50,12 @@ fn owner_logs_in_with_own_key() {
     // No grant file at all.
     host.assert_logs_in_as("alice", &alice, "alice");
 
-    // A grant file sharing alice's account changes nothing for alice.
+    // A grant file sharing alice's account changes nothing for alice,
+    // nor does vmshare taking her keys over.
     let bob = host.keypair("bob");
     host.write_grants(&alice_shares_with_bob(&bob));
+    host.assert_logs_in_as("alice", &alice, "alice");
+    host.hold("alice");
     host.assert_logs_in_as("alice", &alice, "alice");
 }
 
@@ -61,6 +65,7 @@ fn accepted_guest_logs_in_as_owner() {
     owner(&host, "alice");
     let bob = host.keypair("bob");
     host.write_grants(&alice_shares_with_bob(&bob));
+    host.hold("alice");
 
     host.assert_logs_in_as("alice", &bob, "alice");
 }
@@ -82,6 +87,7 @@ fn guests_who_have_not_accepted_are_refused() {
             + &guest_table("alice", "dave", Some("left"), &left)
             + &guest_table("alice", "erin", None, &no_status)),
     );
+    host.hold("alice");
 
     // The accepted guest of the same owner gets in, so the refusals below
     // are about the status, not a broken setup.
@@ -108,6 +114,9 @@ fn guests_of_an_owner_not_sharing_are_refused() {
             + &owner_table("ann", Some(true))
             + &guest_table("ann", "dave", Some("accepted"), &dave)),
     );
+    for name in ["alice", "amy", "ann"] {
+        host.hold(name);
+    }
 
     host.assert_logs_in_as("ann", &dave, "ann");
     host.assert_refused("alice", &bob);
@@ -122,6 +131,8 @@ fn unknown_guest_key_is_refused() {
     let bob = host.keypair("bob");
     let mallory = host.keypair("mallory");
     host.write_grants(&alice_shares_with_bob(&bob));
+    host.hold("alice");
+    host.hold("carl");
 
     host.assert_logs_in_as("alice", &bob, "alice");
     host.assert_refused("alice", &mallory);
@@ -141,6 +152,7 @@ fn guest_of_an_owner_without_local_account_is_refused() {
             + &owner_table("alice", Some(true))
             + &guest_table("alice", "carol", Some("accepted"), &carol)),
     );
+    host.hold("alice");
 
     host.assert_refused("ghost", &bob);
     host.assert_refused("alice", &bob);
@@ -156,6 +168,7 @@ fn malformed_grant_file_refuses_every_guest_but_not_the_owner() {
     let carol = host.keypair("carol");
     let valid = alice_shares_with_bob(&bob);
     host.write_grants(&valid);
+    host.hold("alice");
     host.assert_logs_in_as("alice", &bob, "alice");
 
     // A typo in one guest's entry invalidates the whole file.
@@ -185,6 +198,7 @@ fn grant_file_writable_by_others_or_not_owned_by_root_is_ignored() {
     let (alice_uid, alice_gid, _) = host.passwd_entry("alice");
     let bob = host.keypair("bob");
     host.write_grants(&alice_shares_with_bob(&bob));
+    host.hold("alice");
     host.assert_logs_in_as("alice", &bob, "alice");
 
     host.set_grants_owner_mode(0, 0, 0o664);
@@ -209,6 +223,7 @@ fn revocation_refuses_next_login(write: fn(&Host, &str)) {
     let both =
         alice_shares_with_bob(&bob) + &guest_table("alice", "carol", Some("accepted"), &carol);
     write(&host, &both);
+    host.hold("alice");
     host.assert_logs_in_as("alice", &bob, "alice");
     host.assert_logs_in_as("alice", &carol, "alice");
 
@@ -261,6 +276,8 @@ fn guest_key_opens_only_the_owner_that_accepted_it() {
             + &owner_table("carl", Some(true))
             + &guest_table("carl", "bob", Some("invited"), &bob)),
     );
+    host.hold("alice");
+    host.hold("carl");
 
     host.assert_logs_in_as("alice", &bob, "alice");
     host.assert_refused("carl", &bob);
@@ -269,14 +286,15 @@ fn guest_key_opens_only_the_owner_that_accepted_it() {
 #[test]
 fn a_fifo_as_the_owners_key_file_does_not_hang_guest_logins() {
     let host = Host::start();
-    owner(&host, "alice");
+    let alice = owner(&host, "alice");
     let bob = host.keypair("bob");
     host.write_grants(&alice_shares_with_bob(&bob));
+    host.hold("alice");
     host.assert_logs_in_as("alice", &bob, "alice");
 
-    // Anyone with alice's account — a guest too — can put a FIFO where the
-    // PAM hook reads alice's own keys: the hook must neither block on it
-    // nor treat it as holding bob's key.
+    // Anyone with alice's account — a guest too — can put a FIFO where
+    // alice's own key file was: neither sshd, the key lookup nor the PAM
+    // hook may block on it or take it for a file holding bob's key.
     let (uid, gid, home) = host.passwd_entry("alice");
     let file = format!("{home}/.ssh/authorized_keys");
     host.run_ok(&["rm", "-f", &file]);
@@ -285,4 +303,5 @@ fn a_fifo_as_the_owners_key_file_does_not_hang_guest_logins() {
 
     // A hook blocked on the FIFO would hold the login until ssh's timeout.
     host.assert_logs_in_as("alice", &bob, "alice");
+    host.assert_logs_in_as("alice", &alice, "alice");
 }

@@ -67,6 +67,10 @@ fn first_middle_and_last_of_ten_thousand_guests() {
     let last = host.keypair("last");
     let real = [(0, &first), (GUESTS / 2, &middle), (GUESTS - 1, &last)];
     host.write_grants(&grants(&real, &[]));
+    // Both owners held, with no key of their own: the lookup prints only
+    // guests' lines.
+    host.hold("alice");
+    host.hold("carol");
 
     let daemon = host.start_daemon();
     assert!(

@@ -1,10 +1,14 @@
 //! Hostile grant files, seen the way a user sees them: the key lookup sshd
-//! runs (`vmshare-keys --config CFG USER`) prints no key and fails where the
-//! file is invalid; `vmshare check` names the file, line, column and the
-//! problem; and the owner's own key still gets through the PAM hook.
+//! runs (`vmshare-keys --config CFG USER …`) prints no guest's key where the
+//! file is invalid, only the owner's own, and says why; `vmshare check`
+//! names the file, line, column and the problem; and the owner's own key
+//! still gets through the PAM hook.
 //!
 //! Owners are real local accounts (`daemon`, `nobody`): tests may not add
-//! accounts to the host. Scratch directories are under the build tree (or
+//! accounts to the host. Their keys are held by vmshare (root's `vmshare
+//! owner-keys`), which changes the owners' group and the state dir: every
+//! program runs in a private overlay of /etc and /var/lib, so none of it
+//! reaches the host. Scratch directories are under the build tree (or
 //! /run), since the strict checks refuse a grant file or config with a
 //! group- or world-writable directory above it, as /tmp is.
 // Test code: a failed step stops the test with its message.
@@ -19,8 +23,10 @@ use std::time::{Duration, Instant};
 
 mod catalogue;
 mod scratch;
+mod system_overlay;
 
 use catalogue::{valid, with_mallory, BOB, EVE};
+use system_overlay::SystemOverlay;
 
 use vmshare::grant::model::MAX_GRANT_FILE_BYTES;
 use vmshare::grant::policy::{Account, Accounts};
@@ -34,8 +40,7 @@ const CLI_BIN: &str = env!("CARGO_BIN_EXE_vmshare");
 const OWNER: &str = "daemon";
 const OWNER2: &str = "nobody";
 
-/// The owner's own key (in the owner's own authorized_keys, never in the
-/// grant file).
+/// The owner's own key (held by vmshare for her, never in the grant file).
 const OWN: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDv/Jcqnd7XFO4MlCghccvSPZCSM36NQX1VUF9H6yB1C owner@desk";
 
@@ -43,7 +48,14 @@ fn blob(key: &str) -> &str {
     key.split(' ').nth(1).expect("key blob")
 }
 
+/// What the key lookup prints of the owner's own keys: her held line.
+fn own_line() -> String {
+    format!("{OWN}\n")
+}
+
 struct Env {
+    /// Dropped before the directory that holds its layers.
+    system: SystemOverlay,
     _dir: tempfile::TempDir,
     root: PathBuf,
     etc: PathBuf,
@@ -76,13 +88,30 @@ fn env() -> Env {
         ),
         0o644,
     );
-    Env {
+    let e = Env {
+        system: SystemOverlay::new(&root.join("overlay")),
         _dir: dir,
         root,
         etc,
         config,
         grants,
+    };
+    // Root takes both owners' keys over (they have none in their homes)
+    // and gives daemon hers.
+    for args in [
+        &["owner-keys", "add", OWNER, "--line", OWN][..],
+        &["owner-keys", "import", OWNER2],
+    ] {
+        let r = run(e.cli().args(args));
+        assert_eq!(
+            r.code,
+            Some(0),
+            "vmshare {args:?}: {}{}",
+            r.stdout,
+            r.stderr
+        );
     }
+    e
 }
 
 fn write_file(path: &Path, data: impl AsRef<[u8]>, mode: u32) {
@@ -136,19 +165,29 @@ impl Env {
         write_file(&self.grants, text, 0o644);
     }
 
+    /// The key lookup with this config, in the overlay; add its arguments.
+    fn keys(&self) -> Command {
+        let mut cmd = self.system.command(KEYS_BIN);
+        cmd.arg("--config").arg(&self.config);
+        cmd
+    }
+
+    /// The CLI with this config, in the overlay; add its arguments.
+    fn cli(&self) -> Command {
+        let mut cmd = self.system.command(CLI_BIN);
+        cmd.arg("--config").arg(&self.config);
+        cmd
+    }
+
     /// The key lookup, as sshd runs it: `%u %f %t %k`.
     fn lookup(&self, user: &str) -> Run {
-        run(Command::new(KEYS_BIN)
-            .arg("--config")
-            .arg(&self.config)
+        run(self
+            .keys()
             .args([user, "SHA256:x", "ssh-ed25519", blob(BOB)]))
     }
 
     fn check(&self) -> Run {
-        run(Command::new(CLI_BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("check"))
+        run(self.cli().arg("check"))
     }
 
     /// What the lookup prints for `owner` now, or why it refuses.
@@ -157,13 +196,19 @@ impl Env {
         vmshare::store::lookup::owner_lines(&config, OWNER, &SystemAccounts).map(|a| a.lines)
     }
 
-    /// No guest gets in anywhere and the failure is reported; the owner's
-    /// own key still passes the PAM hook. Returns the lookup's log line.
+    /// No guest gets in anywhere and the failure is reported: the lookup
+    /// prints the owners' own lines only (daemon's key, none for nobody,
+    /// nothing for root, whom vmshare never holds); the owner's own key
+    /// still passes the PAM hook. Returns the lookup's log line.
     fn assert_no_guest_access(&self, why: &str) -> String {
-        for user in [OWNER, OWNER2, "root"] {
+        for (user, own) in [
+            (OWNER, own_line()),
+            (OWNER2, String::new()),
+            ("root", String::new()),
+        ] {
             let r = self.lookup(user);
-            assert_eq!(r.stdout, "", "lookup for {user} printed keys");
-            assert_eq!(r.code, Some(1), "lookup for {user}: {}", r.stderr);
+            assert_eq!(r.stdout, own, "lookup for {user}: {}", r.stderr);
+            assert_eq!(r.code, Some(0), "lookup for {user}: {}", r.stderr);
         }
         let r = self.lookup(OWNER);
         assert!(
@@ -255,7 +300,10 @@ fn the_valid_file_grants_bob_so_an_empty_lookup_means_something() {
     e.write_grants(valid());
     let r = e.lookup(OWNER);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
-    assert_eq!(r.stdout, format!("ssh-ed25519 {} vmshare:bob\n", blob(BOB)));
+    assert_eq!(
+        r.stdout,
+        format!("{}ssh-ed25519 {} vmshare:bob\n", own_line(), blob(BOB))
+    );
     let c = e.check();
     assert_eq!(c.code, Some(0), "{}", c.stderr);
     assert!(c.stdout.contains("ok: 1 owners, 1 guests, 1 with access"));
@@ -300,9 +348,9 @@ fn an_empty_file_is_valid_and_shares_nothing() {
     let e = env();
     for text in ["", "# nothing shared yet\n", "\n\n"] {
         e.write_grants(text);
-        for user in [OWNER, OWNER2] {
+        for (user, own) in [(OWNER, own_line()), (OWNER2, String::new())] {
             let r = e.lookup(user);
-            assert_eq!((r.code, r.stdout.as_str()), (Some(0), ""), "{}", r.stderr);
+            assert_eq!((r.code, r.stdout), (Some(0), own), "{}", r.stderr);
         }
         let c = e.check();
         assert_eq!(c.code, Some(0), "{}", c.stderr);
@@ -315,7 +363,7 @@ fn an_empty_file_is_valid_and_shares_nothing() {
 fn a_missing_file_shares_nothing_and_is_reported() {
     let e = env();
     let r = e.lookup(OWNER);
-    assert_eq!((r.code, r.stdout.as_str()), (Some(0), ""));
+    assert_eq!((r.code, r.stdout), (Some(0), own_line()));
     assert!(
         r.stderr.contains("no grant file") && r.stderr.contains("nothing is shared"),
         "{}",
@@ -347,7 +395,11 @@ fn a_deleted_file_ends_access_even_with_a_snapshot_of_it() {
 
     fs::remove_file(&e.grants).expect("delete");
     let r = e.lookup(OWNER);
-    assert_eq!(r.stdout, "", "a deleted grant file still granted access");
+    assert_eq!(
+        r.stdout,
+        own_line(),
+        "a deleted grant file still granted access"
+    );
     assert!(r.stderr.contains("nothing is shared"), "{}", r.stderr);
     e.assert_owner_unaffected();
 }
@@ -400,14 +452,15 @@ fn a_past_deadline_grants_nothing() {
     );
     e.write_grants(&text);
     let r = e.lookup(OWNER);
-    assert_eq!((r.code, r.stdout.as_str()), (Some(0), ""), "{}", r.stderr);
+    assert_eq!((r.code, r.stdout), (Some(0), own_line()), "{}", r.stderr);
     let c = e.check();
     assert_eq!(c.code, Some(0), "{}", c.stderr);
     e.write_grants(text.replace("2001-01-01", "2999-01-01"));
     let r = e.lookup(OWNER);
     assert!(
         r.stdout
-            .starts_with("expiry-time=\"29990101000000Z\" ssh-ed25519 "),
+            .strip_prefix(&own_line())
+            .is_some_and(|guest| guest.starts_with("expiry-time=\"29990101000000Z\" ssh-ed25519 ")),
         "{}",
         r.stdout
     );
@@ -458,18 +511,17 @@ fn a_large_valid_file_works() {
     text.push_str(&format!("#{}\n", "x".repeat(pad - 2)));
     assert!(text.len() < MAX_GRANT_FILE_BYTES);
     e.write_grants(&text);
-    // Asked for one key (as sshd asks), the lookup prints that key's line;
-    // asked for the owner alone, all of them.
+    // Asked for one key (as sshd asks), the lookup prints that key's line
+    // after the owner's own; asked for the owner alone, all of them.
     let r = e.lookup(OWNER);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
-    assert_eq!(r.stdout.lines().count(), 1, "{}", r.stdout);
-    assert!(r.stdout.contains(blob(BOB)), "{}", r.stdout);
-    let r = run(Command::new(KEYS_BIN)
-        .arg("--config")
-        .arg(&e.config)
-        .arg(OWNER));
+    let guest = r.stdout.strip_prefix(&own_line()).unwrap_or_default();
+    assert_eq!(guest.lines().count(), 1, "{}", r.stdout);
+    assert!(guest.contains(blob(BOB)), "{}", r.stdout);
+    let r = run(e.keys().arg(OWNER));
     assert_eq!(r.code, Some(0), "{}", r.stderr);
-    assert_eq!(r.stdout.lines().count(), 1 + 2500);
+    assert!(r.stdout.starts_with(&own_line()), "{}", r.stderr);
+    assert_eq!(r.stdout.lines().count(), 1 + 1 + 2500);
     assert!(r.stdout.lines().all(|l| l.starts_with("ssh-ed25519 ")));
     let c = e.check();
     assert_eq!(c.code, Some(0), "{}", c.stderr);
@@ -623,17 +675,18 @@ fn a_writable_directory_above_is_refused() {
     ] {
         fs::set_permissions(&e.etc, fs::Permissions::from_mode(mode)).expect("chmod");
         chown(&e.etc, Some(owner), None).expect("chown");
-        // The config is in the same directory: the lookup refuses it first.
+        // The config is in the same directory: the lookup refuses it first,
+        // serving the owner's own keys alone, from the default state dir.
         let r = e.lookup(OWNER);
-        assert_eq!((r.code, r.stdout.as_str()), (Some(1), ""), "{}", r.stderr);
-        assert!(r.stderr.contains(shown), "{}", r.stderr);
+        assert_eq!((r.code, r.stdout), (Some(0), own_line()), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("no guest keys: bad configuration") && r.stderr.contains(shown),
+            "{}",
+            r.stderr
+        );
         e.assert_owner_unaffected();
         // Checked by path, the grant file itself is refused too.
-        let c = run(Command::new(CLI_BIN)
-            .arg("--config")
-            .arg(&e.config)
-            .arg("check")
-            .arg(&e.grants));
+        let c = run(e.cli().arg("check").arg(&e.grants));
         assert_ne!(c.code, Some(0));
         assert!(
             c.stderr

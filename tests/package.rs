@@ -5,7 +5,9 @@
 //! the whole lifecycle — an accepted guest gets in and is thrown out on
 //! revoke, the owner always gets in, a guest does not get the owner's sudo
 //! — and remove and purge must put sshd's and the PAM stacks' configuration
-//! back byte for byte.
+//! back byte for byte, and give sharing owners their home key files back.
+//! An upgrade from a vmshare that let sshd read those files takes over the
+//! keys of every owner already in the grant file.
 //!
 //! Fails (never skips) when the package cannot be built: the packaging is
 //! part of what is tested.
@@ -19,6 +21,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use harness::{Host, Key, LiveSession, ADMIN_STACKS};
@@ -27,6 +30,11 @@ const DEB_INSIDE: &str = "/run/vmshare-e2e/vmshare.deb";
 
 /// Builds the package once per test run; returns the .deb's path.
 fn build_deb() -> PathBuf {
+    static DEB: OnceLock<PathBuf> = OnceLock::new();
+    DEB.get_or_init(build_deb_now).clone()
+}
+
+fn build_deb_now() -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(repo.join("scripts/build-deb"))
         .current_dir(repo)
@@ -111,6 +119,33 @@ fn owner(host: &Host, name: &str) -> Key {
     key
 }
 
+/// The members of group vmshare-owners, or `None` when there is no such
+/// group. (The host's /etc is an overlay of the build host's, which may
+/// have the group, and members, of its own.)
+fn owners_group(host: &Host) -> Option<Vec<String>> {
+    let out = host.run(&["getent", "group", "vmshare-owners"]);
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|m| !m.is_empty())
+            .map(String::from)
+            .collect()
+    })
+}
+
+/// The shipped agent config with session groups inside this host's cgroup
+/// (on a real host the default is fine).
+fn agent_config(host: &Host) -> String {
+    include_str!("../config/vmshare.toml").replace(
+        "cgroup_root = \"\"",
+        &format!("cgroup_root = \"{}\"", host.sessions_cgroup().display()),
+    )
+}
+
 #[test]
 fn package_installs_works_and_purges_cleanly() {
     let deb = build_deb();
@@ -153,6 +188,9 @@ fn package_installs_works_and_purges_cleanly() {
     assert!(host
         .run_ok(&["getent", "passwd", "_vmshare"])
         .contains("/usr/sbin/nologin"));
+    // The owners' group is there, without alice: she does not share yet.
+    let members = owners_group(&host).expect("no group vmshare-owners");
+    assert!(!members.contains(&"alice".to_string()), "{members:?}");
     let pam = host.read_file("/etc/pam.d/sshd").unwrap();
     assert!(
         pam.contains("@include common-session\n@include vmshare\n"),
@@ -195,16 +233,14 @@ fn package_installs_works_and_purges_cleanly() {
         assert_eq!(&host.read_file(etc).unwrap(), text, "{etc} changed again");
     }
 
-    // Keep session groups inside this host's cgroup (on a real host the
-    // default is fine).
-    let config = host
-        .read_file("/etc/vmshare/vmshare.toml")
-        .unwrap()
-        .replace(
-            "cgroup_root = \"\"",
-            &format!("cgroup_root = \"{}\"", host.sessions_cgroup().display()),
-        );
-    host.write_file("/etc/vmshare/vmshare.toml", &config, 0, 0, 0o644);
+    // Keep session groups inside this host's cgroup.
+    host.write_file(
+        "/etc/vmshare/vmshare.toml",
+        &agent_config(&host),
+        0,
+        0,
+        0o644,
+    );
 
     // Run: what systemd would do on a real host.
     host.reload_sshd();
@@ -212,6 +248,11 @@ fn package_installs_works_and_purges_cleanly() {
     host.run_ok(&["vmshare", "invite", "alice", "bob", "--key", &bob.public]);
     host.run_ok(&["vmshare", "accept", "alice", "bob"]);
     host.run_ok(&["vmshare", "sharing", "alice", "on"]);
+    // The invite took alice's keys over.
+    let members = owners_group(&host).expect("no group vmshare-owners");
+    assert!(members.contains(&"alice".to_string()), "{members:?}");
+    let held = host.run_ok(&["vmshare", "owner-keys", "list", "alice"]);
+    assert!(held.contains(&alice.public), "{held}");
     host.assert_logs_in_as("alice", &bob, "alice");
     // The owner may do anything through sudo; bob, a guest without admin,
     // may not.
@@ -266,6 +307,8 @@ fn package_installs_works_and_purges_cleanly() {
     }
     assert!(host.path("/etc/vmshare/grants.toml").exists());
     assert!(!host.path("/usr/libexec/vmshare/vmshare-pam").exists());
+    // alice's home key files apply again: the group is gone.
+    assert_eq!(owners_group(&host), None);
     assert_eq!(host.ssh("alice", &alice, "sudo -n id -u").stdout, b"0\n");
     host.run_ok(&["rm", "/etc/sudoers.d/alice"]);
     host.reload_sshd();
@@ -287,6 +330,59 @@ fn package_installs_works_and_purges_cleanly() {
         !host.run(&["getent", "passwd", "_vmshare"]).status.success(),
         "purge left the _vmshare account"
     );
+    host.reload_sshd();
+    host.assert_logs_in_as("alice", &alice, "alice");
+    host.assert_refused("alice", &bob);
+}
+
+/// A host where a vmshare that let sshd read the owners' home files left
+/// a grant file: installing this one takes over alice's keys (postinst's
+/// `owner-keys import --all`), so her guest gets in and a key a guest
+/// leaves in her home does not; removing it gives her home files back.
+#[test]
+fn an_upgrade_takes_over_the_keys_of_owners_in_the_grant_file() {
+    let deb = build_deb();
+    let mut host = Host::start_bare();
+    let alice = owner(&host, "alice");
+    let bob = host.keypair("bob");
+    let planted = host.keypair("planted");
+    host.mkdir("/etc/vmshare", 0o755);
+    host.write_file(
+        "/etc/vmshare/vmshare.toml",
+        &agent_config(&host),
+        0,
+        0,
+        0o644,
+    );
+    host.write_grants(&format!(
+        "[owners.alice]\nsharing = true\n\n[owners.alice.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{}\"]\n",
+        bob.public
+    ));
+    host.launch_sshd();
+
+    host.install_file(&deb, DEB_INSIDE, 0o644);
+    dpkg(&host, &["--install", DEB_INSIDE]);
+    host.reload_sshd();
+    let members = owners_group(&host).expect("no group vmshare-owners");
+    assert!(members.contains(&"alice".to_string()), "{members:?}");
+    let held = host.run_ok(&["vmshare", "owner-keys", "list", "alice"]);
+    assert!(held.contains(&alice.public), "{held}");
+    let _daemon = host.start_daemon();
+    host.assert_logs_in_as("alice", &bob, "alice");
+    host.assert_logs_in_as("alice", &alice, "alice");
+    let out = host.ssh(
+        "alice",
+        &bob,
+        &format!(
+            "echo '{}' >> ~/.ssh/authorized_keys && echo planted",
+            planted.public
+        ),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "planted");
+    host.assert_refused("alice", &planted);
+
+    dpkg(&host, &["--remove", "vmshare"]);
+    assert_eq!(owners_group(&host), None);
     host.reload_sshd();
     host.assert_logs_in_as("alice", &alice, "alice");
     host.assert_refused("alice", &bob);

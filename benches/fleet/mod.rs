@@ -198,6 +198,8 @@ impl Vm {
             _agent: agent,
         };
         vm.wait_applied(revision);
+        // vmshare-sync wrote the grant file; root holds its owner once.
+        vm.host.hold("alice");
         vm
     }
 

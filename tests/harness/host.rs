@@ -315,15 +315,14 @@ impl Host {
         fs::write(&path, text).unwrap_or_else(|e| panic!("writing {GRANTS}: {e}"));
     }
 
-    /// Puts /etc/vmshare on a tmpfs (keeping its files), so storms of
-    /// thousands of renames are not throttled by the disk: ext4 flushes
-    /// a file's data when it is renamed over another. Call before starting
-    /// the daemon, which watches the directory.
+    /// Puts /etc/vmshare on a tmpfs (keeping its files, the held owner
+    /// keys of the state dir among them), so storms of thousands of
+    /// renames are not throttled by the disk: ext4 flushes a file's data
+    /// when it is renamed over another. Call before starting the daemon,
+    /// which watches the directory.
     pub fn grants_dir_on_tmpfs(&self) {
-        let config = self
-            .read_file(AGENT_CONFIG)
-            .unwrap_or_else(|e| panic!("reading {AGENT_CONFIG}: {e}"));
-        let grants = self.read_file(GRANTS).ok();
+        let kept = format!("{SCRATCH}/etc-vmshare");
+        self.run_ok(&["cp", "-a", "/etc/vmshare", &kept]);
         self.run_ok(&[
             "mount",
             "-t",
@@ -333,10 +332,8 @@ impl Host {
             "tmpfs",
             "/etc/vmshare",
         ]);
-        self.write_file(AGENT_CONFIG, &config, 0, 0, 0o644);
-        if let Some(text) = grants {
-            self.write_file(GRANTS, &text, 0, 0, 0o644);
-        }
+        self.run_ok(&["cp", "-a", &format!("{kept}/."), "/etc/vmshare/"]);
+        self.run_ok(&["rm", "-rf", &kept]);
     }
 
     /// Creates a root-owned directory inside the host (parents as needed).

@@ -63,7 +63,7 @@ pub use self::{
 pub const GRANTS: &str = "/etc/vmshare/grants.toml";
 /// Where the agent config lives inside the host.
 pub const AGENT_CONFIG: &str = "/etc/vmshare/vmshare.toml";
-/// The agent's `state_dir` (the key ledger): under /etc, whose overlay
+/// The agent's `state_dir` (the held owner keys): under /etc, whose overlay
 /// keeps it private to the host.
 pub const STATE_DIR: &str = "/etc/vmshare/state";
 

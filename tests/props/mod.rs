@@ -358,7 +358,8 @@ pub struct LookupFixture {
     pub sha256: String,
     /// The snapshot format this build writes.
     pub format: u32,
-    /// What the lookup prints for `daemon`.
+    /// The guests' lines the lookup serves for `daemon` (were her keys
+    /// held: see [`check_lookup_args`]).
     pub daemon_lines: String,
 }
 
@@ -380,12 +381,15 @@ impl LookupFixture {
             ),
         )
         .expect("grants");
+        // The state dir holds no owner's keys: what the program prints does
+        // not depend on whether `daemon` is in the owners' group here.
         fs::write(
             &config,
             format!(
-                "grants = {:?}\nrun_dir = {:?}\n",
+                "grants = {:?}\nrun_dir = {:?}\nstate_dir = {:?}\n",
                 grants.display().to_string(),
-                run_dir.display().to_string()
+                run_dir.display().to_string(),
+                dir.join("state").display().to_string()
             ),
         )
         .expect("config");
@@ -443,10 +447,14 @@ pub fn split_args(data: &[u8]) -> Vec<OsString> {
         .collect()
 }
 
-/// The key lookup with any arguments (besides its own `--config`) prints,
-/// for a sharing owner, all its lines when called as `USER [FP [TYPE]]`,
-/// only the line of key `TYPE KEY` when called as `USER FP TYPE KEY`, and
-/// nothing otherwise.
+/// The key lookup with any arguments (besides its own `--config`) serves,
+/// for a sharing owner, all her guests' lines when called as
+/// `USER [FP [TYPE]]`, only the line of key `TYPE KEY` when called as
+/// `USER FP TYPE KEY`, and nothing otherwise. The program serves guests'
+/// lines only to an owner in the owners' group whose keys vmshare holds,
+/// which the fixture's owner is not: so the program prints nothing, failing
+/// only on a wrong number of arguments, and the lines it would serve are
+/// checked through the library calls it makes for each form of call.
 pub fn check_lookup_args(fixture: &LookupFixture, args: Vec<OsString>) {
     let args: Vec<OsString> = args.into_iter().filter(|a| a != "--config").collect();
     let want = if (1..=4).contains(&args.len()) && args[0] == "daemon" {
@@ -466,33 +474,46 @@ pub fn check_lookup_args(fixture: &LookupFixture, args: Vec<OsString>) {
         String::new()
     };
     let (out, ok) = fixture.lookup(args.clone());
-    assert_eq!(String::from_utf8_lossy(&out), want, "args {args:?}");
-    if !out.is_empty() {
-        assert!(ok, "printed keys but failed: {args:?}");
-    }
-    // The same answer for the library's callers (the PAM hook may use it).
-    if let [user, _, algorithm, blob] = &args[..] {
-        if let (Some(user), Some(algorithm), Some(blob)) =
-            (user.to_str(), algorithm.to_str(), blob.to_str())
-        {
-            let config =
-                vmshare::store::config::Config::load(Some(&fixture.config)).expect("config");
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock after 1970")
-                .as_secs() as i64;
-            let answer = vmshare::store::lookup::owner_key_line(
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "",
+        "printed keys for an owner whose keys are not held: args {args:?}"
+    );
+    assert_eq!(
+        ok,
+        (1..=4).contains(&args.len()),
+        "exit status: args {args:?}"
+    );
+
+    let Some(user) = args.first().and_then(|u| u.to_str()) else {
+        return;
+    };
+    let config = vmshare::store::config::Config::load(Some(&fixture.config)).expect("config");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    let accounts = vmshare::sys::accounts::SystemAccounts;
+    let answer = match &args[..] {
+        [_] | [_, _] | [_, _, _] => {
+            vmshare::store::lookup::current_owner_lines(&config, user, now, &accounts)
+        }
+        [_, _, algorithm, blob] => match (algorithm.to_str(), blob.to_str()) {
+            (Some(algorithm), Some(blob)) => vmshare::store::lookup::owner_key_line(
                 &config,
                 user,
                 algorithm,
                 blob,
                 Some(now),
-                &vmshare::sys::accounts::SystemAccounts,
-            );
-            if let Ok(answer) = answer {
-                assert_eq!(answer.lines, want, "args {args:?}");
-            }
-        }
+                &accounts,
+            ),
+            _ => return,
+        },
+        _ => return,
+    };
+    match answer {
+        Ok(answer) => assert_eq!(answer.lines, want, "args {args:?}"),
+        Err(e) => panic!("the lookup refused a valid grant file: {e}: args {args:?}"),
     }
 }
 
