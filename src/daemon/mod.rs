@@ -50,10 +50,6 @@ struct Args {
     /// Agent configuration file.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
-    /// Internal: compile the grant file, write the snapshot, print a JSON
-    /// summary and exit (the daemon runs each pass's compile this way).
-    #[arg(long, hide = true)]
-    compile: bool,
 }
 
 /// Entry point of `vmshared`; the single place errors become an exit code.
@@ -68,27 +64,6 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.compile {
-        // The snapshot it replaced goes once the daemon has its answer.
-        let (compiled, loaded, _replaced) = compile_grant_file(&config);
-        // The process ends next: its memory goes back whole, not in the
-        // tens of thousands of frees a drop would make.
-        std::mem::forget(loaded);
-        // One line: the daemon goes on when it has read it.
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let answered = serde_json::to_writer(&mut out, &compiled)
-            .map_err(std::io::Error::from)
-            .and_then(|()| out.write_all(b"\n"))
-            .and_then(|()| out.flush());
-        return match answered {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                error!("cannot report the compile: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -99,7 +74,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, args.config)) {
+    match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -157,11 +132,10 @@ enum Wake {
 }
 
 /// The one pass that may run at a time, and the reason for another once it
-/// is done. Passes run on the blocking pool (they spawn the compiling child
+/// is done. Passes run on the blocking pool (they compile the grant file
 /// and wait for sessions to die), so the loop keeps answering meanwhile.
 struct Passes {
     config: Arc<Config>,
-    config_path: Option<PathBuf>,
     running: Option<(tokio::task::JoinHandle<Pass>, tokio::time::Instant)>,
     queued: Option<(&'static str, Scope)>,
     /// The session records read so far; passes run one at a time.
@@ -186,13 +160,7 @@ impl Passes {
     }
 
     fn start(&mut self, reason: &'static str, scope: Scope) {
-        let (config, path) = (Arc::clone(&self.config), self.config_path.clone());
-        let records = Arc::clone(&self.records);
-        let pass = tokio::task::spawn_blocking(move || {
-            // A pass that panicked left the cache as it was: still sound.
-            let mut records = records.lock().unwrap_or_else(|e| e.into_inner());
-            apply(&config, path.as_deref(), reason, scope, &mut records)
-        });
+        let pass = spawn_pass(&self.config, &self.records, reason, scope);
         self.running = Some((pass, tokio::time::Instant::now()));
     }
 
@@ -223,7 +191,22 @@ impl Passes {
     }
 }
 
-async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String> {
+/// Runs a pass on the blocking pool.
+fn spawn_pass(
+    config: &Arc<Config>,
+    records: &Arc<Mutex<records::Cache>>,
+    reason: &'static str,
+    scope: Scope,
+) -> tokio::task::JoinHandle<Pass> {
+    let (config, records) = (Arc::clone(config), Arc::clone(records));
+    tokio::task::spawn_blocking(move || {
+        // A pass that panicked left the cache as it was: still sound.
+        let mut records = records.lock().unwrap_or_else(|e| e.into_inner());
+        apply(&config, reason, scope, &mut records)
+    })
+}
+
+async fn run(config: Config) -> Result<(), String> {
     let (nofile, raise_failed) = fdlimit::raise();
     if let Some(e) = raise_failed {
         warn!("cannot raise the descriptor limit: {e}; keeping {nofile}");
@@ -231,20 +214,16 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     let caps = fdlimit::caps(nofile);
     pass::prepare_run_dir(&config)
         .map_err(|e| format!("cannot create run dir {}: {e}", config.run_dir.display()))?;
-    let mut records = records::Cache::default();
-    let first = apply(
-        &config,
-        config_path.as_deref(),
-        "start",
-        Scope::EnforceAndTidy,
-        &mut records,
-    );
+    let config = Arc::new(config);
+    let records = Arc::new(Mutex::new(records::Cache::default()));
+    let first = spawn_pass(&config, &records, "start", Scope::EnforceAndTidy)
+        .await
+        .map_err(|e| format!("the first grant-file pass failed: {e}"))?;
     let mut deadlines =
         deadline::Deadlines::new().map_err(|e| format!("cannot create the deadline timer: {e}"))?;
     arm(&deadlines, first.next_deadline);
     let mut watcher = watch::Watcher::new(&config.grants)
         .map_err(|e| format!("cannot watch {}: {e}", config.grants.display()))?;
-    let config = Arc::new(config);
     let (pass_tx, mut pass_rx) = mpsc::channel(64);
     // Enforcement never waits on the control socket: if it cannot be bound,
     // the server binds it later while the passes go on.
@@ -275,10 +254,9 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     let mut failed_passes: u32 = 0;
     let mut passes = Passes {
         config: Arc::clone(&config),
-        config_path,
         running: None,
         queued: None,
-        records: Arc::new(Mutex::new(records)),
+        records,
     };
 
     sdnotify::notify("READY=1");

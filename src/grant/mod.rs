@@ -10,5 +10,4 @@ pub mod model;
 pub mod owner_lines;
 pub mod parse;
 mod plain;
-pub(crate) use plain::lines_inclusive;
 pub mod policy;

@@ -16,7 +16,7 @@
 //! printed.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -84,58 +84,13 @@ impl Header {
 }
 
 /// Writes the snapshot of `loaded` to `path`, readable by everyone (it holds
-/// public keys only, and the key lookup runs unprivileged).
+/// public keys only, and the key lookup runs unprivileged): whole or not at
+/// all. Not synced to disk: it lives in the run dir, every daemon start
+/// writes it anew, and a reader takes it only whole (its checksums) and
+/// only for the grant file version it names, so one cut short by a power
+/// loss is never used.
 pub fn write(path: &Path, loaded: &Loaded, written_ns: i64) -> io::Result<()> {
-    publish(path, &encode(loaded, written_ns)?)
-}
-
-/// Puts an [`encode`]d snapshot in place, whole or not at all. Not synced
-/// to disk: it lives in the run dir, every daemon start writes it anew,
-/// and a reader takes it only whole (its checksums) and only for the
-/// grant file version it names, so one cut short by a power loss is never
-/// used. (The sync was a tenth of a pass at 10,000 guests where the run
-/// dir is not a tmpfs.)
-pub fn publish(path: &Path, data: &[u8]) -> io::Result<()> {
-    publish_after(path, data, || Ok(()))
-}
-
-/// The snapshot a compile replaces, kept under a second name until this is
-/// dropped: the rename that publishes a new snapshot then frees nothing,
-/// and the old one's pages are freed once the pass has its answer
-/// (freeing three megabytes of page cache was a tenth of a pass at 10,000
-/// guests). No reader opens it by that name.
-#[derive(Debug)]
-pub struct Replaced(Option<PathBuf>);
-
-impl Replaced {
-    /// Keeps the snapshot at `path`, if there is one, under a second name
-    /// beside it; one left by a compile that never finished goes first.
-    pub fn keep(path: &Path) -> Replaced {
-        let Some(name) = path.file_name() else {
-            return Replaced(None);
-        };
-        let aside = path.with_file_name(format!(".{}.replaced", name.to_string_lossy()));
-        let _ = fs::remove_file(&aside);
-        Replaced(fs::hard_link(path, &aside).is_ok().then_some(aside))
-    }
-}
-
-impl Drop for Replaced {
-    fn drop(&mut self) {
-        if let Some(aside) = &self.0 {
-            let _ = fs::remove_file(aside);
-        }
-    }
-}
-
-/// [`publish`], the snapshot written first and put in place only once
-/// `ready` has returned, and not at all if it fails.
-pub fn publish_after(
-    path: &Path,
-    data: &[u8],
-    ready: impl FnOnce() -> io::Result<()>,
-) -> io::Result<()> {
-    fsutil::atomic_replace_volatile_after(path, data, 0o644, ready)
+    fsutil::atomic_replace_volatile(path, &encode(loaded, written_ns)?, 0o644)
 }
 
 /// The snapshot of `loaded`, as [`write`] writes it.
@@ -773,40 +728,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// The snapshot being replaced stays whole under its second name until
-    /// the pass is answered; a publish whose wait fails places nothing.
-    #[test]
-    fn a_replaced_snapshot_is_kept_aside_until_dropped() {
-        use std::os::unix::fs::MetadataExt;
-        let d = crate::sys::fsutil::tests::scratch();
-        let path = d.path().join("snapshot");
-        let aside = d.path().join(".snapshot.replaced");
-        // No snapshot yet: nothing kept, nothing left.
-        drop(Replaced::keep(&path));
-        assert!(!aside.exists());
-
-        publish(&path, b"old").unwrap();
-        let old = fs::metadata(&path).unwrap().ino();
-        // A leftover of a compile that never finished goes first.
-        fs::write(&aside, "leftover").unwrap();
-        let replaced = Replaced::keep(&path);
-        assert_eq!(fs::metadata(&aside).unwrap().ino(), old);
-        let failed = publish_after(&path, b"never", || Err(io::Error::other("no ledger")));
-        assert!(failed.is_err());
-        assert_eq!(fs::read(&path).unwrap(), b"old");
-        publish_after(&path, b"new", || Ok(())).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"new");
-        assert_eq!(fs::read(&aside).unwrap(), b"old");
-        drop(replaced);
-        assert!(!aside.exists());
-        // Nothing but the snapshot is left in the directory.
-        let names: Vec<_> = fs::read_dir(d.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["snapshot"]);
     }
 
     #[test]
