@@ -9,7 +9,7 @@
 //! runtime), so each call runs on a thread and runtime of its own.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{signal, Backend, Login, Placement, KILL_TIMEOUT};
 use crate::store::records::SessionRecord;
@@ -64,15 +64,16 @@ impl Backend for LogindBackend {
             return Err(format!("{e}; signalled the session's process tree instead"));
         }
         // logind stops the scope asynchronously.
-        let deadline = Instant::now() + KILL_TIMEOUT;
-        while procfs::is_alive(record.monitor_pid, record.monitor_start) {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "sshd process {} still runs {KILL_TIMEOUT:?} after logind ended the session",
-                    record.monitor_pid
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(2));
+        let monitor = procfs::Stat {
+            pid: record.monitor_pid,
+            ppid: 0,
+            start: record.monitor_start,
+        };
+        if !crate::sys::kill::wait_exit(&monitor, KILL_TIMEOUT) {
+            return Err(format!(
+                "sshd process {} still runs {KILL_TIMEOUT:?} after logind ended the session",
+                record.monitor_pid
+            ));
         }
         Ok(())
     }
