@@ -8,6 +8,7 @@ mod leave;
 mod pass;
 mod server;
 mod slots;
+mod timerfd;
 mod usermgr;
 mod watch;
 
@@ -221,7 +222,7 @@ async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("the first grant-file pass failed: {e}"))?;
     let mut deadlines =
         deadline::Deadlines::new().map_err(|e| format!("cannot create the deadline timer: {e}"))?;
-    arm(&deadlines, first.next_deadline);
+    arm(&mut deadlines, first.next_deadline);
     let mut watcher = watch::Watcher::new(&config.grants)
         .map_err(|e| format!("cannot watch {}: {e}", config.grants.display()))?;
     let (pass_tx, mut pass_rx) = mpsc::channel(64);
@@ -242,7 +243,7 @@ async fn run(config: Config) -> Result<(), String> {
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut backstop = backstop::Backstop::new(BACKSTOP)
+    let backstop = backstop::Backstop::new(BACKSTOP)
         .map_err(|e| format!("cannot create the backstop timer: {e}"))?;
     let watchdog = sdnotify::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
@@ -335,7 +336,7 @@ async fn run(config: Config) -> Result<(), String> {
                 let complete = match done {
                     Ok(pass) => {
                         racy_at = pass.racy.then(racy_deadline);
-                        arm(&deadlines, pass.next_deadline);
+                        arm(&mut deadlines, pass.next_deadline);
                         !pass.retry
                     }
                     Err(e) => {
@@ -362,7 +363,7 @@ async fn run(config: Config) -> Result<(), String> {
 
 /// Arms the deadline timer; if that fails, the backstop re-read still ends
 /// expired sessions (late), and the key lookup and hook refuse on time.
-fn arm(deadlines: &deadline::Deadlines, at: Option<i64>) {
+fn arm(deadlines: &mut deadline::Deadlines, at: Option<i64>) {
     if let Err(e) = deadlines.arm(at) {
         error!("cannot arm the deadline timer for {at:?}: {e}");
     }
