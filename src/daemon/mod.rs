@@ -23,6 +23,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use crate::session::backend::SystemBus;
 use crate::store::config::Config;
 use crate::store::records;
 use crate::sys::log::audit;
@@ -136,11 +137,9 @@ enum Wake {
 /// is done. Passes run on the blocking pool (they compile the grant file
 /// and wait for sessions to die), so the loop keeps answering meanwhile.
 struct Passes {
-    config: Arc<Config>,
+    shared: Shared,
     running: Option<(tokio::task::JoinHandle<Pass>, tokio::time::Instant)>,
     queued: Option<(&'static str, Scope)>,
-    /// The session records read so far; passes run one at a time.
-    records: Arc<Mutex<records::Cache>>,
 }
 
 impl Passes {
@@ -161,7 +160,7 @@ impl Passes {
     }
 
     fn start(&mut self, reason: &'static str, scope: Scope) {
-        let pass = spawn_pass(&self.config, &self.records, reason, scope);
+        let pass = spawn_pass(&self.shared, reason, scope);
         self.running = Some((pass, tokio::time::Instant::now()));
     }
 
@@ -192,18 +191,26 @@ impl Passes {
     }
 }
 
+/// What every pass works with.
+#[derive(Clone)]
+struct Shared {
+    config: Arc<Config>,
+    /// The session records read so far; passes run one at a time.
+    records: Arc<Mutex<records::Cache>>,
+    bus: Arc<SystemBus>,
+}
+
 /// Runs a pass on the blocking pool.
 fn spawn_pass(
-    config: &Arc<Config>,
-    records: &Arc<Mutex<records::Cache>>,
+    shared: &Shared,
     reason: &'static str,
     scope: Scope,
 ) -> tokio::task::JoinHandle<Pass> {
-    let (config, records) = (Arc::clone(config), Arc::clone(records));
+    let shared = shared.clone();
     tokio::task::spawn_blocking(move || {
         // A pass that panicked left the cache as it was: still sound.
-        let mut records = records.lock().unwrap_or_else(|e| e.into_inner());
-        apply(&config, reason, scope, &mut records)
+        let mut records = shared.records.lock().unwrap_or_else(|e| e.into_inner());
+        apply(&shared.config, reason, scope, &mut records, &shared.bus)
     })
 }
 
@@ -216,8 +223,15 @@ async fn run(config: Config) -> Result<(), String> {
     pass::prepare_run_dir(&config)
         .map_err(|e| format!("cannot create run dir {}: {e}", config.run_dir.display()))?;
     let config = Arc::new(config);
-    let records = Arc::new(Mutex::new(records::Cache::default()));
-    let first = spawn_pass(&config, &records, "start", Scope::EnforceAndTidy)
+    // One connection to logind for the daemon's life, made when first
+    // needed and driven by this runtime.
+    let bus = Arc::new(SystemBus::new(tokio::runtime::Handle::current()));
+    let shared = Shared {
+        config: Arc::clone(&config),
+        records: Arc::new(Mutex::new(records::Cache::default())),
+        bus: Arc::clone(&bus),
+    };
+    let first = spawn_pass(&shared, "start", Scope::EnforceAndTidy)
         .await
         .map_err(|e| format!("the first grant-file pass failed: {e}"))?;
     let mut deadlines =
@@ -238,7 +252,7 @@ async fn run(config: Config) -> Result<(), String> {
         .ok();
     let slots = slots::Shared::new(caps);
     tokio::spawn(server::run(listener, Arc::clone(&config), pass_tx, slots));
-    usermgr::spawn(Arc::clone(&config));
+    usermgr::spawn(Arc::clone(&config), bus);
 
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -254,10 +268,9 @@ async fn run(config: Config) -> Result<(), String> {
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut failed_passes: u32 = 0;
     let mut passes = Passes {
-        config: Arc::clone(&config),
+        shared,
         running: None,
         queued: None,
-        records,
     };
 
     sdnotify::notify("READY=1");

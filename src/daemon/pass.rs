@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 
 use crate::grant::limits::Breach;
 use crate::grant::policy::{KeyIndex, Policy};
-use crate::session::backend;
+use crate::session::backend::{self, SystemBus};
 use crate::store::config::Config;
 use crate::store::records::{self, SessionRecord};
 use crate::store::snapshot;
@@ -243,9 +243,15 @@ pub enum Scope {
 
 /// Reads the grant file, writes the snapshot, ends revoked sessions and
 /// those past their deadline. `records` keeps what earlier passes read of
-/// the session records.
-pub fn apply(config: &Config, reason: &str, scope: Scope, records: &mut records::Cache) -> Pass {
-    apply_at(config, reason, scope, records, &SystemClock)
+/// the session records; `bus` is the daemon's connection to logind.
+pub fn apply(
+    config: &Config,
+    reason: &str,
+    scope: Scope,
+    records: &mut records::Cache,
+    bus: &SystemBus,
+) -> Pass {
+    apply_at(config, reason, scope, records, bus, &SystemClock)
 }
 
 /// [`apply`], judging deadlines by `clock`.
@@ -254,6 +260,7 @@ pub fn apply_at(
     reason: &str,
     scope: Scope,
     records: &mut records::Cache,
+    bus: &SystemBus,
     clock: &dyn Clock,
 ) -> Pass {
     let started = Instant::now();
@@ -305,7 +312,7 @@ pub fn apply_at(
     // judged: the timer, armed for a time already past, then fires at once
     // and the next pass ends them.
     let now = clock.now_ns().div_euclid(1_000_000_000);
-    enforce_sessions(config, &mut judge, scope, records, &mut pass, now);
+    enforce_sessions(config, &mut judge, scope, records, bus, &mut pass, now);
     let enforce_us = enforcing.elapsed().as_micros() as u64;
     drop(judge);
     drop(loaded);
@@ -340,6 +347,7 @@ fn enforce_sessions(
     judge: &mut Judge<'_>,
     scope: Scope,
     cache: &mut records::Cache,
+    bus: &SystemBus,
     pass: &mut Pass,
     now: i64,
 ) {
@@ -384,7 +392,7 @@ fn enforce_sessions(
     for (record, verdict) in ending {
         let started = Instant::now();
         let method = record.placement.name();
-        match backend::end(&record) {
+        match backend::end(&record, bus) {
             Ok(()) => {
                 let (kind, message) = verdict.event();
                 super::audit_event(

@@ -36,7 +36,7 @@ use inotify::{Inotify, WatchDescriptor, WatchMask};
 use tracing::warn;
 
 use crate::grant::policy::Policy;
-use crate::session::backend::{cgroup, logind, Placement};
+use crate::session::backend::{cgroup, logind, Placement, SystemBus};
 use crate::session::persistence::{self, Presence, Proof, Verdict};
 use crate::store::config::Config;
 use crate::store::escapes::{self, Report};
@@ -213,7 +213,7 @@ pub struct Watcher {
 
 /// Starts the watcher thread on systemd hosts; elsewhere there is no user
 /// manager to watch.
-pub fn spawn(config: Arc<Config>) {
+pub fn spawn(config: Arc<Config>, bus: Arc<SystemBus>) {
     if !logind::systemd_booted() {
         return;
     }
@@ -244,7 +244,7 @@ pub fn spawn(config: Arc<Config>) {
     let started = std::thread::Builder::new()
         .name("usermgr".into())
         .spawn(move || loop {
-            watcher.look(super::now_ns() / 1_000_000_000);
+            watcher.look(super::now_ns() / 1_000_000_000, &bus);
             std::thread::sleep(TICK);
         });
     if let Err(e) = started {
@@ -254,7 +254,7 @@ pub fn spawn(config: Arc<Config>) {
 
 impl Watcher {
     /// One look at every account that shares or has guest sessions.
-    pub fn look(&mut self, now: i64) {
+    pub fn look(&mut self, now: i64, bus: &SystemBus) {
         let (records, _) = self.records.list(&self.config.sessions_dir());
         let created = self.drain_created();
         let version = fs::metadata(&self.config.grants)
@@ -296,7 +296,7 @@ impl Watcher {
                 roots,
                 policy,
                 now,
-                &logind::disable_linger,
+                &|uid| bus.disable_linger(uid),
                 &mut found,
             );
             for report in found {

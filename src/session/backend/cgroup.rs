@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{Backend, Login, Placement, KILL_TIMEOUT};
+use super::{Backend, Login, Placement, SystemBus, KILL_TIMEOUT};
 use crate::store::config::Config;
 use crate::store::records::SessionRecord;
 use crate::sys::procfs;
@@ -46,7 +46,7 @@ impl Backend for CgroupBackend {
         Ok(Placement::Cgroup { group })
     }
 
-    fn end(&self, record: &SessionRecord) -> Result<(), String> {
+    fn end(&self, record: &SessionRecord, _bus: &SystemBus) -> Result<(), String> {
         let group = group_in(record);
         kill(group, KILL_TIMEOUT).map_err(|e| format!("killing cgroup {}: {e}", group.display()))
     }

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use logind::SystemBus;
+
 use crate::store::config::{Backend as Configured, Config};
 use crate::store::records::SessionRecord;
 use crate::sys::procfs;
@@ -46,8 +48,9 @@ pub struct Login<'a> {
 pub trait Backend {
     /// Places the new session (the monitor and everything under it).
     fn place(&self, login: &Login) -> Result<Placement, String>;
-    /// Ends a placed session; `Ok` once no process of it is left.
-    fn end(&self, record: &SessionRecord) -> Result<(), String>;
+    /// Ends a placed session; `Ok` once no process of it is left. `bus`
+    /// is the daemon's connection to the system bus (for logind).
+    fn end(&self, record: &SessionRecord, bus: &SystemBus) -> Result<(), String>;
     /// Whether any process of the session still runs.
     fn is_live(&self, record: &SessionRecord) -> bool;
     /// Whether a process in cgroup `group` (an absolute path under the
@@ -163,8 +166,8 @@ pub fn choose(
 }
 
 /// Ends a session the way it was placed.
-pub fn end(record: &SessionRecord) -> Result<(), String> {
-    record.placement.backend().end(record)
+pub fn end(record: &SessionRecord, bus: &SystemBus) -> Result<(), String> {
+    record.placement.backend().end(record, bus)
 }
 
 /// Whether any process of the session still runs.
