@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::session::backend::Placement;
 use crate::sys::fsutil;
 
 /// One live guest session.
@@ -42,6 +41,30 @@ pub struct SessionRecord {
     pub uid: u32,
     /// Where the session was placed, and so how it is ended.
     pub placement: Placement,
+}
+
+/// Where a session was put (by a backend in `session::backend`); its record
+/// stores this, so the session is ended the way it was placed, by
+/// whichever process reads the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Placement {
+    /// In the agent's own cgroup v2 group.
+    Cgroup { group: PathBuf },
+    /// Left in logind's scope for the session.
+    Logind { session: String },
+    /// Left where it is; its process tree is signalled.
+    Signal,
+}
+
+impl Placement {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Placement::Cgroup { .. } => "cgroup",
+            Placement::Logind { .. } => "logind",
+            Placement::Signal => "signal",
+        }
+    }
 }
 
 /// A record as stored. Records written before placements had a name carry
