@@ -6,10 +6,10 @@ mod deadline;
 mod fdlimit;
 mod leave;
 mod pass;
+mod persist;
 mod server;
 mod slots;
 mod timerfd;
-mod usermgr;
 mod watch;
 
 pub use pass::{apply, compile_grant_file, now_ns, Compiled, Pass, Scope};
@@ -252,7 +252,7 @@ async fn run(config: Config) -> Result<(), String> {
         .ok();
     let slots = slots::Shared::new(caps);
     tokio::spawn(server::run(listener, Arc::clone(&config), pass_tx, slots));
-    usermgr::spawn(Arc::clone(&config), bus);
+    persist::spawn(Arc::clone(&config), bus);
 
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
