@@ -177,9 +177,9 @@ pub fn list(dir: &Path) -> (Vec<SessionRecord>, Vec<(PathBuf, io::Error)>) {
 /// by a create that never replaces, and never changed after (see `write`);
 /// its name is the session id (the sshd monitor's pid and start time), not
 /// reused while the run directory lives; a file under the same name with
-/// another inode is another record. So
-/// the daemon reads each record once, not once per pass: at thousands of
-/// sessions, reading them was most of a pass's enforcement.
+/// another inode is another record. So the daemon reads each record once,
+/// not once per pass: a pass that revokes one guest does not first read
+/// every other session's record.
 #[derive(Debug, Default)]
 pub struct Cache {
     read: HashMap<OsString, (u64, Arc<SessionRecord>), foldhash::fast::RandomState>,
@@ -188,7 +188,7 @@ pub struct Cache {
 impl Cache {
     /// As [`list`], reading only the records not read before; forgets the
     /// ones that are gone. The records are shared with the cache, not
-    /// copied (at 2,000 sessions the copies were most of the listing).
+    /// copied.
     pub fn list(&mut self, dir: &Path) -> (Vec<Arc<SessionRecord>>, Vec<(PathBuf, io::Error)>) {
         let mut records = Vec::new();
         let mut bad = Vec::new();

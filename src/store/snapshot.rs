@@ -95,8 +95,8 @@ pub fn write(path: &Path, loaded: &Loaded, written_ns: i64) -> io::Result<()> {
 
 /// The snapshot of `loaded`, as [`write`] writes it.
 pub fn encode(loaded: &Loaded, written_ns: i64) -> io::Result<Vec<u8>> {
-    // The body's size is known before it is written: no copying as it grows
-    // (three megabytes at 10,000 guests).
+    // The body's size is known before it is written: no copying as it
+    // grows.
     let body_len = match &loaded.outcome {
         Outcome::Valid { policy, .. } => policy
             .owners
