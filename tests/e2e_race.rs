@@ -235,6 +235,7 @@ fn logins_racing_revokes_never_slip_through() {
     let bob = host.keypair("bob");
     wrap_hook(&host);
     host.write_grants(&grants(&bob, true, 0));
+    host.hold("alice");
     let _daemon = host.start_daemon();
 
     let seed = realtime_ns() as u64 | 1;

@@ -55,6 +55,7 @@ fn setup() -> (Host, Cast) {
         carol: host.keypair("carol"),
     };
     host.write_grants(&both_accepted(&cast));
+    host.hold("alice");
     (host, cast)
 }
 
