@@ -5,75 +5,49 @@
 //! clock is set at all. The loop re-arms it after every pass, so a restart
 //! or a reload arms it afresh from the grant file.
 //!
-//! A thread blocks on the timer and hands each wake to the loop. After a
-//! wake it waits to be armed again: a timer cancelled by a clock change
-//! answers every read at once until it is re-armed.
+//! After a wake the timer is not read again until it is armed again: a
+//! timer cancelled by a clock change answers every read at once until then.
 
 use std::io;
-use std::sync::{mpsc as std_mpsc, Arc};
 
-use nix::sys::time::TimeSpec;
-use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
-use tokio::sync::mpsc::{self, error::TrySendError};
+use rustix::time::TimerfdClockId;
+
+use super::timerfd::Timer;
 
 pub struct Deadlines {
-    timer: Arc<TimerFd>,
-    armed: std_mpsc::SyncSender<()>,
-    wakes: mpsc::Receiver<io::Result<()>>,
+    timer: Timer,
+    /// Armed, and not woken since.
+    armed: bool,
 }
 
 impl Deadlines {
     pub fn new() -> io::Result<Self> {
-        let timer = Arc::new(TimerFd::new(
-            ClockId::CLOCK_REALTIME,
-            TimerFlags::TFD_CLOEXEC,
-        )?);
-        let (armed, armings) = std_mpsc::sync_channel::<()>(1);
-        let (tx, wakes) = mpsc::channel(1);
-        let waiting = Arc::clone(&timer);
-        std::thread::Builder::new()
-            .name("deadlines".into())
-            .spawn(move || {
-                // One read per arming; the loop has gone when either
-                // channel closes.
-                while armings.recv().is_ok() {
-                    let wake = waiting.wait().map_err(io::Error::from);
-                    if let Err(TrySendError::Closed(_)) = tx.try_send(wake) {
-                        return;
-                    }
-                }
-            })?;
         Ok(Deadlines {
-            timer,
-            armed,
-            wakes,
+            timer: Timer::new(TimerfdClockId::Realtime)?,
+            armed: false,
         })
     }
 
     /// Arms the timer for `at` (seconds since the epoch; a time already
     /// past fires at once), or disarms it for `None`.
-    pub fn arm(&self, at: Option<i64>) -> io::Result<()> {
+    pub fn arm(&mut self, at: Option<i64>) -> io::Result<()> {
+        self.armed = false;
         match at {
-            Some(at) => {
-                self.timer.set(
-                    Expiration::OneShot(TimeSpec::new(at, 0)),
-                    TimerSetTimeFlags::TFD_TIMER_ABSTIME
-                        | TimerSetTimeFlags::TFD_TIMER_CANCEL_ON_SET,
-                )?;
-                // Full: the thread has a reading to do already.
-                let _ = self.armed.try_send(());
-            }
-            None => self.timer.unset()?,
+            Some(at) => self.timer.at(at, true)?,
+            None => return self.timer.disarm(),
         }
+        self.armed = true;
         Ok(())
     }
 
     /// Waits until a deadline is reached or the wall clock is set.
     pub async fn wake(&mut self) -> io::Result<()> {
-        match self.wakes.recv().await {
-            Some(wake) => wake,
-            None => std::future::pending().await,
+        if !self.armed {
+            return std::future::pending().await;
         }
+        let wake = self.timer.expired().await;
+        self.armed = false;
+        wake
     }
 }
 

@@ -6,10 +6,11 @@ mod deadline;
 mod fdlimit;
 mod leave;
 mod pass;
+mod persist;
 mod portal;
 mod server;
 mod slots;
-mod usermgr;
+mod timerfd;
 mod watch;
 
 pub use pass::{apply, compile_grant_file, now_ns, Compiled, Pass, Scope};
@@ -23,6 +24,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use crate::session::backend::SystemBus;
 use crate::store::config::Config;
 use crate::store::records;
 use crate::sys::log::audit;
@@ -51,10 +53,6 @@ struct Args {
     /// Agent configuration file.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
-    /// Internal: compile the grant file, write the snapshot, print a JSON
-    /// summary and exit (the daemon runs each pass's compile this way).
-    #[arg(long, hide = true)]
-    compile: bool,
 }
 
 /// Entry point of `vmshared`; the single place errors become an exit code.
@@ -69,27 +67,6 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.compile {
-        // The snapshot it replaced goes once the daemon has its answer.
-        let (compiled, loaded, _replaced) = compile_grant_file(&config);
-        // The process ends next: its memory goes back whole, not in the
-        // tens of thousands of frees a drop would make.
-        std::mem::forget(loaded);
-        // One line: the daemon goes on when it has read it.
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let answered = serde_json::to_writer(&mut out, &compiled)
-            .map_err(std::io::Error::from)
-            .and_then(|()| out.write_all(b"\n"))
-            .and_then(|()| out.flush());
-        return match answered {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                error!("cannot report the compile: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -100,7 +77,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, args.config)) {
+    match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -158,15 +135,12 @@ enum Wake {
 }
 
 /// The one pass that may run at a time, and the reason for another once it
-/// is done. Passes run on the blocking pool (they spawn the compiling child
+/// is done. Passes run on the blocking pool (they compile the grant file
 /// and wait for sessions to die), so the loop keeps answering meanwhile.
 struct Passes {
-    config: Arc<Config>,
-    config_path: Option<PathBuf>,
+    shared: Shared,
     running: Option<(tokio::task::JoinHandle<Pass>, tokio::time::Instant)>,
     queued: Option<(&'static str, Scope)>,
-    /// The session records read so far; passes run one at a time.
-    records: Arc<Mutex<records::Cache>>,
 }
 
 impl Passes {
@@ -187,13 +161,7 @@ impl Passes {
     }
 
     fn start(&mut self, reason: &'static str, scope: Scope) {
-        let (config, path) = (Arc::clone(&self.config), self.config_path.clone());
-        let records = Arc::clone(&self.records);
-        let pass = tokio::task::spawn_blocking(move || {
-            // A pass that panicked left the cache as it was: still sound.
-            let mut records = records.lock().unwrap_or_else(|e| e.into_inner());
-            apply(&config, path.as_deref(), reason, scope, &mut records)
-        });
+        let pass = spawn_pass(&self.shared, reason, scope);
         self.running = Some((pass, tokio::time::Instant::now()));
     }
 
@@ -224,7 +192,30 @@ impl Passes {
     }
 }
 
-async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String> {
+/// What every pass works with.
+#[derive(Clone)]
+struct Shared {
+    config: Arc<Config>,
+    /// The session records read so far; passes run one at a time.
+    records: Arc<Mutex<records::Cache>>,
+    bus: Arc<SystemBus>,
+}
+
+/// Runs a pass on the blocking pool.
+fn spawn_pass(
+    shared: &Shared,
+    reason: &'static str,
+    scope: Scope,
+) -> tokio::task::JoinHandle<Pass> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        // A pass that panicked left the cache as it was: still sound.
+        let mut records = shared.records.lock().unwrap_or_else(|e| e.into_inner());
+        apply(&shared.config, reason, scope, &mut records, &shared.bus)
+    })
+}
+
+async fn run(config: Config) -> Result<(), String> {
     let (nofile, raise_failed) = fdlimit::raise();
     if let Some(e) = raise_failed {
         warn!("cannot raise the descriptor limit: {e}; keeping {nofile}");
@@ -232,20 +223,23 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     let caps = fdlimit::caps(nofile);
     pass::prepare_run_dir(&config)
         .map_err(|e| format!("cannot create run dir {}: {e}", config.run_dir.display()))?;
-    let mut records = records::Cache::default();
-    let first = apply(
-        &config,
-        config_path.as_deref(),
-        "start",
-        Scope::EnforceAndTidy,
-        &mut records,
-    );
+    let config = Arc::new(config);
+    // One connection to logind for the daemon's life, made when first
+    // needed and driven by this runtime.
+    let bus = Arc::new(SystemBus::new(tokio::runtime::Handle::current()));
+    let shared = Shared {
+        config: Arc::clone(&config),
+        records: Arc::new(Mutex::new(records::Cache::default())),
+        bus: Arc::clone(&bus),
+    };
+    let first = spawn_pass(&shared, "start", Scope::EnforceAndTidy)
+        .await
+        .map_err(|e| format!("the first grant-file pass failed: {e}"))?;
     let mut deadlines =
         deadline::Deadlines::new().map_err(|e| format!("cannot create the deadline timer: {e}"))?;
-    arm(&deadlines, first.next_deadline);
+    arm(&mut deadlines, first.next_deadline);
     let mut watcher = watch::Watcher::new(&config.grants)
         .map_err(|e| format!("cannot watch {}: {e}", config.grants.display()))?;
-    let config = Arc::new(config);
     let (pass_tx, mut pass_rx) = mpsc::channel(64);
     // Enforcement never waits on the control socket: if it cannot be bound,
     // the server binds it later while the passes go on.
@@ -259,12 +253,12 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
         .ok();
     let slots = slots::Shared::new(caps);
     tokio::spawn(server::run(listener, Arc::clone(&config), pass_tx, slots));
-    usermgr::spawn(Arc::clone(&config));
+    persist::spawn(Arc::clone(&config), bus);
 
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut backstop = backstop::Backstop::new(BACKSTOP)
+    let backstop = backstop::Backstop::new(BACKSTOP)
         .map_err(|e| format!("cannot create the backstop timer: {e}"))?;
     let watchdog = sdnotify::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
@@ -275,11 +269,9 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut failed_passes: u32 = 0;
     let mut passes = Passes {
-        config: Arc::clone(&config),
-        config_path,
+        shared,
         running: None,
         queued: None,
-        records: Arc::new(Mutex::new(records)),
     };
 
     sdnotify::notify("READY=1");
@@ -358,7 +350,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
                 let complete = match done {
                     Ok(pass) => {
                         racy_at = pass.racy.then(racy_deadline);
-                        arm(&deadlines, pass.next_deadline);
+                        arm(&mut deadlines, pass.next_deadline);
                         !pass.retry
                     }
                     Err(e) => {
@@ -385,7 +377,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), String>
 
 /// Arms the deadline timer; if that fails, the backstop re-read still ends
 /// expired sessions (late), and the key lookup and hook refuse on time.
-fn arm(deadlines: &deadline::Deadlines, at: Option<i64>) {
+fn arm(deadlines: &mut deadline::Deadlines, at: Option<i64>) {
     if let Err(e) = deadlines.arm(at) {
         error!("cannot arm the deadline timer for {at:?}: {e}");
     }

@@ -11,8 +11,8 @@ use nix::sys::resource::{getrusage, UsageWho};
 use tracing::{error, info, warn};
 
 use crate::grant::limits::Breach;
-use crate::grant::policy::KeyIndex;
-use crate::session::backend;
+use crate::grant::policy::{KeyIndex, Policy};
+use crate::session::backend::{self, SystemBus};
 use crate::store::config::Config;
 use crate::store::records::{self, SessionRecord};
 use crate::store::snapshot;
@@ -71,29 +71,24 @@ pub fn prepare_run_dir(config: &Config) -> std::io::Result<()> {
     records::ensure_dir(&config.sessions_dir())
 }
 
-/// What compiling the grant file gave, as the compiling process reports it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What compiling the grant file gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compiled {
     pub state: GrantFileState,
     pub sha256: String,
-    /// The snapshot was written (and so can answer for sessions).
+    /// The snapshot was written (and so can answer the key lookup).
     pub snapshot_written: bool,
     pub racy: bool,
     /// Errors (for an invalid file) or notes, rendered `file:line:col: …`.
     pub findings: Vec<String>,
     /// The first `expires` deadline after the compile, if any.
-    #[serde(default)]
     pub next_deadline: Option<i64>,
-    /// CPU time the compiling process had used when it answered (its exit
-    /// is waited for beside the pass), in microseconds.
-    #[serde(default)]
-    pub cpu_us: u64,
 }
 
-/// Reads the grant file and writes the snapshot. The daemon runs this in a
-/// short-lived child process (`vmshared --compile`), so the memory a large
-/// grant file needs is returned to the system when the child exits.
-pub fn compile_grant_file(config: &Config) -> (Compiled, Loaded, snapshot::Replaced) {
+/// Reads the grant file and writes the snapshot. Runs on the daemon's
+/// blocking pool, never on its loop: a large file takes tens of
+/// milliseconds.
+pub fn compile_grant_file(config: &Config) -> (Compiled, Loaded) {
     let loaded = source::load(&config.grants, &SystemAccounts);
     let findings = match &loaded.outcome {
         Outcome::Missing => Vec::new(),
@@ -109,10 +104,8 @@ pub fn compile_grant_file(config: &Config) -> (Compiled, Loaded, snapshot::Repla
             .collect(),
     };
     let _ = prepare_run_dir(config);
-    let replaced = snapshot::Replaced::keep(&config.snapshot_path());
     let written_ns = now_ns();
-    let written = snapshot::encode(&loaded, written_ns)
-        .and_then(|data| snapshot::publish_after(&config.snapshot_path(), &data, || Ok(())));
+    let written = snapshot::write(&config.snapshot_path(), &loaded, written_ns);
     let compiled = Compiled {
         state: loaded.outcome.state(),
         sha256: loaded.sha256.clone(),
@@ -125,47 +118,36 @@ pub fn compile_grant_file(config: &Config) -> (Compiled, Loaded, snapshot::Repla
         next_deadline: loaded
             .policy()
             .and_then(|p| p.next_deadline(written_ns.div_euclid(1_000_000_000))),
-        cpu_us: cpu_time().as_micros() as u64,
     };
     if let Err(e) = written {
         error!(path = %config.snapshot_path().display(), "cannot write snapshot: {e}");
     }
-    (compiled, loaded, replaced)
+    (compiled, loaded)
 }
 
-/// The keys (blobs) of the sessions a pass judges, by the thousand: a fast
-/// hasher, seeded per process.
-type Blobs<'a> = HashSet<&'a str, foldhash::fast::RandomState>;
-
-/// Who may stay, by the compiled grants. Each owner's keys are read and
-/// indexed once per pass, however many sessions the owner has.
-struct Judge {
-    source: JudgeSource,
-    owners: HashMap<String, Option<KeyIndex>>,
+/// Who may stay, by the grants just compiled (the ones the snapshot was
+/// written from). Each owner's keys are indexed once per pass, however
+/// many sessions the owner has.
+struct Judge<'a> {
+    /// `None` when the grant file is missing or invalid: nobody stays.
+    policy: Option<&'a Policy>,
+    owners: HashMap<String, KeyIndex>,
 }
 
-enum JudgeSource {
-    /// The snapshot the child wrote.
-    Snapshot(Box<snapshot::Header>),
-    /// Compiled in this process (the child could not run or write).
-    InProcess(Box<Loaded>),
-}
-
-impl Judge {
-    fn new(source: JudgeSource) -> Self {
+impl<'a> Judge<'a> {
+    fn new(loaded: &'a Loaded) -> Self {
         Judge {
-            source,
+            policy: loaded.policy(),
             owners: HashMap::new(),
         }
     }
 
-    /// Reads each owner's keys once for the sessions in `records`,
-    /// indexing only the keys those sessions logged in with (at 10,000
-    /// guests, indexing every key was most of judging). Verdicts after this
-    /// are for these records only: another key of a prepared owner would
-    /// find no grant.
-    fn prepare<R: std::borrow::Borrow<SessionRecord>>(&mut self, config: &Config, records: &[R]) {
-        let mut wanted: HashMap<&str, Blobs<'_>> = HashMap::new();
+    /// Indexes, per owner, only the keys the sessions in `records` logged
+    /// in with: an owner may have tens of thousands of keys and a handful
+    /// of sessions. Verdicts after this are for these records only:
+    /// another key of a prepared owner would find no grant.
+    fn prepare<R: std::borrow::Borrow<SessionRecord>>(&mut self, records: &[R]) {
+        let mut wanted: HashMap<&str, HashSet<&str>> = HashMap::new();
         for r in records.iter().map(std::borrow::Borrow::borrow) {
             wanted
                 .entry(r.owner.as_str())
@@ -173,20 +155,30 @@ impl Judge {
                 .insert(r.key_blob.as_str());
         }
         for (owner, blobs) in wanted {
-            let keys = self.source.owner_keys(config, owner, Some(&blobs));
+            let keys = self.owner_keys(owner, |blob| blobs.contains(blob));
             self.owners.insert(owner.to_string(), keys);
         }
     }
 
+    /// The owner's granted keys that `keep` wants (by blob).
+    fn owner_keys(&self, owner: &str, keep: impl Fn(&str) -> bool) -> KeyIndex {
+        self.policy
+            .and_then(|p| p.owners.get(owner))
+            .map(|access| KeyIndex::of(access, keep))
+            .unwrap_or_default()
+    }
+
     /// Whether `record` may stay at `now` (seconds since the epoch), or
     /// why it must end.
-    fn verdict(&mut self, config: &Config, record: &SessionRecord, now: i64) -> Verdict {
+    fn verdict(&mut self, record: &SessionRecord, now: i64) -> Verdict {
         if !self.owners.contains_key(&record.owner) {
-            let keys = self.source.owner_keys(config, &record.owner, None);
+            let keys = self.owner_keys(&record.owner, |_| true);
             self.owners.insert(record.owner.clone(), keys);
         }
-        let index = self.owners.get(&record.owner).and_then(Option::as_ref);
-        let grant = index.and_then(|keys| keys.grant(&record.key_algorithm, &record.key_blob));
+        let grant = self
+            .owners
+            .get(&record.owner)
+            .and_then(|keys| keys.grant(&record.key_algorithm, &record.key_blob));
         let limits = match grant {
             Some((guest, Some(limits))) if guest == record.guest => limits,
             _ => return Verdict::Revoked,
@@ -235,131 +227,6 @@ impl Verdict {
     }
 }
 
-impl JudgeSource {
-    /// The owner's keys (only those in `wanted`, if given); `None` (nobody
-    /// stays) when they cannot be trusted.
-    fn owner_keys(
-        &self,
-        config: &Config,
-        owner: &str,
-        wanted: Option<&Blobs<'_>>,
-    ) -> Option<KeyIndex> {
-        match self {
-            JudgeSource::InProcess(loaded) => {
-                let policy = loaded.policy()?;
-                Some(
-                    policy
-                        .owners
-                        .get(owner)
-                        .map(KeyIndex::from_access)
-                        .unwrap_or_default(),
-                )
-            }
-            JudgeSource::Snapshot(header) => {
-                if !header.valid {
-                    return None;
-                }
-                let lines = snapshot::read_owner(
-                    &config.snapshot_path(),
-                    &header.grants_path,
-                    header.version.as_ref(),
-                    owner,
-                );
-                match lines {
-                    Ok(snapshot::Lookup::Fresh { header: h, lines })
-                        if h.sha256 == header.sha256 =>
-                    {
-                        Some(match wanted {
-                            Some(blobs) => KeyIndex::from_lines_wanted(&lines, blobs),
-                            None => KeyIndex::from_lines(&lines),
-                        })
-                    }
-                    // Damaged since it was written: fail closed.
-                    _ => None,
-                }
-            }
-        }
-    }
-}
-
-/// glibc's tuning variable, read once as a process starts.
-const TUNABLES: &str = "GLIBC_TUNABLES";
-/// The compiling child's heap in transparent huge pages where the system
-/// allows them on request (`madvise`): the child touches tens of MiB of
-/// new memory once, and a fault per 4 KiB page was about a sixth of its
-/// CPU time at 10,000 guests. Its heap also grows (and shrinks) 32 MiB
-/// at a time rather than as each allocation needs: growing by small steps
-/// (a `brk` or `mprotect` each, and the heap trimmed again by the frees in
-/// between) was a seventh of its wall time at 10,000 guests. Only the
-/// short-lived child is tuned.
-const CHILD_MALLOC: &str = "glibc.malloc.hugetlb=1:glibc.malloc.top_pad=33554432";
-
-/// The daemon's own tunables (`own`), if any, with [`CHILD_MALLOC`] added.
-fn child_tunables(own: Option<std::ffi::OsString>) -> std::ffi::OsString {
-    let mut value = std::ffi::OsString::new();
-    if let Some(own) = own.filter(|v| !v.is_empty()) {
-        value.push(own);
-        value.push(":");
-    }
-    value.push(CHILD_MALLOC);
-    value
-}
-
-/// Runs [`compile_grant_file`] in a child process; `None` if that fails.
-/// The pass goes on once the child has answered: its exit (giving back
-/// the tens of MiB a large file needs, a tenth of a pass at 10,000 guests)
-/// is waited for beside the pass.
-fn compile_in_child(config_path: Option<&Path>) -> Option<Compiled> {
-    use std::io::{BufRead, Read};
-    let exe = std::env::current_exe().ok()?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--compile")
-        .env(TUNABLES, child_tunables(std::env::var_os(TUNABLES)));
-    if let Some(path) = config_path {
-        cmd.arg("--config").arg(path);
-    }
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .map_err(|e| warn!("cannot run the compiling child: {e}; compiling in process"))
-        .ok()?;
-    let mut answer = Vec::new();
-    let read = child
-        .stdout
-        .take()
-        .map(|out| std::io::BufReader::new(out.take(MAX_ANSWER)).read_until(b'\n', &mut answer));
-    let compiled = match read {
-        Some(Ok(_)) if answer.ends_with(b"\n") => serde_json::from_slice(&answer)
-            .map_err(|e| warn!("compiling child's answer unreadable: {e}; compiling in process"))
-            .ok(),
-        _ => None,
-    };
-    if compiled.is_none() {
-        // No answer: it failed, and why is in its exit status.
-        match child.wait() {
-            Ok(status) if !status.success() => {
-                warn!("compiling child failed ({status}); compiling in process")
-            }
-            Ok(_) => warn!("compiling child gave no answer; compiling in process"),
-            Err(e) => warn!("cannot wait for the compiling child: {e}; compiling in process"),
-        }
-        return None;
-    }
-    let reaped = std::thread::Builder::new()
-        .name("compile-reaper".into())
-        .spawn(move || child.wait());
-    if let Err(e) = reaped {
-        warn!("cannot wait for the compiling child beside the pass: {e}");
-    }
-    compiled
-}
-
-/// The most a compiling child's answer is read (a bound, far above any
-/// real one).
-const MAX_ANSWER: u64 = 64 << 20;
-
 /// What a pass does besides judging every recorded session and ending the
 /// revoked ones and those past their deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -375,53 +242,32 @@ pub enum Scope {
 }
 
 /// Reads the grant file, writes the snapshot, ends revoked sessions and
-/// those past their deadline. `config_path` is what the daemon was started
-/// with, for the child; `records` keeps what earlier passes read of the
-/// session records.
+/// those past their deadline. `records` keeps what earlier passes read of
+/// the session records; `bus` is the daemon's connection to logind.
 pub fn apply(
     config: &Config,
-    config_path: Option<&Path>,
     reason: &str,
     scope: Scope,
     records: &mut records::Cache,
+    bus: &SystemBus,
 ) -> Pass {
-    apply_at(config, config_path, reason, scope, records, &SystemClock)
+    apply_at(config, reason, scope, records, bus, &SystemClock)
 }
 
 /// [`apply`], judging deadlines by `clock`.
 pub fn apply_at(
     config: &Config,
-    config_path: Option<&Path>,
     reason: &str,
     scope: Scope,
     records: &mut records::Cache,
+    bus: &SystemBus,
     clock: &dyn Clock,
 ) -> Pass {
     let started = Instant::now();
     let cpu_before = cpu_time();
     let previous = snapshot::read_header(&config.snapshot_path()).ok();
-    let from_child = compile_in_child(config_path).and_then(|compiled| {
-        let header = snapshot::read_header(&config.snapshot_path()).ok()?;
-        (compiled.snapshot_written && header.sha256 == compiled.sha256).then_some((
-            compiled,
-            Judge::new(JudgeSource::Snapshot(Box::new(header))),
-        ))
-    });
-    // The child's own CPU time; compiled here, it is this process's.
-    let (compiled, mut judge, child_cpu_us) = match from_child {
-        Some((compiled, judge)) => {
-            let cpu = compiled.cpu_us;
-            (compiled, judge, cpu)
-        }
-        None => {
-            let (compiled, loaded, _) = compile_grant_file(config);
-            (
-                compiled,
-                Judge::new(JudgeSource::InProcess(Box::new(loaded))),
-                0,
-            )
-        }
-    };
+    let (compiled, loaded) = compile_grant_file(config);
+    let mut judge = Judge::new(&loaded);
     let mut pass = Pass {
         valid: compiled.state == GrantFileState::Valid,
         racy: compiled.racy,
@@ -466,8 +312,10 @@ pub fn apply_at(
     // judged: the timer, armed for a time already past, then fires at once
     // and the next pass ends them.
     let now = clock.now_ns().div_euclid(1_000_000_000);
-    enforce_sessions(config, &mut judge, scope, records, &mut pass, now);
+    enforce_sessions(config, &mut judge, scope, records, bus, &mut pass, now);
     let enforce_us = enforcing.elapsed().as_micros() as u64;
+    drop(judge);
+    drop(loaded);
     info!(
         reason,
         valid = pass.valid,
@@ -475,7 +323,7 @@ pub fn apply_at(
         killed = pass.killed.len(),
         elapsed_us = started.elapsed().as_micros() as u64,
         enforce_us,
-        cpu_us = cpu_time().saturating_sub(cpu_before).as_micros() as u64 + child_cpu_us,
+        cpu_us = cpu_time().saturating_sub(cpu_before).as_micros() as u64,
         "grant file applied"
     );
     pass
@@ -496,9 +344,10 @@ fn cpu_time() -> std::time::Duration {
 
 fn enforce_sessions(
     config: &Config,
-    judge: &mut Judge,
+    judge: &mut Judge<'_>,
     scope: Scope,
     cache: &mut records::Cache,
+    bus: &SystemBus,
     pass: &mut Pass,
     now: i64,
 ) {
@@ -525,11 +374,11 @@ fn enforce_sessions(
     // Judge first (in memory), and start every kill before waiting on any or
     // looking at the sessions that stay, so neither one slow session nor
     // many live ones delay a revoke.
-    judge.prepare(config, &records);
+    judge.prepare(&records);
     let mut ending = Vec::new();
     let mut staying = Vec::new();
     for record in records {
-        let verdict = judge.verdict(config, &record, now);
+        let verdict = judge.verdict(&record, now);
         if verdict == Verdict::Stays {
             staying.push(record);
         } else if !backend::is_live(&record) {
@@ -543,7 +392,7 @@ fn enforce_sessions(
     for (record, verdict) in ending {
         let started = Instant::now();
         let method = record.placement.name();
-        match backend::end(&record) {
+        match backend::end(&record, bus) {
             Ok(()) => {
                 let (kind, message) = verdict.event();
                 super::audit_event(
@@ -652,28 +501,11 @@ mod tests {
         }
     }
 
+    /// Judging by the grants just compiled, indexing only the sessions'
+    /// keys: a key revoked in the grant file finds no grant, the others
+    /// stay, and an invalid grant file keeps nobody.
     #[test]
-    fn the_child_keeps_the_daemons_tunables() {
-        assert_eq!(child_tunables(None), CHILD_MALLOC);
-        assert_eq!(child_tunables(Some("".into())), CHILD_MALLOC);
-        assert_eq!(
-            child_tunables(Some("glibc.malloc.arena_max=2".into())),
-            "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1:glibc.malloc.top_pad=33554432"
-        );
-    }
-
-    /// Judging from the snapshot, indexing only the sessions' keys: a key
-    /// revoked in the grant file finds no grant in the very next snapshot,
-    /// the others stay, and an invalid grant file keeps nobody.
-    #[test]
-    fn a_pass_judges_each_session_by_the_snapshot_just_written() {
-        let d = crate::sys::fsutil::tests::scratch();
-        let config = Config {
-            grants: d.path().join("grants.toml"),
-            run_dir: d.path().join("run"),
-            ..Config::default()
-        };
-        fs::create_dir_all(&config.run_dir).unwrap();
+    fn a_pass_judges_each_session_by_the_grants_just_compiled() {
         let accounts = FakeAccounts::with(&[("alice", 1000)]);
         let grants = |bob: &str| {
             format!(
@@ -683,18 +515,16 @@ mod tests {
             )
         };
         let judged = |text: String| {
-            let loaded = source::load_text(&config.grants, text, &accounts);
-            snapshot::write(&config.snapshot_path(), &loaded, 0).unwrap();
-            let header = snapshot::read_header(&config.snapshot_path()).unwrap();
-            let mut judge = Judge::new(JudgeSource::Snapshot(Box::new(header)));
+            let loaded = source::load_text(Path::new("/grants.toml"), text, &accounts);
+            let mut judge = Judge::new(&loaded);
             let records = [
                 record("bob", KEY_A, "192.0.2.7"),
                 record("carol", KEY_B, "192.0.2.8"),
                 // Someone else's key under bob's name.
                 record("bob", KEY_B, "192.0.2.9"),
             ];
-            judge.prepare(&config, &records);
-            records.map(|r| judge.verdict(&config, &r, 0))
+            judge.prepare(&records);
+            records.map(|r| judge.verdict(&r, 0))
         };
         use Verdict::{Revoked, Stays};
         assert_eq!(judged(grants("accepted")), [Stays, Stays, Revoked]);
@@ -726,32 +556,28 @@ mod tests {
         let deadline = 1_796_148_000;
         assert_eq!(loaded.policy().unwrap().next_deadline(0), Some(deadline));
         assert_eq!(loaded.policy().unwrap().next_deadline(deadline), None);
-        let mut judge = Judge::new(JudgeSource::InProcess(Box::new(loaded)));
-        let config = Config::default();
+        let mut judge = Judge::new(&loaded);
         let bob = record("bob", KEY_A, "192.0.2.7");
         let carol = record("carol", KEY_B, "198.51.100.1");
         let clock = Fake(std::cell::Cell::new(deadline - 3));
         let now = |c: &Fake| c.now_ns().div_euclid(1_000_000_000);
-        assert_eq!(judge.verdict(&config, &bob, now(&clock)), Verdict::Stays);
+        assert_eq!(judge.verdict(&bob, now(&clock)), Verdict::Stays);
         // The clock set forward past the deadline (or reaching it).
         for at in [deadline, deadline + 3600] {
             clock.0.set(at);
-            assert_eq!(
-                judge.verdict(&config, &bob, now(&clock)),
-                Verdict::Expired(deadline)
-            );
-            assert_eq!(judge.verdict(&config, &carol, now(&clock)), Verdict::Stays);
+            assert_eq!(judge.verdict(&bob, now(&clock)), Verdict::Expired(deadline));
+            assert_eq!(judge.verdict(&carol, now(&clock)), Verdict::Stays);
         }
         // And back again: the grant holds again (the hook and lookup judge
         // by the same clock).
         clock.0.set(deadline - 1);
-        assert_eq!(judge.verdict(&config, &bob, now(&clock)), Verdict::Stays);
+        assert_eq!(judge.verdict(&bob, now(&clock)), Verdict::Stays);
         let elsewhere = record("bob", KEY_A, "198.51.100.1");
-        assert_eq!(judge.verdict(&config, &elsewhere, 0), Verdict::Address);
+        assert_eq!(judge.verdict(&elsewhere, 0), Verdict::Address);
         let unknown = record("bob", KEY_A, "laptop.example.org");
-        assert_eq!(judge.verdict(&config, &unknown, 0), Verdict::Address);
+        assert_eq!(judge.verdict(&unknown, 0), Verdict::Address);
         let impostor = record("carol", KEY_A, "192.0.2.7");
-        assert_eq!(judge.verdict(&config, &impostor, 0), Verdict::Revoked);
+        assert_eq!(judge.verdict(&impostor, 0), Verdict::Revoked);
         assert_eq!(Verdict::Expired(deadline).event().0, audit::Kind::Expiry);
     }
 }

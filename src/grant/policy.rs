@@ -1,7 +1,7 @@
 //! Who may log in with which key: the grant file compiled against the local
 //! account database. Pure: the account database is a parameter.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::grant::diag::Diagnostic;
@@ -218,44 +218,19 @@ pub fn current_lines(lines: &str, now: i64) -> String {
 /// limits (`None`: unreadable, so nothing is granted).
 type Indexed = (String, String, Option<Limits>);
 
-/// An owner's key lines indexed by key, for judging many sessions at once:
-/// the same answer as [`line_in_lines`]. Keyed by the blob (which encodes
-/// the key type too), so a lookup allocates nothing.
+/// An owner's granted keys indexed by key, for judging many sessions at
+/// once: the same answer as [`line_in_lines`] on the owner's lines. Keyed
+/// by the blob (which encodes the key type too), so a lookup allocates
+/// nothing.
 #[derive(Debug, Default)]
-pub struct KeyIndex(HashMap<String, Indexed, foldhash::fast::RandomState>);
+pub struct KeyIndex(HashMap<String, Indexed>);
 
 impl KeyIndex {
-    pub fn from_lines(lines: &str) -> Self {
-        Self::from_lines_where(lines, |_| true)
-    }
-
-    /// [`KeyIndex::from_lines`] keeping only the keys whose blob is in
-    /// `wanted`: a pass reads an owner's lines once and indexes only the
-    /// keys of the sessions it judges, not every key of the owner.
-    pub fn from_lines_wanted<S: std::hash::BuildHasher>(
-        lines: &str,
-        wanted: &HashSet<&str, S>,
-    ) -> Self {
-        Self::from_lines_where(lines, |blob| wanted.contains(blob))
-    }
-
-    fn from_lines_where(lines: &str, keep: impl Fn(&str) -> bool) -> Self {
+    /// The keys of `access` whose blob `keep` wants: a pass indexes only
+    /// the keys of the sessions it judges, not every key of the owner.
+    pub fn of(access: &OwnerAccess, keep: impl Fn(&str) -> bool) -> Self {
         let mut index = KeyIndex::default();
-        let lines = lines.split_inclusive('\n').map(|l| {
-            let l = l.strip_suffix('\n').unwrap_or(l);
-            l.strip_suffix('\r').unwrap_or(l)
-        });
-        for line in lines.filter_map(KeyLine::parse) {
-            if keep(line.blob) {
-                index.add(line.algorithm, line.blob, line.guest, line.limits());
-            }
-        }
-        index
-    }
-
-    pub fn from_access(access: &OwnerAccess) -> Self {
-        let mut index = KeyIndex::default();
-        for k in &access.keys {
+        for k in access.keys.iter().filter(|k| keep(&k.blob)) {
             index.add(
                 &k.algorithm,
                 &k.blob,
@@ -646,7 +621,7 @@ pub(crate) mod tests {
         let after = current_lines(&text, 1_796_148_000);
         assert_eq!(after.lines().count(), 1);
         assert!(after.ends_with(" vmshare:carol\n"));
-        let index = KeyIndex::from_lines(&text);
+        let index = KeyIndex::of(&p.owners["alice"], |_| true);
         assert_eq!(index.grant("ssh-ed25519", blob).map(|g| g.0), Some("bob"));
         assert_eq!(
             index.grant("ssh-ed25519", blob).and_then(|g| g.1),
@@ -663,24 +638,38 @@ pub(crate) mod tests {
 
     #[test]
     fn key_index_answers_like_the_lines() {
-        let lines =
-            "ssh-ed25519 A vmshare:bob\nssh-rsa B vmshare:carol\nssh-ed25519 A vmshare:eve\njunk\n";
-        let index = KeyIndex::from_lines(lines);
-        for (a, b) in [
-            ("ssh-ed25519", "A"),
-            ("ssh-rsa", "B"),
-            ("ssh-rsa", "A"),
+        let src = format!(
+            "[owners.alice]\nsharing = true\n\
+             [owners.alice.guests.bob]\nstatus = \"accepted\"\nkeys = [\"{KEY_A}\"]\n\
+             [owners.alice.guests.carol]\nstatus = \"accepted\"\nkeys = [\"{KEY_B}\"]\n"
+        );
+        let p = compiled(&src, &FakeAccounts::with(&[("alice", 1000)])).unwrap();
+        let access = &p.owners["alice"];
+        let lines = access.authorized_keys();
+        let index = KeyIndex::of(access, |_| true);
+        let (a, b) = (
+            KEY_A.split(' ').nth(1).unwrap(),
+            KEY_B.split(' ').nth(1).unwrap(),
+        );
+        for (algorithm, blob) in [
+            ("ssh-ed25519", a),
+            ("ssh-ed25519", b),
+            ("ssh-rsa", a),
             ("x", "y"),
         ] {
-            assert_eq!(index.guest(a, b), guest_in_lines(lines, a, b), "{a} {b}");
+            assert_eq!(
+                index.guest(algorithm, blob),
+                guest_in_lines(&lines, algorithm, blob),
+                "{algorithm} {blob}"
+            );
         }
+        assert_eq!(index.guest("ssh-ed25519", a), Some("bob"));
         // Indexing only the keys asked about answers the same for them,
         // and grants nothing else.
-        let wanted: HashSet<&str> = ["A", "Z"].into();
-        let some = KeyIndex::from_lines_wanted(lines, &wanted);
-        assert_eq!(some.guest("ssh-ed25519", "A"), Some("bob"));
-        assert_eq!(some.guest("ssh-rsa", "A"), None);
-        assert_eq!(some.guest("ssh-rsa", "B"), None);
+        let wanted: std::collections::HashSet<&str> = [a, "Z"].into();
+        let some = KeyIndex::of(access, |blob| wanted.contains(blob));
+        assert_eq!(some.guest("ssh-ed25519", a), Some("bob"));
+        assert_eq!(some.guest("ssh-ed25519", b), None);
         assert_eq!(some.guest("x", "Z"), None);
     }
 

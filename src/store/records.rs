@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::session::backend::Placement;
 use crate::sys::fsutil;
 
 /// One live guest session.
@@ -42,6 +41,30 @@ pub struct SessionRecord {
     pub uid: u32,
     /// Where the session was placed, and so how it is ended.
     pub placement: Placement,
+}
+
+/// Where a session was put (by a backend in `session::backend`); its record
+/// stores this, so the session is ended the way it was placed, by
+/// whichever process reads the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Placement {
+    /// In the agent's own cgroup v2 group.
+    Cgroup { group: PathBuf },
+    /// Left in logind's scope for the session.
+    Logind { session: String },
+    /// Left where it is; its process tree is signalled.
+    Signal,
+}
+
+impl Placement {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Placement::Cgroup { .. } => "cgroup",
+            Placement::Logind { .. } => "logind",
+            Placement::Signal => "signal",
+        }
+    }
 }
 
 /// A record as stored. Records written before placements had a name carry
@@ -154,9 +177,9 @@ pub fn list(dir: &Path) -> (Vec<SessionRecord>, Vec<(PathBuf, io::Error)>) {
 /// by a create that never replaces, and never changed after (see `write`);
 /// its name is the session id (the sshd monitor's pid and start time), not
 /// reused while the run directory lives; a file under the same name with
-/// another inode is another record. So
-/// the daemon reads each record once, not once per pass: at thousands of
-/// sessions, reading them was most of a pass's enforcement.
+/// another inode is another record. So the daemon reads each record once,
+/// not once per pass: a pass that revokes one guest does not first read
+/// every other session's record.
 #[derive(Debug, Default)]
 pub struct Cache {
     read: HashMap<OsString, (u64, Arc<SessionRecord>), foldhash::fast::RandomState>,
@@ -165,7 +188,7 @@ pub struct Cache {
 impl Cache {
     /// As [`list`], reading only the records not read before; forgets the
     /// ones that are gone. The records are shared with the cache, not
-    /// copied (at 2,000 sessions the copies were most of the listing).
+    /// copied.
     pub fn list(&mut self, dir: &Path) -> (Vec<Arc<SessionRecord>>, Vec<(PathBuf, io::Error)>) {
         let mut records = Vec::new();
         let mut bad = Vec::new();

@@ -16,7 +16,7 @@
 //! printed.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -84,64 +84,19 @@ impl Header {
 }
 
 /// Writes the snapshot of `loaded` to `path`, readable by everyone (it holds
-/// public keys only, and the key lookup runs unprivileged).
+/// public keys only, and the key lookup runs unprivileged): whole or not at
+/// all. Not synced to disk: it lives in the run dir, every daemon start
+/// writes it anew, and a reader takes it only whole (its checksums) and
+/// only for the grant file version it names, so one cut short by a power
+/// loss is never used.
 pub fn write(path: &Path, loaded: &Loaded, written_ns: i64) -> io::Result<()> {
-    publish(path, &encode(loaded, written_ns)?)
-}
-
-/// Puts an [`encode`]d snapshot in place, whole or not at all. Not synced
-/// to disk: it lives in the run dir, every daemon start writes it anew,
-/// and a reader takes it only whole (its checksums) and only for the
-/// grant file version it names, so one cut short by a power loss is never
-/// used. (The sync was a tenth of a pass at 10,000 guests where the run
-/// dir is not a tmpfs.)
-pub fn publish(path: &Path, data: &[u8]) -> io::Result<()> {
-    publish_after(path, data, || Ok(()))
-}
-
-/// The snapshot a compile replaces, kept under a second name until this is
-/// dropped: the rename that publishes a new snapshot then frees nothing,
-/// and the old one's pages are freed once the pass has its answer
-/// (freeing three megabytes of page cache was a tenth of a pass at 10,000
-/// guests). No reader opens it by that name.
-#[derive(Debug)]
-pub struct Replaced(Option<PathBuf>);
-
-impl Replaced {
-    /// Keeps the snapshot at `path`, if there is one, under a second name
-    /// beside it; one left by a compile that never finished goes first.
-    pub fn keep(path: &Path) -> Replaced {
-        let Some(name) = path.file_name() else {
-            return Replaced(None);
-        };
-        let aside = path.with_file_name(format!(".{}.replaced", name.to_string_lossy()));
-        let _ = fs::remove_file(&aside);
-        Replaced(fs::hard_link(path, &aside).is_ok().then_some(aside))
-    }
-}
-
-impl Drop for Replaced {
-    fn drop(&mut self) {
-        if let Some(aside) = &self.0 {
-            let _ = fs::remove_file(aside);
-        }
-    }
-}
-
-/// [`publish`], the snapshot written first and put in place only once
-/// `ready` has returned, and not at all if it fails.
-pub fn publish_after(
-    path: &Path,
-    data: &[u8],
-    ready: impl FnOnce() -> io::Result<()>,
-) -> io::Result<()> {
-    fsutil::atomic_replace_volatile_after(path, data, 0o644, ready)
+    fsutil::atomic_replace_volatile(path, &encode(loaded, written_ns)?, 0o644)
 }
 
 /// The snapshot of `loaded`, as [`write`] writes it.
 pub fn encode(loaded: &Loaded, written_ns: i64) -> io::Result<Vec<u8>> {
-    // The body's size is known before it is written: no copying as it grows
-    // (three megabytes at 10,000 guests).
+    // The body's size is known before it is written: no copying as it
+    // grows.
     let body_len = match &loaded.outcome {
         Outcome::Valid { policy, .. } => policy
             .owners
@@ -206,58 +161,6 @@ pub const SLOT: usize = 24;
 /// probe ends within them.
 const PROBE_BATCH: u64 = 16;
 
-/// CRC-32 (IEEE, the one crc32fast computes) of `parts` in sequence. The
-/// snapshot's writer hashes megabytes and uses crc32fast. The key lookup
-/// hashes a few hundred bytes, where crc32fast's CPU feature detection
-/// (`cpuid`, a trap to the hypervisor on a VM) costs more than the hashing
-/// itself, so it uses a table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Crc {
-    Fast,
-    Table,
-}
-
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut bit = 0;
-        while bit < 8 {
-            c = if c & 1 == 1 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            bit += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
-
-impl Crc {
-    fn of(self, parts: &[&[u8]]) -> u32 {
-        match self {
-            Crc::Fast => {
-                let mut h = crc32fast::Hasher::new();
-                for part in parts {
-                    h.update(part);
-                }
-                h.finalize()
-            }
-            Crc::Table => {
-                let mut c = !0u32;
-                for &b in parts.iter().flat_map(|p| p.iter()) {
-                    c = CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-                }
-                !c
-            }
-        }
-    }
-}
-
 /// One line of an owner's text, as its index slot describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
@@ -270,8 +173,12 @@ struct Entry {
 /// The index hash of key (`algorithm`, `blob`). Not a defence against
 /// chosen collisions: those only lengthen one owner's probes, and every
 /// candidate line is compared with the key itself.
-fn key_hash(crc: Crc, algorithm: &str, blob: &str) -> u32 {
-    crc.of(&[algorithm.as_bytes(), b" ", blob.as_bytes()])
+fn key_hash(algorithm: &str, blob: &str) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for part in [algorithm.as_bytes(), b" ", blob.as_bytes()] {
+        h.update(part);
+    }
+    h.finalize()
 }
 
 /// Where a key's probe starts: its hash mixed (murmur3's finalizer, since
@@ -300,7 +207,7 @@ fn push_owner_text(text: &mut String, access: &OwnerAccess) -> io::Result<Vec<En
         push_key_line(text, k);
         let line = &text.as_bytes()[at..];
         entries.push(Entry {
-            hash: key_hash(Crc::Fast, &k.algorithm, &k.blob),
+            hash: key_hash(&k.algorithm, &k.blob),
             crc: crc32fast::hash(line),
             offset: at as u64,
             len: u32::try_from(line.len()).map_err(|_| invalid("key line too long"))?,
@@ -342,27 +249,14 @@ fn encode_slot(checks: &SlotChecks, at: u64, entry: Option<&Entry>) -> [u8; SLOT
     s
 }
 
-/// A slot's own checksum covers where it belongs, so a slot read from the
-/// wrong place (another owner's table, another size, another position)
-/// fails it like a damaged one.
-fn slot_check(crc: Crc, owner: &str, slots: u64, at: u64, fields: &[u8]) -> u32 {
-    let parts = [
-        owner.as_bytes(),
-        &[0],
-        &slots.to_le_bytes(),
-        &at.to_le_bytes(),
-        fields,
-    ];
-    crc.of(&parts) ^ SLOT_CHECK_MASK
-}
-
 /// Not 0: an all-zero slot (zeroed in place) must fail its check.
 const SLOT_CHECK_MASK: u32 = 0x766d_7368;
 
-/// [`slot_check`]s of one owner's table as its writer takes them: the
-/// part every slot shares (owner, size) hashed once, not once per slot (a
-/// table has twice as many slots as keys, and at 10,000 guests this was a
-/// fifth of encoding the snapshot).
+/// The checksums of one owner's slots. A slot's own checksum covers where
+/// it belongs (the owner, the table's size, the slot's position), so a slot
+/// read from the wrong place (another owner's table, another size, another
+/// position) fails it like a damaged one. The part every slot of a table
+/// shares is hashed once.
 struct SlotChecks(crc32fast::Hasher);
 
 impl SlotChecks {
@@ -390,8 +284,7 @@ fn decode_slot(owner: &str, slots: u64, at: u64, s: &[u8]) -> io::Result<Option<
             .fold(0u64, |acc, &b| acc << 8 | u64::from(b))
     };
     if s.len() != SLOT
-        || word(SLOT - 4..SLOT)
-            != u64::from(slot_check(Crc::Table, owner, slots, at, &s[..SLOT - 4]))
+        || word(SLOT - 4..SLOT) != u64::from(SlotChecks::new(owner, slots).of(at, &s[..SLOT - 4]))
     {
         return Err(invalid("snapshot index slot does not match its checksum"));
     }
@@ -574,7 +467,7 @@ impl Current {
         if slots == 0 || end > self.file_len {
             return Err(bad_index());
         }
-        let hash = key_hash(Crc::Table, algorithm, blob);
+        let hash = key_hash(algorithm, blob);
         let mut at = home_slot(hash, slots);
         let mut probed = 0;
         let mut batch = [0u8; SLOT * PROBE_BATCH as usize];
@@ -615,7 +508,7 @@ impl Current {
         let line = bytes.split_off(1);
         if bytes != [b'\n']
             || line.iter().position(|&b| b == b'\n') != Some(line.len() - 1)
-            || Crc::Table.of(&[&line]) != entry.crc
+            || crc32fast::hash(&line) != entry.crc
         {
             return Err(invalid("snapshot line does not match its index"));
         }
@@ -758,57 +651,28 @@ mod tests {
     use crate::grant::parse::tests::KEY_A;
     use crate::grant::policy::tests::FakeAccounts;
 
+    /// A slot checks only where it was written: another owner, table size
+    /// or position fails it, and so does a slot zeroed in place.
+    #[test]
+    fn a_slot_checks_only_where_it_was_written() {
+        let fields = [0xa5u8; SLOT - 4];
+        let mut slot = [0u8; SLOT];
+        slot[..SLOT - 4].copy_from_slice(&fields);
+        slot[16] = 1; // a line length: not an empty slot
+        let check = SlotChecks::new("alice", 7).of(3, &slot[..SLOT - 4]);
+        slot[SLOT - 4..].copy_from_slice(&check.to_le_bytes());
+        assert!(decode_slot("alice", 7, 3, &slot).unwrap().is_some());
+        for (owner, slots, at) in [("bob", 7, 3), ("alice", 9, 3), ("alice", 7, 4)] {
+            assert!(
+                decode_slot(owner, slots, at, &slot).is_err(),
+                "{owner} {slots} {at}"
+            );
+        }
+        assert!(decode_slot("alice", 7, 3, &[0u8; SLOT]).is_err());
+    }
+
     /// Bodies over [`READ_ONCE`] take the chunked path: checked whole,
     /// then streamed; damage anywhere is caught before anything is written.
-    /// The writer's checks, shared part hashed once, are the reader's.
-    #[test]
-    fn a_slot_checked_as_written_is_checked_as_read() {
-        for (owner, slots) in [("alice", 1u64), ("bob", 40_001), ("", 7)] {
-            let checks = SlotChecks::new(owner, slots);
-            for at in [0, 1, slots - 1, 1 << 40] {
-                for fields in [[0u8; SLOT - 4], [0xa5; SLOT - 4]] {
-                    let written = checks.of(at, &fields);
-                    assert_eq!(written, slot_check(Crc::Table, owner, slots, at, &fields));
-                    assert_eq!(written, slot_check(Crc::Fast, owner, slots, at, &fields));
-                }
-            }
-        }
-    }
-
-    /// The snapshot being replaced stays whole under its second name until
-    /// the pass is answered; a publish whose wait fails places nothing.
-    #[test]
-    fn a_replaced_snapshot_is_kept_aside_until_dropped() {
-        use std::os::unix::fs::MetadataExt;
-        let d = crate::sys::fsutil::tests::scratch();
-        let path = d.path().join("snapshot");
-        let aside = d.path().join(".snapshot.replaced");
-        // No snapshot yet: nothing kept, nothing left.
-        drop(Replaced::keep(&path));
-        assert!(!aside.exists());
-
-        publish(&path, b"old").unwrap();
-        let old = fs::metadata(&path).unwrap().ino();
-        // A leftover of a compile that never finished goes first.
-        fs::write(&aside, "leftover").unwrap();
-        let replaced = Replaced::keep(&path);
-        assert_eq!(fs::metadata(&aside).unwrap().ino(), old);
-        let failed = publish_after(&path, b"never", || Err(io::Error::other("no ledger")));
-        assert!(failed.is_err());
-        assert_eq!(fs::read(&path).unwrap(), b"old");
-        publish_after(&path, b"new", || Ok(())).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"new");
-        assert_eq!(fs::read(&aside).unwrap(), b"old");
-        drop(replaced);
-        assert!(!aside.exists());
-        // Nothing but the snapshot is left in the directory.
-        let names: Vec<_> = fs::read_dir(d.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["snapshot"]);
-    }
-
     #[test]
     fn large_bodies_are_checked_then_streamed() {
         use crate::grant::policy::tests::FakeAccounts;
@@ -853,24 +717,6 @@ mod tests {
         };
         let e = opened.check().err().expect("damage must be caught");
         assert!(e.to_string().contains("digest"), "{e}");
-    }
-
-    #[test]
-    fn both_crcs_agree() {
-        let data: Vec<u8> = (0..600u32).map(|i| (i * 7 + i / 3) as u8).collect();
-        for len in [0, 1, 3, 15, 16, 17, 64, 100, 255, 600] {
-            let (a, b) = data[..len].split_at(len / 3);
-            assert_eq!(
-                Crc::Table.of(&[a, b]),
-                crc32fast::hash(&data[..len]),
-                "{len}"
-            );
-            assert_eq!(
-                Crc::Fast.of(&[a, b]),
-                crc32fast::hash(&data[..len]),
-                "{len}"
-            );
-        }
     }
 
     /// Where `owner`'s lines end in snapshot `data`.

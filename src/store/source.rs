@@ -195,23 +195,12 @@ fn compile_source(
     accounts: &dyn Accounts,
     invalid: impl Fn(Option<FileVersion>, String, String, Vec<Diagnostic>) -> Loaded,
 ) -> Loaded {
-    let hash = || sha256_hex(source.as_bytes());
+    let sha256 = sha256_hex(source.as_bytes());
     let grants = match crate::grant::parse::parse(&source) {
         Ok(g) => g,
-        Err(errors) => return invalid(version, hash(), source, errors),
+        Err(errors) => return invalid(version, sha256, source, errors),
     };
-    // The policy is built on one thread: a large file is hashed beside it
-    // (at 10,000 guests the hash is 2 ms of a reload).
-    let compile = || crate::grant::policy::compile(&grants, &source, accounts);
-    let (sha256, policy) = if crate::grant::model::shares_work(source.len()) {
-        std::thread::scope(|s| {
-            let hashing = s.spawn(hash);
-            let policy = compile();
-            (hashing.join().unwrap_or_else(|_| hash()), policy)
-        })
-    } else {
-        (hash(), compile())
-    };
+    let policy = crate::grant::policy::compile(&grants, &source, accounts);
     match policy {
         Ok(policy) => Loaded {
             path: path.to_path_buf(),

@@ -164,20 +164,7 @@ pub fn atomic_write(
 /// reboot empties anyway), where durability buys nothing and two fsyncs
 /// per write cost a busy host's disk.
 pub fn atomic_replace_volatile(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    atomic_replace_volatile_after(path, data, mode, || Ok(()))
-}
-
-/// [`atomic_replace_volatile`], putting the written file in place only
-/// once `ready` has returned, and not at all if it fails: the writing need
-/// not wait for what the placing must.
-pub fn atomic_replace_volatile_after(
-    path: &Path,
-    data: &[u8],
-    mode: u32,
-    ready: impl FnOnce() -> io::Result<()>,
-) -> io::Result<()> {
     write_then_place(path, data, mode, None, Durable::No, |tmp| {
-        ready()?;
         fs::rename(tmp, path)
     })
 }

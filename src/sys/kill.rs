@@ -7,6 +7,7 @@
 //! is kill(2) right after the check.
 
 use std::io;
+use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
@@ -62,6 +63,55 @@ pub fn kill_if(pid: i32, is_it: impl Fn() -> bool) -> io::Result<Killed> {
 /// recorded start time.
 pub fn kill_process(process: &Stat) -> io::Result<Killed> {
     kill_if(process.pid, || procfs::is_alive(process.pid, process.start))
+}
+
+/// Waits up to `timeout` for `process` to exit; whether it is gone (or its
+/// pid is another process's). Through a pidfd, which the kernel makes
+/// readable as the process exits; where there are none, by looking every
+/// 2 ms.
+pub fn wait_exit(process: &Stat, timeout: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let gone = || !procfs::is_alive(process.pid, process.start);
+    let deadline = Instant::now() + timeout;
+    let Some(target) = Pid::from_raw(process.pid).filter(|_| process.pid > 0) else {
+        return true;
+    };
+    let pidfd = match pidfd_open(target, PidfdFlags::empty()) {
+        Ok(fd) => Some(fd),
+        Err(Errno::SRCH) => return true,
+        Err(_) => None,
+    };
+    // Checked after the pidfd is open: if the process is the one meant
+    // now, the pidfd holds it.
+    if gone() {
+        return true;
+    }
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return gone();
+        }
+        match &pidfd {
+            Some(fd) => {
+                // Rounded up: a timeout rounded down to 0 ms would spin.
+                let millis = left.as_micros().div_ceil(1000);
+                let timeout = PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX);
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, timeout) {
+                    Ok(n) if n > 0 => return true,
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => return gone(),
+                }
+            }
+            None => {
+                if gone() {
+                    return true;
+                }
+                std::thread::sleep(left.min(Duration::from_millis(2)));
+            }
+        }
+    }
 }
 
 /// SIGKILLs `root` and its descendants, parents first (so a parent stops
@@ -138,6 +188,19 @@ mod tests {
         assert!(dead(&kids[1]), "{:?} survived", kids[1]);
         assert!(procfs::is_alive(spared.pid, spared.start) && !is_zombie(spared.pid));
         kill_process(&spared).unwrap();
+    }
+
+    #[test]
+    fn waiting_for_an_exit_returns_as_the_process_exits() {
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        let stat = procfs::stat(child.id() as i32).unwrap();
+        assert!(!wait_exit(&stat, std::time::Duration::from_millis(20)));
+        kill_process(&stat).unwrap();
+        let started = std::time::Instant::now();
+        assert!(wait_exit(&stat, std::time::Duration::from_secs(10)));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        child.wait().unwrap();
+        assert!(wait_exit(&stat, std::time::Duration::ZERO));
     }
 
     fn is_zombie(pid: i32) -> bool {

@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{Backend, Login, Placement, KILL_TIMEOUT};
+use super::{Backend, Login, Placement, SystemBus, KILL_TIMEOUT};
 use crate::store::config::Config;
 use crate::store::records::SessionRecord;
 use crate::sys::procfs;
@@ -46,7 +46,7 @@ impl Backend for CgroupBackend {
         Ok(Placement::Cgroup { group })
     }
 
-    fn end(&self, record: &SessionRecord) -> Result<(), String> {
+    fn end(&self, record: &SessionRecord, _bus: &SystemBus) -> Result<(), String> {
         let group = group_in(record);
         kill(group, KILL_TIMEOUT).map_err(|e| format!("killing cgroup {}: {e}", group.display()))
     }
@@ -75,8 +75,12 @@ impl Backend for CgroupBackend {
 
 /// The cgroup v2 group process `pid` is in, as a path under the mount.
 pub fn group_of(pid: i32) -> Option<PathBuf> {
+    group_under(&cgroup2_mount()?, pid)
+}
+
+/// [`group_of`], with the cgroup v2 mount already found.
+fn group_under(mount: &Path, pid: i32) -> Option<PathBuf> {
     let rel = procfs::cgroup_of(pid).ok()?;
-    let mount = cgroup2_mount()?;
     Some(mount.join(rel.strip_prefix("/").unwrap_or(&rel)))
 }
 
@@ -156,8 +160,7 @@ pub fn pids(group: &Path) -> io::Result<Vec<i32>> {
 
 /// Whether any process is in `group` or below (`cgroup.events` populated).
 pub fn is_populated(group: &Path) -> io::Result<bool> {
-    let events = fs::read_to_string(group.join("cgroup.events"))?;
-    Ok(events.lines().any(|l| l == "populated 1"))
+    Ok(populated_in(&fs::read(group.join("cgroup.events"))?))
 }
 
 /// Kills every process in `group` and below, waits up to `timeout` for them
@@ -176,40 +179,91 @@ pub fn kill(group: &Path, timeout: Duration) -> io::Result<()> {
 /// `cgroup.kill` is missing or not ours to write (a group delegated to a
 /// user), each member is sent SIGKILL.
 pub fn kill_processes(group: &Path, timeout: Duration) -> io::Result<()> {
-    match fs::write(group.join("cgroup.kill"), "1") {
-        Ok(()) => {}
+    let deadline = Instant::now() + timeout;
+    let by_members = match fs::write(group.join("cgroup.kill"), "1") {
+        Ok(()) => false,
         Err(e)
             if e.kind() == io::ErrorKind::NotFound
                 || e.kind() == io::ErrorKind::PermissionDenied =>
         {
             kill_members(group)?;
+            true
         }
         Err(e) => return Err(e),
-    }
-    let deadline = Instant::now() + timeout;
-    while is_populated(group).unwrap_or(false) {
-        if Instant::now() > deadline {
+    };
+    wait_empty(group, deadline, by_members)
+}
+
+/// Waits until no process is left in `group` or below, or `deadline`
+/// passes. The kernel wakes a poll on `cgroup.events` when it changes, so
+/// this returns as the last process exits, not at the next tick of a
+/// sleep. `cgroup.kill` also kills what its members fork meanwhile; where
+/// members were killed one by one (`by_members`), they are killed again
+/// every millisecond, for the forks.
+fn wait_empty(group: &Path, deadline: Instant, by_members: bool) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+    let events = match fs::File::open(group.join("cgroup.events")) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut text = [0u8; 256];
+    loop {
+        // Read from the start each time: the read is what a later poll
+        // compares against, so no change between the two is missed.
+        let n = events.read_at(&mut text, 0)?;
+        if !populated_in(&text[..n]) {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("{} still has processes", group.display()),
             ));
         }
-        // Members that were forking while the kill ran.
-        let _ = kill_members(group);
-        std::thread::sleep(Duration::from_millis(1));
+        let wait = if by_members {
+            left.min(Duration::from_millis(1))
+        } else {
+            left
+        };
+        // Rounded up: a timeout rounded down to 0 ms would spin.
+        let millis = wait.as_micros().div_ceil(1000);
+        let timeout = PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(events.as_fd(), PollFlags::POLLPRI)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if by_members {
+            let _ = kill_members(group);
+        }
     }
-    Ok(())
+}
+
+/// Whether `cgroup.events` text says the group has processes.
+fn populated_in(events: &[u8]) -> bool {
+    events.split(|&b| b == b'\n').any(|l| l == b"populated 1")
 }
 
 fn kill_members(group: &Path) -> io::Result<()> {
+    let mount = cgroup2_mount();
+    kill_members_under(group, mount.as_deref())
+}
+
+fn kill_members_under(group: &Path, mount: Option<&Path>) -> io::Result<()> {
     for pid in pids(group)? {
         // Only while the pid is still a member: it may be another
         // process's by the time the signal goes.
-        let _ = crate::sys::kill::kill_if(pid, || group_of(pid).as_deref() == Some(group));
+        let _ = crate::sys::kill::kill_if(pid, || {
+            mount.is_some_and(|m| group_under(m, pid).as_deref() == Some(group))
+        });
     }
     if let Ok(entries) = fs::read_dir(group) {
         for sub in entries.flatten().filter(|e| e.path().is_dir()) {
-            kill_members(&sub.path())?;
+            kill_members_under(&sub.path(), mount)?;
         }
     }
     Ok(())

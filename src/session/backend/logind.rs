@@ -4,12 +4,12 @@
 //! the way logind means sessions to be ended: `TerminateSession`, which
 //! stops the whole scope (processes that escaped with `setsid` included).
 //!
-//! zbus honours `DBUS_SYSTEM_BUS_ADDRESS`, so tests point this at a private
-//! bus. Callers are synchronous (the daemon's pass runs inside its
-//! runtime), so each call runs on a thread and runtime of its own.
+//! The daemon talks to logind over one connection ([`SystemBus`]), driven
+//! by its runtime. zbus honours `DBUS_SYSTEM_BUS_ADDRESS`, so tests point
+//! it at a private bus.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{signal, Backend, Login, Placement, KILL_TIMEOUT};
 use crate::store::records::SessionRecord;
@@ -21,7 +21,7 @@ const MANAGER: &str = "org.freedesktop.login1.Manager";
 /// logind's answer when the session is already gone.
 const NO_SUCH_SESSION: &str = "org.freedesktop.login1.NoSuchSession";
 
-/// How long connecting and both calls may take together.
+/// How long connecting and one call may take together.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sessions in logind's scope. `session` is the login's logind session
@@ -57,22 +57,23 @@ impl Backend for LogindBackend {
         })
     }
 
-    fn end(&self, record: &SessionRecord) -> Result<(), String> {
-        if let Err(e) = terminate(&self.session) {
+    fn end(&self, record: &SessionRecord, bus: &SystemBus) -> Result<(), String> {
+        if let Err(e) = bus.terminate(&self.session) {
             // The bus or logind is down: still end what can be reached.
             signal::signal_tree(record);
             return Err(format!("{e}; signalled the session's process tree instead"));
         }
         // logind stops the scope asynchronously.
-        let deadline = Instant::now() + KILL_TIMEOUT;
-        while procfs::is_alive(record.monitor_pid, record.monitor_start) {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "sshd process {} still runs {KILL_TIMEOUT:?} after logind ended the session",
-                    record.monitor_pid
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(2));
+        let monitor = procfs::Stat {
+            pid: record.monitor_pid,
+            ppid: 0,
+            start: record.monitor_start,
+        };
+        if !crate::sys::kill::wait_exit(&monitor, KILL_TIMEOUT) {
+            return Err(format!(
+                "sshd process {} still runs {KILL_TIMEOUT:?} after logind ended the session",
+                record.monitor_pid
+            ));
         }
         Ok(())
     }
@@ -144,94 +145,114 @@ pub fn session_listed(id: &str) -> bool {
     valid_session_id(id) && Path::new("/run/systemd/sessions").join(id).exists()
 }
 
-/// Asks logind to end session `id`: `TerminateSession`, then `KillSession`
-/// with SIGKILL for everything in the scope, so a process that ignores
-/// SIGTERM does not outlive the revoke by the scope's stop timeout. A
-/// session logind no longer knows counts as ended.
-pub fn terminate(id: &str) -> Result<(), String> {
-    if !valid_session_id(id) {
-        return Err(format!("invalid logind session id {id:?}"));
+/// The system bus as the daemon uses it: one connection, made at the first
+/// call (a host whose sessions logind does not hold never connects) and
+/// made again after it breaks, driven by the daemon's runtime. Calls come
+/// from threads outside the runtime's own (a pass on the blocking pool,
+/// the persistence watcher) and wait there for their answer, each bounded
+/// by [`CALL_TIMEOUT`].
+pub struct SystemBus {
+    runtime: tokio::runtime::Handle,
+    connection: tokio::sync::Mutex<Option<zbus::Connection>>,
+}
+
+impl SystemBus {
+    /// A bus driven by `runtime`; its methods must not be called on the
+    /// runtime's own threads.
+    pub fn new(runtime: tokio::runtime::Handle) -> Self {
+        SystemBus {
+            runtime,
+            connection: tokio::sync::Mutex::new(None),
+        }
     }
-    let id = id.to_string();
-    on_system_bus(move || async move { terminate_on_bus(&id).await })
-}
 
-/// Turns lingering off for `uid` (`SetUserLinger(uid, false, false)`), so
-/// its user manager, and what runs in it, stops once it has no session.
-/// logind asks polkit, which lets root do it.
-pub fn disable_linger(uid: u32) -> Result<(), String> {
-    on_system_bus(move || async move {
-        let bus = zbus::Connection::system()
-            .await
-            .map_err(|e| format!("cannot connect to the system bus: {e}"))?;
-        bus.call_method(
-            Some(DESTINATION),
-            PATH,
-            Some(MANAGER),
-            "SetUserLinger",
-            &(uid, false, false),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("logind SetUserLinger({uid}, false): {e}"))
-    })
-}
-
-/// Runs one exchange with the system bus on a thread and runtime of its
-/// own, bounded by CALL_TIMEOUT.
-fn on_system_bus<F, Fut>(call: F) -> Result<(), String>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    std::thread::Builder::new()
-        .name("logind".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("cannot start a runtime for D-Bus: {e}"))?;
-            runtime.block_on(async {
-                tokio::time::timeout(CALL_TIMEOUT, call())
-                    .await
-                    .map_err(|_| format!("logind did not answer within {CALL_TIMEOUT:?}"))?
-            })
+    /// Asks logind to end session `id`: `TerminateSession`, then
+    /// `KillSession` with SIGKILL for everything in the scope, so a process
+    /// that ignores SIGTERM does not outlive the revoke by the scope's stop
+    /// timeout. A session logind no longer knows counts as ended.
+    pub fn terminate(&self, id: &str) -> Result<(), String> {
+        if !valid_session_id(id) {
+            return Err(format!("invalid logind session id {id:?}"));
+        }
+        let sigkill = nix::sys::signal::Signal::SIGKILL as i32;
+        self.runtime.block_on(async {
+            let ended = |result: Result<(), zbus::Error>, call: &str| match result {
+                Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == NO_SUCH_SESSION => {
+                    Ok(())
+                }
+                other => other.map_err(|e| format!("logind {call}({id}): {e}")),
+            };
+            ended(
+                self.call("TerminateSession", &(id,)).await,
+                "TerminateSession",
+            )?;
+            ended(
+                self.call("KillSession", &(id, "all", sigkill)).await,
+                "KillSession",
+            )
         })
-        .map_err(|e| format!("cannot start a thread for D-Bus: {e}"))?
-        .join()
-        .map_err(|_| "the D-Bus thread panicked".to_string())?
+    }
+
+    /// Turns lingering off for `uid` (`SetUserLinger(uid, false, false)`),
+    /// so its user manager, and what runs in it, stops once it has no
+    /// session. logind asks polkit, which lets root do it.
+    pub fn disable_linger(&self, uid: u32) -> Result<(), String> {
+        self.runtime.block_on(self.set_linger_off(uid))
+    }
+
+    async fn set_linger_off(&self, uid: u32) -> Result<(), String> {
+        self.call("SetUserLinger", &(uid, false, false))
+            .await
+            .map_err(|e| format!("logind SetUserLinger({uid}, false): {e}"))
+    }
+
+    /// One call to logind's manager, bounded by [`CALL_TIMEOUT`] with the
+    /// connecting. A connection that failed other than by logind's answer
+    /// is dropped, for the next call to make anew.
+    async fn call<B>(&self, method: &str, body: &B) -> zbus::Result<()>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        let called = tokio::time::timeout(CALL_TIMEOUT, async {
+            let bus = self.connection().await?;
+            bus.call_method(Some(DESTINATION), PATH, Some(MANAGER), method, body)
+                .await
+                .map(drop)
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(zbus::Error::Failure(format!(
+                "no answer within {CALL_TIMEOUT:?}"
+            )))
+        });
+        if let Err(e) = &called {
+            if !matches!(e, zbus::Error::MethodError(..)) {
+                *self.connection.lock().await = None;
+            }
+        }
+        called
+    }
+
+    async fn connection(&self) -> zbus::Result<zbus::Connection> {
+        let mut slot = self.connection.lock().await;
+        if let Some(bus) = slot.as_ref() {
+            return Ok(bus.clone());
+        }
+        let bus = zbus::Connection::system().await?;
+        *slot = Some(bus.clone());
+        Ok(bus)
+    }
 }
 
-async fn terminate_on_bus(id: &str) -> Result<(), String> {
-    let bus = zbus::Connection::system()
-        .await
-        .map_err(|e| format!("cannot connect to the system bus: {e}"))?;
-    let ended = |result: zbus::Result<zbus::message::Message>, call: &str| match result {
-        Ok(_) => Ok(()),
-        Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == NO_SUCH_SESSION => Ok(()),
-        Err(e) => Err(format!("logind {call}({id}): {e}")),
-    };
-    let terminated = bus
-        .call_method(
-            Some(DESTINATION),
-            PATH,
-            Some(MANAGER),
-            "TerminateSession",
-            &(id,),
-        )
-        .await;
-    ended(terminated, "TerminateSession")?;
-    let sigkill = nix::sys::signal::Signal::SIGKILL as i32;
-    let killed = bus
-        .call_method(
-            Some(DESTINATION),
-            PATH,
-            Some(MANAGER),
-            "KillSession",
-            &(id, "all", sigkill),
-        )
-        .await;
-    ended(killed, "KillSession")
+/// [`SystemBus::disable_linger`] for a caller without the daemon's bus:
+/// one connection for this one call, on a runtime of this thread's own.
+pub fn disable_linger(uid: u32) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime for D-Bus: {e}"))?;
+    let bus = SystemBus::new(runtime.handle().clone());
+    runtime.block_on(bus.set_linger_off(uid))
 }
 
 #[cfg(test)]

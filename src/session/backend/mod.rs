@@ -12,7 +12,8 @@ pub mod signal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+pub use crate::store::records::Placement;
+pub use logind::SystemBus;
 
 use crate::store::config::{Backend as Configured, Config};
 use crate::store::records::SessionRecord;
@@ -20,19 +21,6 @@ use crate::sys::procfs;
 
 /// How long ending one session may take before it is reported as failed.
 pub const KILL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where a session was put; its record stores this, so the session is ended
-/// the way it was placed, by whichever process reads the record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
-pub enum Placement {
-    /// In the agent's own cgroup v2 group.
-    Cgroup { group: PathBuf },
-    /// Left in logind's scope for the session.
-    Logind { session: String },
-    /// Left where it is; its process tree is signalled.
-    Signal,
-}
 
 /// A login being admitted: its id and the connection's sshd process.
 pub struct Login<'a> {
@@ -46,8 +34,9 @@ pub struct Login<'a> {
 pub trait Backend {
     /// Places the new session (the monitor and everything under it).
     fn place(&self, login: &Login) -> Result<Placement, String>;
-    /// Ends a placed session; `Ok` once no process of it is left.
-    fn end(&self, record: &SessionRecord) -> Result<(), String>;
+    /// Ends a placed session; `Ok` once no process of it is left. `bus`
+    /// is the daemon's connection to the system bus (for logind).
+    fn end(&self, record: &SessionRecord, bus: &SystemBus) -> Result<(), String>;
     /// Whether any process of the session still runs.
     fn is_live(&self, record: &SessionRecord) -> bool;
     /// Whether a process in cgroup `group` (an absolute path under the
@@ -75,14 +64,6 @@ impl Login<'_> {
 }
 
 impl Placement {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Placement::Cgroup { .. } => "cgroup",
-            Placement::Logind { .. } => "logind",
-            Placement::Signal => "signal",
-        }
-    }
-
     /// The backend that placed a session this way, and so ends it.
     pub fn backend(&self) -> Box<dyn Backend> {
         match self {
@@ -163,8 +144,8 @@ pub fn choose(
 }
 
 /// Ends a session the way it was placed.
-pub fn end(record: &SessionRecord) -> Result<(), String> {
-    record.placement.backend().end(record)
+pub fn end(record: &SessionRecord, bus: &SystemBus) -> Result<(), String> {
+    record.placement.backend().end(record, bus)
 }
 
 /// Whether any process of the session still runs.

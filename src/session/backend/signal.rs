@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::{Backend, Login, Placement};
+use super::{Backend, Login, Placement, SystemBus};
 use crate::store::records::SessionRecord;
 use crate::sys::{kill, procfs};
 
@@ -15,7 +15,7 @@ impl Backend for SignalBackend {
         Ok(Placement::Signal)
     }
 
-    fn end(&self, record: &SessionRecord) -> Result<(), String> {
+    fn end(&self, record: &SessionRecord, _bus: &SystemBus) -> Result<(), String> {
         signal_tree(record);
         Ok(())
     }
