@@ -107,10 +107,7 @@ impl<'a> WhoamiJson<'a> {
                     expires: l.expires.map(output::utc),
                     expires_in: l.expires.map(|at| (at - now).max(0)),
                     expired: l.expired(now),
-                    from: l
-                        .from
-                        .as_ref()
-                        .map(|nets| nets.iter().map(ToString::to_string).collect()),
+                    from: l.from_texts(),
                     forwarding: l.forwarding,
                 }),
                 None,

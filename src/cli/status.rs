@@ -222,11 +222,7 @@ fn gather(config: &Config) -> StatusJson {
                     expires: g.limits.expires.map(output::utc),
                     expires_in: g.limits.expires.map(|at| (at - now).max(0)),
                     expired,
-                    from: g
-                        .limits
-                        .from
-                        .as_ref()
-                        .map(|nets| nets.iter().map(ToString::to_string).collect()),
+                    from: g.limits.from_texts(),
                     forwarding: g.limits.forwarding,
                     admin: g.admin,
                     keys: g

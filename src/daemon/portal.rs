@@ -67,11 +67,7 @@ fn share(owner: &str, sharing: bool, g: &Guest, now: i64) -> Share {
         access: g.has_access(sharing) && !expired,
         expires: g.limits.expires.map(crate::grant::civil::utc),
         expired,
-        from: g
-            .limits
-            .from
-            .as_ref()
-            .map(|nets| nets.iter().map(ToString::to_string).collect()),
+        from: g.limits.from_texts(),
         admin: g.admin,
     }
 }

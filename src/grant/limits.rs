@@ -185,6 +185,13 @@ impl Limits {
         self.expires.is_some_and(|at| now >= at)
     }
 
+    /// The allowed client networks as text; `None`: any address.
+    pub fn from_texts(&self) -> Option<Vec<String>> {
+        self.from
+            .as_ref()
+            .map(|nets| nets.iter().map(ToString::to_string).collect())
+    }
+
     /// Whether a client at `ip` may log in (`None`: unknown).
     pub fn admits_address(&self, ip: Option<IpAddr>) -> bool {
         match &self.from {

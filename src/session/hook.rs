@@ -289,25 +289,8 @@ fn open_portal(config: &Config, env: &Env, keys: &[AuthKey]) -> Result<(), Strin
         ));
     }
     let monitor = monitor()?;
-    let id = session_id(&monitor);
-    let uid = nix::unistd::User::from_name(&env.user)
-        .ok()
-        .flatten()
-        .map_or(u32::MAX, |u| u.uid.as_raw());
-    let record = SessionRecord {
-        id,
-        owner: env.user.clone(),
-        guest: String::new(),
-        fingerprint,
-        key_algorithm: key.algorithm.clone(),
-        key_blob: key.blob.clone(),
-        remote: env.rhost.clone(),
-        since: unix_now(),
-        monitor_pid: monitor.pid,
-        monitor_start: monitor.start,
-        uid,
-        placement: crate::session::backend::Placement::Signal,
-    };
+    let placement = crate::session::backend::Placement::Signal;
+    let record = record_of(env, &monitor, "", fingerprint, key, placement);
     let dir = config.portal_dir();
     records::write(&dir, &record)
         .map_err(|e| format!("cannot record the portal session in {}: {e}", dir.display()))
@@ -499,6 +482,36 @@ fn fingerprint(key: &AuthKey) -> Option<String> {
         .map(|k| k.fingerprint.to_string())
 }
 
+/// The record of this connection's session: a guest's (with the key that
+/// holds the grant), or a portal session's (no guest).
+fn record_of(
+    env: &Env,
+    monitor: &procfs::Stat,
+    guest: &str,
+    fingerprint: String,
+    key: &AuthKey,
+    placement: crate::session::backend::Placement,
+) -> SessionRecord {
+    let uid = nix::unistd::User::from_name(&env.user)
+        .ok()
+        .flatten()
+        .map_or(u32::MAX, |u| u.uid.as_raw());
+    SessionRecord {
+        id: session_id(monitor),
+        owner: env.user.clone(),
+        guest: guest.to_string(),
+        fingerprint,
+        key_algorithm: key.algorithm.clone(),
+        key_blob: key.blob.clone(),
+        remote: env.rhost.clone(),
+        since: unix_now(),
+        monitor_pid: monitor.pid,
+        monitor_start: monitor.start,
+        uid,
+        placement,
+    }
+}
+
 fn session_id(monitor: &procfs::Stat) -> String {
     format!("s{}-{}", monitor.pid, monitor.start)
 }
@@ -519,10 +532,6 @@ fn admit_guest(
 ) -> Result<Limits, String> {
     let monitor = monitor()?;
     let id = session_id(&monitor);
-    let uid = nix::unistd::User::from_name(&env.user)
-        .ok()
-        .flatten()
-        .map_or(u32::MAX, |u| u.uid.as_raw());
     let fingerprint = fingerprint(authenticated).unwrap_or_default();
     let logind_session = env.logind_session.clone();
     let backend = backend::for_login(config, logind_session.as_deref())?;
@@ -531,20 +540,7 @@ fn admit_guest(
         monitor: &monitor,
         hook: std::process::id() as i32,
     })?;
-    let record = SessionRecord {
-        id: id.clone(),
-        owner: env.user.clone(),
-        guest: guest.to_string(),
-        fingerprint: fingerprint.clone(),
-        key_algorithm: key.algorithm.clone(),
-        key_blob: key.blob.clone(),
-        remote: env.rhost.clone(),
-        since: unix_now(),
-        monitor_pid: monitor.pid,
-        monitor_start: monitor.start,
-        uid,
-        placement,
-    };
+    let record = record_of(env, &monitor, guest, fingerprint.clone(), key, placement);
     let dir = config.sessions_dir();
     records::write(&dir, &record)
         .map_err(|e| format!("cannot record session in {}: {e}", dir.display()))?;
