@@ -390,7 +390,11 @@ fn an_owner_who_becomes_root_where_pam_cannot_see_gets_no_guest_without_admin() 
 
         let status = String::from_utf8_lossy(&vmshare(&host, &["status"]).stdout).into_owned();
         let warning = format!(
-            "owner alice: sharing on\n  warning: alice can become root {how}: a guest would be root in all but name, even without admin = true"
+            "\n  warning: alice can become root {how}: a guest would be root in all but name, even without admin = true"
+        );
+        assert!(
+            status.contains("owner alice: sharing on\n"),
+            "{how}: status said\n{status}"
         );
         assert!(status.contains(&warning), "{how}: status said\n{status}");
         let json: serde_json::Value =

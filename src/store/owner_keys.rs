@@ -4,11 +4,14 @@
 //! (a guest runs as the owner and could write any of them): the key lookup
 //! serves these lines instead. Per owner, two files:
 //!
-//! - `OWNER`, 0644: the lines sshd gets, options verbatim. Public keys;
-//!   the key lookup (sshd's `AuthorizedKeysCommandUser`) reads them.
-//! - `OWNER.home`, 0600: the key lines of the home files when vmshare took
-//!   them over, so that lines which appeared there later (perhaps written
-//!   by a guest) can be told apart and are never taken without root's word.
+//! - `owner-keys/OWNER`, 0644: the lines sshd gets, options verbatim.
+//!   Public keys; the key lookup (sshd's `AuthorizedKeysCommandUser`)
+//!   reads them.
+//! - `owner-keys-home/OWNER`, 0600 in a root-only directory: the key lines
+//!   of the home files when vmshare took them over, so that lines which
+//!   appeared there later (perhaps written by a guest) can be told apart
+//!   and are never taken without root's word. A directory of its own: no
+//!   file name there can be mistaken for another owner's held keys.
 //!
 //! Only root writes here, through `vmshare owner-keys` and the verbs that
 //! start sharing.
@@ -40,8 +43,14 @@ fn held_path(state_dir: &Path, owner: &str) -> Result<PathBuf, String> {
     Ok(dir(state_dir).join(owner))
 }
 
+/// The directory of what the home files held at each takeover.
+fn home_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("owner-keys-home")
+}
+
 fn home_path(state_dir: &Path, owner: &str) -> Result<PathBuf, String> {
-    held_path(state_dir, owner).map(|p| p.with_file_name(format!("{owner}.home")))
+    held_path(state_dir, owner)?;
+    Ok(home_dir(state_dir).join(owner))
 }
 
 /// An owner's held lines, as read.
@@ -123,7 +132,8 @@ pub fn held_owners(state_dir: &Path) -> Vec<String> {
 /// directory 0755. Refuses directories someone else could write.
 pub fn ensure_dirs(state_dir: &Path) -> Result<(), String> {
     ensure_dir(state_dir, 0o711)?;
-    ensure_dir(&dir(state_dir), 0o755)
+    ensure_dir(&dir(state_dir), 0o755)?;
+    ensure_dir(&home_dir(state_dir), 0o700)
 }
 
 fn ensure_dir(dir: &Path, mode: u32) -> Result<(), String> {
@@ -177,9 +187,12 @@ mod tests {
             .unwrap();
         write(&state, "alice", std::slice::from_ref(&line)).unwrap();
         let held = read(&state, "alice").unwrap().unwrap();
-        assert_eq!(held.lines, vec![line]);
+        assert_eq!(held.lines, vec![line.clone()]);
         assert!(held.bad.is_empty());
+        write_home(&state, "alice", std::slice::from_ref(&line)).unwrap();
+        // What the home held is no owner's held keys, whatever its name.
         assert_eq!(held_owners(&state), vec!["alice".to_string()]);
+        assert_eq!(read(&state, "alice.home").unwrap(), None);
         assert!(read(&state, "../etc").is_err());
         remove(&state, "alice").unwrap();
         assert_eq!(read(&state, "alice").unwrap(), None);
