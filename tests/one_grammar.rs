@@ -32,7 +32,6 @@ use vmshare::store::source::{self, Outcome};
 use vmshare::sys::accounts::SystemAccounts;
 
 const CLI_BIN: &str = env!("CARGO_BIN_EXE_vmshare");
-const KEYS_BIN: &str = env!("CARGO_BIN_EXE_vmshare-keys");
 /// Another local account that exists on any Debian host.
 const OWNER2: &str = "nobody";
 
@@ -80,16 +79,12 @@ impl Env {
             .expect("run vmshare")
     }
 
-    /// What the key lookup prints for `owner`, as sshd runs it (`%u`
-    /// only: every line).
+    /// The guest lines the key lookup serves for `owner` (the program
+    /// serves them only to a sharing owner, whose keys vmshare holds; an
+    /// owner of this host's is not one, so they are read through the
+    /// library, the same lookup the program makes).
     fn keys(&self, owner: &str) -> String {
-        let out = Command::new(KEYS_BIN)
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg(owner)
-            .output()
-            .expect("run vmshare-keys");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.lines(owner).unwrap_or_default()
     }
 
     /// The key lookup's lines for `owner`, in process.
