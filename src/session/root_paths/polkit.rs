@@ -16,7 +16,10 @@ use super::{OwnerFacts, RootPath, RulesFile};
 ///   everyone but some),
 ///
 /// unless it requires `subject.local == true`: a local seat, which a guest's
-/// SSH session never is (Debian's packagekit rule for the sudo group).
+/// SSH session never is (Debian's packagekit rule for the sudo group); or
+/// it is for pkexec alone (`action.id == "org.freedesktop.policykit.exec"`
+/// and no other action): pkexec opens a PAM session through the
+/// `polkit-1` stack, which the admin check gates.
 pub fn polkit_rules(file: &RulesFile, owner: &OwnerFacts) -> Vec<RootPath> {
     let code = without_js_comments(&file.text);
     let starts: Vec<usize> = code.match_indices("polkit.add").map(|(i, _)| i).collect();
@@ -32,6 +35,14 @@ pub fn polkit_rules(file: &RulesFile, owner: &OwnerFacts) -> Vec<RootPath> {
             continue;
         }
         if dense.contains("subject.local==true") || dense.contains("subject.local===true") {
+            continue;
+        }
+        let pkexec_only = ["==", "==="]
+            .iter()
+            .any(|eq| dense.contains(&format!("action.id{eq}\"org.freedesktop.policykit.exec\"")))
+            && dense.matches("action.id").count() == 1
+            && !dense.contains("||");
+        if pkexec_only {
             continue;
         }
         let literal = |name: &str| {
@@ -148,6 +159,10 @@ mod tests {
             assert!(polkit(&yes(cond)).is_empty(), "{cond}");
         }
         // Not a yes; yes in a comment only; an admin rule.
+        let pkexec = "polkit.addRule(function(action, subject) {\n  if (action.id == \"org.freedesktop.policykit.exec\" && subject.user == \"alice\") { return polkit.Result.YES; }\n});\n";
+        assert!(polkit(pkexec).is_empty(), "pkexec alone is gated by PAM");
+        let either = "polkit.addRule(function(action, subject) {\n  if ((action.id == \"org.freedesktop.policykit.exec\" || action.id == \"org.freedesktop.systemd1.manage-units\") && subject.user == \"alice\") { return polkit.Result.YES; }\n});\n";
+        assert_eq!(polkit(either), vec![1]);
         let no = "polkit.addRule(function(action, subject) {\n  if (subject.user == \"alice\") return polkit.Result.AUTH_ADMIN;\n  // return polkit.Result.YES;\n  /* polkit.Result.YES */\n});\npolkit.addAdminRule(function(action, subject) { return [\"unix-user:alice\"]; });\n";
         assert!(polkit(no).is_empty());
         // The second of two rules, by its line.
